@@ -1,0 +1,64 @@
+"""Options of a CLs scan, shared by the CLI, the service and remote workers."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: The ATLAS convention used with published likelihoods.
+ATLAS_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
+    "normsys": {"interpcode": "code4"},
+    "histosys": {"interpcode": "code4p"},
+}
+#: pyhf's own default.
+PYHF_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
+    "normsys": {"interpcode": "code1"},
+    "histosys": {"interpcode": "code0"},
+}
+NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "pyhf": PYHF_MODIFIER_SETTINGS}
+
+
+class ScanOptions(BaseModel):
+    """How each hypothesis is tested.
+
+    ``modifier_settings`` is ``"atlas"`` (normsys code4, histosys code4p; the
+    default), ``"pyhf"`` (code1 / code0, pyhf's default) or an explicit pyhf
+    ``modifier_settings`` mapping.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    test_stat: Literal["qtilde", "q", "q0"] = "qtilde"
+    poi_test: float = Field(1.0, allow_inf_nan=False)
+    limits: bool = False
+    cls_only: bool = False
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    modifier_settings: str | dict[str, dict[str, str]] = "atlas"
+    measurement: str | None = None
+
+    @field_validator("modifier_settings")
+    @classmethod
+    def _known_settings(cls, value: Any) -> Any:
+        if isinstance(value, str) and value not in NAMED_MODIFIER_SETTINGS:
+            raise ValueError(f"unknown modifier_settings {value!r}: use 'atlas', 'pyhf' or a mapping")
+        if isinstance(value, dict):
+            resolve_interpcodes(value)
+        return value
+
+    def interpcodes(self) -> tuple[str, str]:
+        """(normsys code, histosys code) for these options."""
+        return resolve_interpcodes(self.modifier_settings)
+
+
+def resolve_interpcodes(settings: str | dict[str, dict[str, str]]) -> tuple[str, str]:
+    """Turn a modifier-settings choice into ``(normsys_code, histosys_code)``."""
+    if isinstance(settings, str):
+        settings = NAMED_MODIFIER_SETTINGS[settings]
+    normsys = settings.get("normsys", {}).get("interpcode", "code1")
+    histosys = settings.get("histosys", {}).get("interpcode", "code0")
+    if normsys not in ("code1", "code4"):
+        raise ValueError(f"normsys interpcode {normsys!r} is not supported (code1, code4)")
+    if histosys not in ("code0", "code4p"):
+        raise ValueError(f"histosys interpcode {histosys!r} is not supported (code0, code4p)")
+    return normsys, histosys
