@@ -1,0 +1,160 @@
+"""``fitserve serve``, ``fitserve worker`` and ``fitserve up`` (registered into the CLI by ``register``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def _settings(**overrides: Any):
+    from fitserve.service.settings import Settings
+
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _settings_env(settings: Any) -> dict[str, str]:
+    """The settings as FITSERVE_* variables, for child processes."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if value is not None:
+            env[f"FITSERVE_{name.upper()}"] = str(value)
+    return env
+
+
+def _venv_path_env(env: dict[str, str]) -> dict[str, str]:
+    bindir = str(Path(sys.executable).parent)
+    path = env.get("PATH", "")
+    if bindir not in path.split(os.pathsep):
+        env["PATH"] = bindir + (os.pathsep + path if path else "")
+    return env
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+        port: int = typer.Option(8000, help="Port to listen on."),
+        redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL or redis://127.0.0.1:6379/0)."),
+        log_level: str = typer.Option("info", help="uvicorn log level."),
+    ) -> None:
+        """Run the HTTP API (FastAPI under uvicorn); needs Redis and at least one `fitserve worker`."""
+        import uvicorn
+
+        from fitserve.service.api import create_app
+
+        settings = _settings(redis_url=redis_url)
+        typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
+        uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
+
+    @app.command()
+    def worker(
+        executor: Optional[str] = typer.Option(None, help="local or parsl (default: FITSERVE_EXECUTOR or local)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes / local threads (FITSERVE_PARSL_WORKERS)."),
+        chunk_size: Optional[int] = typer.Option(None, help="Only used by the API; accepted for symmetry."),
+        redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL)."),
+        site: Optional[Path] = typer.Option(None, help="Parsl site file (YAML) for HPC providers."),
+        name: Optional[str] = typer.Option(None, help="Consumer name in the queue (default: host-pid-random)."),
+    ) -> None:
+        """Consume chunks from Redis and run them on an executor until SIGINT/SIGTERM."""
+        from fitserve.service.worker import Worker
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        logging.getLogger("parsl").setLevel(logging.WARNING)
+        settings = _settings(executor=executor, parsl_workers=workers, chunk_size=chunk_size, redis_url=redis_url, parsl_site=site)
+        if settings.executor == "parsl":
+            _venv_path_env(os.environ)  # Parsl finds interchange.py through PATH
+        w = Worker(settings, name=name)
+
+        def _stop(signum: int, _frame: Any) -> None:
+            if w.stop_event.is_set():
+                raise KeyboardInterrupt
+            w.stop()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        typer.echo(f"fitserve worker {w.name}: executor {settings.executor}, Redis {settings.redis_url}", err=True)
+        w.run()
+
+    @app.command()
+    def up(
+        host: str = typer.Option("127.0.0.1", help="Interface the API listens on."),
+        port: int = typer.Option(8000, help="Port the API listens on."),
+        executor: str = typer.Option("parsl", help="Executor of the worker: parsl (local pool) or local (in-process)."),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes (default: FITSERVE_PARSL_WORKERS or 1)."),
+        redis_url: Optional[str] = typer.Option(None, help="Redis URL; an embedded Redis is started there if none answers."),
+        data_dir: Optional[Path] = typer.Option(None, help="Where the embedded Redis keeps its AOF (default: FITSERVE_DATA_DIR or ./var)."),
+    ) -> None:
+        """Everything on one machine: Redis (embedded if none is reachable), one worker, and the API. Ctrl-C stops all."""
+        import uvicorn
+
+        from fitserve.service.api import create_app
+        from fitserve.service.redis_server import ensure_redis
+
+        settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            embedded = ensure_redis(settings.redis_url, settings.data_dir)
+        except RuntimeError as exc:
+            typer.echo(f"fitserve: error: {exc}", err=True)
+            raise typer.Exit(2)
+        if embedded:
+            typer.echo(f"started Redis {embedded.binary} on {embedded.url} (AOF in {embedded.dir})", err=True)
+        else:
+            typer.echo(f"using Redis at {settings.redis_url}", err=True)
+
+        env = _venv_path_env({**os.environ, **_settings_env(settings)})
+        worker_proc = subprocess.Popen(
+            [sys.executable, "-m", "fitserve.cli", "worker"], env=env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        stopping = threading.Event()
+
+        def _watch() -> None:
+            code = worker_proc.wait()
+            if not stopping.is_set():
+                typer.echo(f"fitserve: warning: the worker exited with code {code}; jobs will wait", err=True)
+
+        threading.Thread(target=_watch, daemon=True).start()
+
+        class _Server(uvicorn.Server):
+            async def startup(self, sockets: Any = None) -> None:
+                await super().startup(sockets=sockets)
+                if self.started:
+                    typer.echo(f"fitserve is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; Ctrl-C to stop)")
+                    sys.stdout.flush()
+
+        server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+
+        def _interrupt(signum: int, _frame: Any) -> None:
+            raise KeyboardInterrupt
+
+        # uvicorn re-raises the signal that stopped it once it has shut down: make
+        # SIGTERM, like SIGINT, unwind through the clean-up below instead of killing us
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            server.run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            stopping.set()
+            typer.echo("stopping worker...", err=True)
+            if worker_proc.poll() is None:
+                worker_proc.send_signal(signal.SIGTERM)
+                try:
+                    worker_proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    worker_proc.kill()
+                    worker_proc.wait()
+            if embedded:
+                typer.echo("stopping Redis...", err=True)
+                embedded.stop()
+            typer.echo("fitserve stopped", err=True)
+        if not server.started:
+            raise typer.Exit(1)

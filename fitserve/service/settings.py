@@ -1,0 +1,71 @@
+"""Service configuration: environment variables ``FITSERVE_*`` and/or a settings file.
+
+Precedence (highest first): keyword arguments, environment variables, the
+settings file named by ``FITSERVE_CONFIG`` (YAML or TOML), ``.env`` in the
+working directory, the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+    YamlConfigSettingsSource,
+)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FITSERVE_", env_file=".env", extra="ignore")
+
+    #: Redis server used as job store, result cache and queue.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every Redis key, so several deployments can share one server.
+    key_prefix: str = "fitserve"
+    #: Executor the worker runs chunks on: ``local`` or ``parsl`` (see fitserve.executors).
+    executor: str = "local"
+    #: Worker processes (parsl) or threads (local) per worker.
+    parsl_workers: int = Field(1, ge=1)
+    #: Optional Parsl site file (YAML) for HPC providers; default: local pool.
+    parsl_site: Path | None = None
+    #: Hypotheses per chunk (one chunk = one task on an executor).
+    chunk_size: int = Field(16, ge=1)
+    #: Where the embedded Redis keeps its AOF, and Parsl its run directories.
+    data_dir: Path = Path("var")
+    #: A chunk pending this long without a heartbeat is taken over by another worker.
+    claim_idle_ms: int = Field(30_000, ge=100)
+    #: Give up on a chunk after this many deliveries (its hypotheses are marked failed).
+    max_deliveries: int = Field(3, ge=1)
+    #: Limits on what one request may ask for.
+    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_hypotheses: int = Field(100_000, ge=1)
+    max_jobs_listed: int = Field(1000, ge=1)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get("FITSERVE_CONFIG")
+        if path:
+            if Path(path).suffix.lower() == ".toml":
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+            else:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        sources.append(dotenv_settings)
+        return tuple(sources)
+
+    def executor_settings(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`fitserve.executors.get_executor`."""
+        return {"workers": self.parsl_workers, "site": self.parsl_site, "data_dir": self.data_dir}
