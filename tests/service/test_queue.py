@@ -1,0 +1,36 @@
+"""A worker that dies mid-chunk does not lose the chunk: another worker claims it (XAUTOCLAIM)."""
+
+from __future__ import annotations
+
+import redis
+
+from fitserve.service.queue import ChunkQueue
+
+from .conftest import wait_until
+
+
+def test_chunk_of_a_dead_worker_is_claimed_and_finished(service, tiny):
+    ws, ps = tiny
+    job = service.submit(ws, ps)  # no worker yet: 2 chunks wait in the stream
+    queue = ChunkQueue(redis.Redis.from_url(service.settings.redis_url), service.settings.key_prefix)
+    taken = queue.read("dead-worker", count=1, block_ms=None)  # a worker takes a chunk ... and dies
+    assert len(taken) == 1 and taken[0].job_id == job["id"]
+    assert queue.stats()["chunks_pending"] == 1
+    service.start_worker()  # claim_idle_ms=1000 in the test settings
+    st = service.wait(job["id"], timeout=60)
+    assert st["state"] == "done" and st["counts"]["computed"] == 3 and st["counts"]["errors"] == 0
+    assert queue.stats() == {**queue.stats(), "chunks_pending": 0, "chunks_waiting": 0}
+
+
+def test_a_chunk_that_keeps_killing_workers_is_given_up(service, tiny):
+    ws, ps = tiny
+    settings = service.settings.model_copy(update={"max_deliveries": 2, "chunk_size": 3})
+    r = redis.Redis.from_url(settings.redis_url)
+    queue = ChunkQueue(r, settings.key_prefix)
+    job = service.submit(ws, ps, patches=["sig_0"])
+    assert queue.read("dead-1", count=1, block_ms=None)
+    wait_until(lambda: queue.claim_stale("dead-2", 200, 1), timeout=10, what="first claim")  # delivery 2, dies again
+    service.start_worker(settings=settings)  # delivery 3 > max_deliveries
+    st = service.wait(job["id"], timeout=30)
+    assert st["state"] == "failed" and st["counts"]["errors"] == 1
+    assert "abandoned after 2 attempts" in st["errors"][0]["error"]
