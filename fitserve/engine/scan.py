@@ -1,26 +1,57 @@
-"""High-level scan API (TEMPORARY pyhf-backed stub; the JAX engine replaces the body).
+"""The high-level call: group patches, compile (cached), fit, return records.
 
-The contract other layers rely on:
+Contract relied on by the CLI, the service and remote workers:
 
-* ``run_chunk(workspace, patches, options) -> {patch_name: record}``
-* ``scan(workspace, patches=None, options=None, names=None, progress=None) -> dict``
-  returning ``{"fitserve_version", "options", "timing", "results"}``.
+* ``scan(workspace, patches=None, options=None, names=None, progress=None)``
+  returns ``{"fitserve_version", "options", "timing", "results"}``;
+* ``run_chunk(workspace, patches, options) -> {patch_name: record}`` is the
+  same for one chunk of a job (what executors run remotely).
 
-A record is ``{"values": [...], "CLs_obs": x, "CLs_exp": [5], "CLsb_obs": x,
-"CLb_obs": x, "mu_hat": x, "nll_free": x, "converged": bool,
-"upper_limit": {"obs": x, "exp": [5]} or None, "error": str or None}``.
+A record is ``{"values", "CLs_obs", "CLs_exp" (5, pyhf's order), "CLsb_obs",
+"CLb_obs", "mu_hat", "nll_free", "nll_fixed", "converged", "edm",
+"upper_limit": {"obs", "exp"} or None, "error"}``.  A hypothesis whose fits
+did not converge has ``converged: false``, ``error`` saying so and no CLs or
+limit numbers: a number that looks valid is never reported for it.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import pyhf
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from fitserve import __version__
+from fitserve.engine import infer
 from fitserve.engine.inputs import expand_hypotheses, validate_workspace
+from fitserve.engine.model import BatchedModel, compile_hypotheses
 from fitserve.engine.options import ScanOptions
+
+#: Hypotheses fitted together in one vectorised batch (at most).
+MAX_BATCH = 64
+
+
+def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache (``FITSERVE_JAX_CACHE``).
+
+    A new process fitting a structure it has seen before then loads the
+    compiled fit instead of compiling it again.
+    """
+    cache = Path(path or os.environ.get("FITSERVE_JAX_CACHE") or Path.home() / ".cache" / "fitserve" / "jax")
+    cache.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return cache
+
+
+if os.environ.get("FITSERVE_JAX_CACHE", "1") != "0":
+    enable_compilation_cache()
 
 
 def _as_options(options: ScanOptions | dict[str, Any] | None) -> ScanOptions:
@@ -31,13 +62,58 @@ def _as_options(options: ScanOptions | dict[str, Any] | None) -> ScanOptions:
     return ScanOptions.model_validate(options)
 
 
-def run_chunk(
-    workspace: dict[str, Any],
-    patches: Sequence[dict[str, Any]] | None,
-    options: ScanOptions | dict[str, Any] | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Fit every patch of one chunk; return plain JSON-able records by patch name."""
-    return scan(workspace, patches, options)["results"]
+def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
+    """One fixed batch size for ``n`` hypotheses: few batches, little padding.
+
+    All batches of a scan share it, so the fit compiles once per structure.
+    """
+    n_batches = max(1, math.ceil(n / max_batch))
+    per = math.ceil(n / n_batches)
+    return min(max_batch, 8 * math.ceil(per / 8)) if per > 4 else per
+
+
+def _finite(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.UpperLimits | None, opts: ScanOptions) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for i in range(n):
+        ok = bool(ht.converged[i])
+        rec: dict[str, Any] = {
+            "values": list(model.values[i]),
+            "CLs_obs": _finite(ht.cls_obs[i]) if ok else None,
+            "CLs_exp": [_finite(v) for v in ht.cls_exp[i]] if ok else None,
+            "CLsb_obs": _finite(ht.clsb_obs[i]) if ok else None,
+            "CLb_obs": _finite(ht.clb_obs[i]) if ok else None,
+            "mu_hat": _finite(ht.mu_hat[i]) if ok else None,
+            "nll_free": _finite(ht.nll_free[i]) if ok else None,
+            "nll_fixed": _finite(ht.nll_fixed[i]) if ok else None,
+            "converged": ok,
+            "edm": _finite(ht.edm_max[i]),
+            "upper_limit": None,
+            "error": None if ok else f"fit did not converge (max EDM {float(ht.edm_max[i]):.3g})",
+        }
+        if ul is not None and ok:
+            if ul.converged[i]:
+                rec["upper_limit"] = {"obs": _finite(ul.obs[i]), "exp": [_finite(v) for v in ul.exp[i]]}
+            else:
+                rec["error"] = "upper-limit search did not converge or found no crossing inside the POI bounds"
+        if opts.cls_only:
+            rec = {k: rec[k] for k in ("values", "CLs_obs", "converged", "error")}
+        out[model.names[i]] = rec
+    return out
+
+
+def _fit_batch(model: BatchedModel, opts: ScanOptions) -> tuple[dict[str, dict[str, Any]], float]:
+    """Fit one padded batch; returns records of the real hypotheses and fit seconds."""
+    codes = opts.interpcodes()
+    t = {k: jnp.asarray(v) for k, v in model.arrays.items()}
+    t0 = time.perf_counter()
+    ht = infer.hypotest(t, model.poi_index, opts.poi_test, opts.test_stat, codes)
+    ul = infer.upper_limits(t, model.poi_index, ht, opts.test_stat, codes, cl=opts.confidence_level) if opts.limits else None
+    return _records(model, model.n_hypotheses, ht, ul, opts), time.perf_counter() - t0
 
 
 def scan(
@@ -46,36 +122,77 @@ def scan(
     options: ScanOptions | dict[str, Any] | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
+    """CLs (and optionally upper limits) for every hypothesis.
+
+    ``patches`` are pyhf patch objects applied to ``workspace`` (the
+    background); ``None`` fits ``workspace`` itself as one hypothesis.
+    """
     opts = _as_options(options)
-    validate_workspace(workspace)
-    hyps = expand_hypotheses(workspace, patches, names)
-    t0 = time.perf_counter()
-    results = {}
-    for i, h in enumerate(hyps):
-        ws = pyhf.Workspace(h.spec)
-        model = ws.model(modifier_settings=dict(zip(("normsys", "histosys"), ({"interpcode": c} for c in opts.interpcodes()))))
-        data = ws.data(model)
-        cls_obs, tails, cls_exp = pyhf.infer.hypotest(
-            opts.poi_test, data, model, test_stat=opts.test_stat, return_tail_probs=True, return_expected_set=True
-        )
-        results[h.name] = {
-            "values": h.values,
-            "CLs_obs": float(cls_obs),
-            "CLs_exp": [float(x) for x in cls_exp],
-            "CLsb_obs": float(tails[0]),
-            "CLb_obs": float(tails[-1]),
-            "mu_hat": None,
-            "nll_free": None,
-            "converged": True,
-            "upper_limit": None,
-            "error": None,
-        }
-        if progress:
-            progress(i + 1, len(hyps))
+    if opts.limits and opts.test_stat == "q0":
+        from fitserve.engine.errors import InputError
+
+        raise InputError("upper limits need test_stat qtilde or q, not q0", where="options")
+    t_start = time.perf_counter()
+    if validate:
+        validate_workspace(workspace)
+    hyps = expand_hypotheses(workspace, patches, names, validate=validate)
+    models = compile_hypotheses(hyps, workspace if patches is not None else None, opts.measurement)
+    t_build = time.perf_counter() - t_start
+
+    total = len(hyps)
+    done = 0
+    results_by_name: dict[str, dict[str, Any]] = {}
+    fit_s = 0.0
+    compile_s = 0.0
+    for model in models:
+        size = batch_size(model.n_hypotheses)
+        for lo in range(0, model.n_hypotheses, size):
+            idx = list(range(lo, min(lo + size, model.n_hypotheses)))
+            n_real = len(idx)
+            batch = model.take(idx + [idx[0]] * (size - n_real))  # pad with copies: fixed shapes
+            c0 = _COMPILE_SECONDS[0]
+            records, seconds = _fit_batch(batch, opts)
+            compiled = _COMPILE_SECONDS[0] - c0
+            compile_s += compiled
+            fit_s += max(seconds - compiled, 0.0)
+            for name in batch.names[:n_real]:
+                results_by_name[name] = records[name]
+            done += n_real
+            if progress:
+                progress(done, total)
+    results = {h.name: results_by_name[h.name] for h in hyps}
     return {
         "fitserve_version": __version__,
         "options": opts.model_dump(),
-        "timing": {"compile_s": 0.0, "fit_s": time.perf_counter() - t0},
+        "timing": {"build_s": t_build, "compile_s": compile_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start},
         "results": results,
     }
+
+
+_COMPILE_SECONDS = [0.0]
+_COMPILE_EVENTS = {
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+    "/jax/compilation_cache/cache_retrieval_time_sec",
+}
+
+
+def _on_duration(event: str, seconds: float, **_: Any) -> None:
+    """Sum the time JAX spends tracing, compiling or loading compiled code."""
+    if event in _COMPILE_EVENTS:
+        _COMPILE_SECONDS[0] += seconds
+
+
+jax.monitoring.register_event_duration_secs_listener(_on_duration)
+
+
+def run_chunk(
+    workspace: dict[str, Any],
+    patches: Sequence[dict[str, Any]] | None,
+    options: ScanOptions | dict[str, Any] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Fit every patch of one chunk; plain JSON-able records by patch name."""
+    return scan(workspace, patches, options)["results"]

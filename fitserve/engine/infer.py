@@ -1,0 +1,207 @@
+"""Test statistics, asymptotic CLs and upper limits for batches of hypotheses.
+
+Mirrors pyhf's ``infer`` (``AsymptoticCalculator`` with the ``normal`` base
+distribution, ``qmu_tilde`` / ``qmu`` / ``q0``, ``upper_limit``) with every fit
+batched: one call fits the same role (fixed-POI, free, Asimov ...) for all
+hypotheses at once.  Upper limits use bracketing root finding on
+``log CLs(mu) = log(1 - CL)`` (scipy's vectorised Chandrupatla method, so that
+every iteration is one batched fit), not a fixed grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.optimize import elementwise
+from scipy.stats import norm
+
+from fitserve.engine import likelihood as lh
+from fitserve.engine.fit import fit_rows_jit
+
+# pyhf's expected band: test statistic values for n_sigma in [2, 1, 0, -1, -2]
+_N_SIGMA = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
+
+
+@dataclass
+class HypoTestResult:
+    """Per-hypothesis arrays (leading axis H)."""
+
+    cls_obs: np.ndarray
+    cls_exp: np.ndarray  # [H, 5]
+    clsb_obs: np.ndarray
+    clb_obs: np.ndarray
+    mu_hat: np.ndarray
+    nll_free: np.ndarray  # full NLL (pyhf convention: -log L) of the free fit to data
+    nll_fixed: np.ndarray  # at the tested POI value
+    converged: np.ndarray  # all fits of the hypothesis converged
+    edm_max: np.ndarray
+    state: dict[str, Any]  # what upper limits reuse
+
+
+def _with_poi(x: jax.Array, poi: int, value: jax.Array) -> jax.Array:
+    return x.at[..., poi].set(value)
+
+
+def _stack_data(datas: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
+    return {k: jnp.stack([d[k] for d in datas], axis=1) for k in datas[0]}
+
+
+_asimov = jax.jit(jax.vmap(lh.asimov_data, in_axes=(0, 0, None)), static_argnames=("codes",))
+_observed = jax.jit(jax.vmap(lh.observed_data))
+_constant = jax.jit(jax.vmap(lh.nll_constant))
+
+
+def _free_masks(t: dict[str, jax.Array], poi: int, fix_poi: list[bool]) -> jax.Array:
+    base = ~t["fixed"]
+    rows = [base.at[:, poi].set(False) if f else base for f in fix_poi]
+    return jnp.stack(rows, axis=1)
+
+
+def _tmu(f_fixed, f_free, mu_hat, mu, test_stat):
+    """pyhf's q_mu / q_mu-tilde (POI bounded at 0 gives the tilde) and q0."""
+    t = np.clip(2.0 * (f_fixed - f_free), 0.0, None)
+    if test_stat == "q0":
+        return np.where(mu_hat < 0, 0.0, t)
+    return np.where(mu_hat > mu, 0.0, t)
+
+
+def _pvalues(q, qa, test_stat):
+    """CLsb, CLb, CLs for observed test statistic ``q`` and Asimov ``qa``."""
+    sq, sqa = np.sqrt(q), np.sqrt(qa)
+    if test_stat in ("q", "q0"):
+        ts = sq - sqa
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ts = np.where(sq <= sqa, sq - sqa, (q - qa) / (2 * sqa))
+    clsb = norm.cdf(-(ts + sqa))
+    clb = norm.cdf(-ts)
+    return clsb, clb, clsb / clb
+
+
+def _expected_cls(qa, test_stat):
+    """Expected band, pyhf order (n_sigma = 2, 1, 0, -1, -2); CLsb for q0."""
+    sqa = np.sqrt(qa)[..., None]
+    clsb = norm.cdf(-(_N_SIGMA + sqa))
+    clb = norm.cdf(-_N_SIGMA) * np.ones_like(clsb)
+    return clsb if test_stat == "q0" else clsb / clb
+
+
+def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str, codes: tuple[str, str]) -> HypoTestResult:
+    """Five fits per hypothesis, batched, as pyhf's ``AsymptoticCalculator``."""
+    asimov_mu = 1.0 if test_stat == "q0" else 0.0
+    mu = 0.0 if test_stat == "q0" else float(poi_test)
+    init = t["init"]
+    obs = _observed(t)
+    obs3 = _stack_data([obs, obs, obs])
+    x0 = jnp.stack([_with_poi(init, poi, asimov_mu), init, _with_poi(init, poi, mu)], axis=1)
+    res_a = fit_rows_jit(t, obs3, x0, _free_masks(t, poi, [True, False, True]), codes)
+
+    gen = res_a.x[:, 0]
+    asimov = _asimov(gen, t, codes)
+    x0b = jnp.stack([_with_poi(gen, poi, mu), gen], axis=1)
+    res_b = fit_rows_jit(t, _stack_data([asimov, asimov]), x0b, _free_masks(t, poi, [True, False]), codes)
+
+    fa = np.asarray(res_a.fval)
+    fb = np.asarray(res_b.fval)
+    mu_hat = np.asarray(res_a.x[:, 1, poi])
+    mu_hat_a = np.asarray(res_b.x[:, 1, poi])
+    q = _tmu(fa[:, 2], fa[:, 1], mu_hat, mu, test_stat)
+    qa = _tmu(fb[:, 0], fb[:, 1], mu_hat_a, mu, test_stat)
+    clsb, clb, cls = _pvalues(q, qa, test_stat)
+    cls_exp = _expected_cls(qa, test_stat)
+    const = np.asarray(_constant(t, obs))
+    converged = np.asarray(res_a.converged).all(axis=1) & np.asarray(res_b.converged).all(axis=1)
+    edm = np.maximum(np.asarray(res_a.edm).max(axis=1), np.asarray(res_b.edm).max(axis=1))
+    return HypoTestResult(
+        cls_obs=clsb if test_stat == "q0" else cls,
+        cls_exp=cls_exp,
+        clsb_obs=clsb,
+        clb_obs=clb,
+        mu_hat=mu_hat,
+        nll_free=fa[:, 1] + const,
+        nll_fixed=fa[:, 2] + const,
+        converged=converged,
+        edm_max=edm,
+        state={
+            "obs": obs,
+            "asimov": asimov,
+            "gen": gen,
+            "free_x": res_a.x[:, 1],
+            "f_free": fa[:, 1],
+            "f_free_asimov": fb[:, 1],
+            "mu_hat_asimov": mu_hat_a,
+        },
+    )
+
+
+@dataclass
+class UpperLimits:
+    obs: np.ndarray  # [H]
+    exp: np.ndarray  # [H, 5], pyhf's band order
+    converged: np.ndarray  # [H] root finding and every fit converged
+
+
+def upper_limits(
+    t: dict[str, jax.Array],
+    poi: int,
+    ht: HypoTestResult,
+    test_stat: str,
+    codes: tuple[str, str],
+    cl: float = 0.95,
+    rtol: float = 1e-4,
+) -> UpperLimits:
+    """Observed and expected upper limits on the POI by bracketing root finding."""
+    if test_stat == "q0":
+        raise ValueError("upper limits need the qtilde or q test statistic")
+    H = t["init"].shape[0]
+    st = ht.state
+    alpha = 1.0 - cl
+    lo_b = float(np.max(np.asarray(t["lo"][:, poi])))
+    hi_b = float(np.min(np.asarray(t["hi"][:, poi])))
+    lo_b = max(lo_b, 0.0)
+    fits_ok = np.ones((H, 6), dtype=bool)
+    obs_rows = _stack_data([st["obs"]] + [st["asimov"]] * 6)
+    free = _free_masks(t, poi, [True] * 7)
+
+    def cls_grid(mu: np.ndarray) -> np.ndarray:
+        """CLs for mu [H, 6]: column 0 observed, columns 1..5 the expected band."""
+        mu_j = jnp.asarray(mu)
+        x0 = jnp.stack(
+            [_with_poi(st["free_x"], poi, mu_j[:, 0])] + [_with_poi(st["gen"], poi, mu_j[:, k]) for k in range(6)], axis=1
+        )
+        res = fit_rows_jit(t, obs_rows, x0, free, codes)
+        f = np.asarray(res.fval)
+        ok = np.asarray(res.converged)
+        q = _tmu(f[:, 0], st["f_free"], ht.mu_hat, mu[:, 0], test_stat)
+        qa = _tmu(f[:, 1:], st["f_free_asimov"][:, None], st["mu_hat_asimov"][:, None], mu, test_stat)
+        out = np.empty_like(mu)
+        out[:, 0] = _pvalues(q, qa[:, 0], test_stat)[2]
+        exp = _expected_cls(qa[:, 1:], test_stat)  # [H, 5, 5]: (column, n_sigma)
+        out[:, 1:] = exp[:, np.arange(5), np.arange(5)]
+        fits_ok[:] &= np.concatenate([(ok[:, 0] & ok[:, 1])[:, None], ok[:, 2:]], axis=1)
+        return out
+
+    last_mu = np.full((H, 6), 1.0)
+
+    def objective(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        # scipy passes only unfinished elements; evaluate the full (fixed-shape) batch
+        mu = last_mu.copy()
+        flat = mu.reshape(-1)
+        flat[idx] = x
+        with np.errstate(divide="ignore"):
+            val = np.log(np.maximum(cls_grid(flat.reshape(H, 6)), 1e-300)) - np.log(alpha)
+        return val.reshape(-1)[idx]
+
+    idx = np.arange(H * 6)
+    # initial guess from the Asimov curvature at the tested point (sigma ~ mu / sqrt(qA))
+    guess = np.clip(np.maximum(ht.mu_hat, 0.0)[:, None] + 2.0 * np.ones((H, 6)), lo_b + 1e-3, hi_b)
+    bracket = elementwise.bracket_root(objective, guess.reshape(-1) * 0.5, guess.reshape(-1), xmin=lo_b, xmax=hi_b, args=(idx,))
+    found = np.asarray(bracket.success)
+    root = elementwise.find_root(objective, (bracket.bracket[0], bracket.bracket[1]), args=(idx,), tolerances={"xrtol": rtol})
+    limits = np.where(found & np.asarray(root.success), np.asarray(root.x), np.nan).reshape(H, 6)
+    ok = np.isfinite(limits).all(axis=1) & fits_ok.all(axis=1) & ht.converged
+    return UpperLimits(obs=limits[:, 0], exp=limits[:, 1:], converged=ok)

@@ -1,0 +1,545 @@
+"""Compile hypotheses into one batched, padded tensor model.
+
+Structure alignment lives here and nowhere else.  Each hypothesis (a full
+pyhf workspace spec) is parsed into parameters and modifier entries following
+pyhf's HistFactory semantics.  Parameters and samples that exist in the
+background workspace keep their names; those a patch introduces (the signal
+sample, its MC-stat ``shapesys`` whose names carry the mass point) are renamed
+by *role* -- modifier type, where they act, and order of appearance -- so that
+``shape_mcstat_<point A>_SR`` and ``shape_mcstat_<point B>_SR`` become the same
+slot.  Hypotheses with the same channel layout and POI are then padded to the
+union structure:
+
+* a sample a hypothesis lacks has zero yield;
+* a normsys entry it lacks has ``hi = lo = 1`` and a histosys entry zero deltas
+  (both interpolate to exactly 1 / 0 for every parameter value);
+* multiplicative modifiers go through a per-hypothesis index table whose
+  padding points at a constant 1;
+* a parameter it lacks is fixed and its constraint term masked out.
+
+So every hypothesis's NLL equals that of pyhf's model of the single patch
+(tests check this at random parameter points).  Every numeric tensor is
+stacked per hypothesis; only the index structure is shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from fitserve.engine.errors import InputError
+from fitserve.engine.inputs import Hypothesis
+
+# pyhf's default parameter settings per modifier type.
+_CONSTRAINT = {
+    "normsys": "normal",
+    "histosys": "normal",
+    "lumi": "normal",
+    "staterror": "normal",
+    "shapesys": "poisson",
+    "normfactor": None,
+    "shapefactor": None,
+}
+_MULTIPLICATIVE = ("normfactor", "shapefactor", "lumi", "staterror", "shapesys")
+
+
+@dataclass
+class ParamSet:
+    """One named pyhf parameter set (scalar or one entry per channel bin)."""
+
+    key: str
+    name: str
+    kind: str  # modifier type that defines it
+    n: int
+    inits: list[float]
+    bounds: list[tuple[float, float]]
+    fixed: list[bool]
+    constraint: str | None  # "normal", "poisson" or None
+    aux: list[float] = field(default_factory=list)
+    sigmas: list[float] = field(default_factory=list)  # normal
+    factors: list[float] = field(default_factory=list)  # poisson tau
+
+
+@dataclass
+class ParsedHypothesis:
+    """A hypothesis in role-keyed form, before padding."""
+
+    name: str
+    values: list[float]
+    channels: list[tuple[str, int]]
+    poi_key: str
+    observed: np.ndarray  # [B]
+    samples: dict[tuple[str, str], np.ndarray]  # (channel, sample key) -> nominal [nbins]
+    params: dict[str, ParamSet]
+    normsys: dict[tuple[str, tuple[str, str]], tuple[float, float]]  # (param key, slot) -> (hi, lo)
+    histosys: dict[tuple[str, tuple[str, str]], tuple[np.ndarray, np.ndarray]]  # -> (hi_data, lo_data)
+    multiplicative: list[tuple[str, tuple[str, str]]]  # (param key, slot)
+
+    def layout_key(self) -> tuple[Any, ...]:
+        return (tuple(self.channels), self.poi_key)
+
+
+def background_names(bkg: dict[str, Any] | None) -> tuple[set[tuple[str, str]], set[str]] | None:
+    """(channel, sample) pairs and parameter names of a background workspace."""
+    if bkg is None:
+        return None
+    samples: set[tuple[str, str]] = set()
+    params: set[str] = set()
+    for ch in bkg["channels"]:
+        for s in ch["samples"]:
+            samples.add((ch["name"], s["name"]))
+            params.update(m["name"] for m in s["modifiers"])
+    for m in bkg.get("measurements", []):
+        params.update(p["name"] for p in m.get("config", {}).get("parameters", []))
+        if m.get("config", {}).get("poi"):
+            params.add(m["config"]["poi"])
+    return samples, params
+
+
+def parse_hypothesis(
+    hyp: Hypothesis, bkg: tuple[set[tuple[str, str]], set[str]] | None, measurement: str | None = None
+) -> ParsedHypothesis:
+    """Read one full workspace spec into role-keyed parameters and entries.
+
+    ``bkg`` holds the names of the background-only workspace the hypothesis
+    was patched from (``background_names``; None for a standalone workspace): names present there are kept, names a
+    patch introduced are replaced by role keys.
+    """
+    spec = hyp.spec
+    where = f"patch {hyp.name!r}" if bkg is not None else "workspace"
+    meas = _measurement(spec, measurement, where)
+    config = meas.get("config", {})
+    poi = config.get("poi")
+
+    bkg_samples, bkg_params = bkg if bkg is not None else (set(), set())
+
+    channels = [(ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"]]
+    nbins = dict(channels)
+    observed_by_channel = {o["name"]: o["data"] for o in spec.get("observations", [])}
+    observed = []
+    for ch, nb in channels:
+        if ch not in observed_by_channel:
+            raise InputError(f"no observations for channel {ch!r}", where=where)
+        obs = observed_by_channel[ch]
+        if len(obs) != nb:
+            raise InputError(f"observations of channel {ch!r} have {len(obs)} bins, samples have {nb}", where=where)
+        observed.extend(obs)
+
+    # 1. sample slots, renaming samples the patch added by order of appearance
+    samples: dict[tuple[str, str], np.ndarray] = {}
+    slot_of: dict[tuple[str, int], tuple[str, str]] = {}
+    where_used: dict[str, set[tuple[str, str]]] = {}
+    for ci, ch in enumerate(spec["channels"]):
+        n_new = 0
+        for si, s in enumerate(ch["samples"]):
+            if len(s["data"]) != nbins[ch["name"]]:
+                raise InputError(
+                    f"sample {s['name']!r} has {len(s['data'])} bins, channel {ch['name']!r} has {nbins[ch['name']]}",
+                    where=f"{where} /channels/{ci}/samples/{si}/data",
+                )
+            if bkg is None or (ch["name"], s["name"]) in bkg_samples:
+                key = s["name"]
+            else:
+                key = f"+new{n_new}"
+                n_new += 1
+            slot = (ch["name"], key)
+            samples[slot] = np.asarray(s["data"], dtype=np.float64)
+            slot_of[(ci, si)] = slot
+            for m in s["modifiers"]:
+                where_used.setdefault(m["name"], set()).add(slot)
+
+    # 2. role keys for parameters the patch introduced
+    key_of: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for ci, ch in enumerate(spec["channels"]):
+        for si, s in enumerate(ch["samples"]):
+            for m in s["modifiers"]:
+                name = m["name"]
+                if name in key_of:
+                    continue
+                if bkg is None or name in bkg_params or name == poi:
+                    key_of[name] = name
+                else:
+                    # normsys and histosys of one name share one parameter in pyhf
+                    family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
+                    role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
+                    k = counters.get(role, 0)
+                    counters[role] = k + 1
+                    key_of[name] = f"{role}#{k}"
+    if poi is None:
+        raise InputError("the measurement has no POI (config.poi)", where=where)
+    if poi not in key_of:
+        raise InputError(f"POI {poi!r} is not a parameter of the model", where=where)
+
+    # 3. parameter sets with pyhf's defaults, then measurement overrides
+    params: dict[str, ParamSet] = {}
+    normsys: dict[tuple[str, tuple[str, str]], tuple[float, float]] = {}
+    histosys: dict[tuple[str, tuple[str, str]], tuple[np.ndarray, np.ndarray]] = {}
+    multiplicative: list[tuple[str, tuple[str, str]]] = []
+    staterror_parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    overrides = {p["name"]: p for p in config.get("parameters", [])}
+
+    for ci, ch in enumerate(spec["channels"]):
+        nb = nbins[ch["name"]]
+        for si, s in enumerate(ch["samples"]):
+            slot = slot_of[(ci, si)]
+            nom = samples[slot]
+            for mi, m in enumerate(s["modifiers"]):
+                mtype, name, data = m["type"], m["name"], m.get("data")
+                key = key_of[name]
+                mwhere = f"{where} /channels/{ci}/samples/{si}/modifiers/{mi}"
+                n = nb if mtype in ("shapesys", "staterror", "shapefactor") else 1
+                ps = params.get(key)
+                if ps is None:
+                    ps = _default_paramset(key, name, mtype, n, nom, data, overrides.get(name), mwhere)
+                    params[key] = ps
+                elif ps.n != n or ps.constraint != _CONSTRAINT[mtype]:
+                    raise InputError(
+                        f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions", where=mwhere
+                    )
+                if mtype == "normsys":
+                    normsys[(key, slot)] = (float(data["hi"]), float(data["lo"]))
+                elif mtype == "histosys":
+                    hi = np.asarray(data["hi_data"], dtype=np.float64) - nom
+                    lo = np.asarray(data["lo_data"], dtype=np.float64) - nom
+                    if hi.shape != nom.shape or lo.shape != nom.shape:
+                        raise InputError("histosys data does not match the sample's bins", where=mwhere)
+                    histosys[(key, slot)] = (hi, lo)
+                else:
+                    multiplicative.append((key, slot))
+                    if mtype == "staterror":
+                        unc = np.asarray(data, dtype=np.float64)
+                        if unc.shape != nom.shape:
+                            raise InputError("staterror data does not match the sample's bins", where=mwhere)
+                        staterror_parts.setdefault(key, []).append((nom, unc))
+                    elif mtype == "shapesys" and len(data) != nb:
+                        raise InputError("shapesys data does not match the sample's bins", where=mwhere)
+
+    # staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)
+    for key, parts in staterror_parts.items():
+        total = np.sum([nom for nom, _ in parts], axis=0)
+        rel2 = np.sum([np.where(total > 0, (unc / np.where(total > 0, total, 1.0)) ** 2, 0.0) for _, unc in parts], axis=0)
+        sig = np.sqrt(rel2)
+        ps = params[key]
+        ps.fixed = [bool(f) or bool(s == 0) for f, s in zip(ps.fixed, sig)]
+        ps.sigmas = [float(s) if s > 0 else 1.0 for s in sig]
+        _apply_override(ps, overrides.get(ps.name), where)
+
+    return ParsedHypothesis(
+        name=hyp.name,
+        values=list(hyp.values),
+        channels=channels,
+        poi_key=key_of[poi],
+        observed=np.asarray(observed, dtype=np.float64),
+        samples=samples,
+        params=params,
+        normsys=normsys,
+        histosys=histosys,
+        multiplicative=multiplicative,
+    )
+
+
+def _measurement(spec: dict[str, Any], name: str | None, where: str) -> dict[str, Any]:
+    measurements = spec.get("measurements", [])
+    if not measurements:
+        raise InputError("the workspace has no measurement", where=where)
+    if name is None:
+        return measurements[0]
+    for m in measurements:
+        if m["name"] == name:
+            return m
+    raise InputError(f"no measurement named {name!r}", where=where)
+
+
+def _default_paramset(
+    key: str, name: str, mtype: str, n: int, nom: np.ndarray, data: Any, override: dict | None, where: str
+) -> ParamSet:
+    constraint = _CONSTRAINT[mtype]
+    if mtype in ("normsys", "histosys"):
+        ps = ParamSet(key, name, mtype, 1, [0.0], [(-5.0, 5.0)], [False], constraint, [0.0], [1.0])
+    elif mtype == "normfactor":
+        ps = ParamSet(key, name, mtype, 1, [1.0], [(0.0, 10.0)], [False], None)
+    elif mtype == "shapefactor":
+        ps = ParamSet(key, name, mtype, n, [1.0] * n, [(0.0, 10.0)] * n, [False] * n, None)
+    elif mtype == "staterror":  # sigmas filled in once all samples are seen
+        ps = ParamSet(key, name, mtype, n, [1.0] * n, [(1e-10, 10.0)] * n, [False] * n, constraint, [1.0] * n, [1.0] * n)
+    elif mtype == "shapesys":
+        unc = np.asarray(data, dtype=np.float64)
+        valid = (nom > 0) & (unc > 0)
+        tau = np.where(valid, nom**2 / np.where(valid, unc, 1.0) ** 2, 1.0)
+        ps = ParamSet(
+            key, name, mtype, n, [1.0] * n, [(1e-10, 10.0)] * n, [not v for v in valid], constraint,
+            aux=tau.tolist(), factors=tau.tolist(),
+        )
+    elif mtype == "lumi":
+        if not override or "auxdata" not in override or "sigmas" not in override:
+            raise InputError(f"lumi parameter {name!r} needs auxdata and sigmas in the measurement config", where=where)
+        aux = float(override["auxdata"][0])
+        ps = ParamSet(key, name, mtype, 1, [aux], [(0.0, 10.0 * aux)], [False], constraint, [aux], [float(override["sigmas"][0])])
+    else:  # schema validation makes this unreachable
+        raise InputError(f"unknown modifier type {mtype!r}", where=where)
+    if mtype != "staterror":
+        _apply_override(ps, override, where)
+    return ps
+
+
+def _apply_override(ps: ParamSet, override: dict | None, where: str) -> None:
+    """Apply a measurement ``config.parameters`` entry as pyhf does."""
+    if not override:
+        return
+    for field_name, attr in (("inits", "inits"), ("auxdata", "aux"), ("sigmas", "sigmas")):
+        if field_name in override:
+            values = [float(v) for v in override[field_name]]
+            if len(values) != ps.n:
+                raise InputError(f"{field_name} of parameter {ps.name!r} has {len(values)} entries, expected {ps.n}", where=where)
+            setattr(ps, attr, values)
+    if "bounds" in override:
+        bounds = [tuple(map(float, b)) for b in override["bounds"]]
+        if len(bounds) != ps.n:
+            raise InputError(f"bounds of parameter {ps.name!r} have {len(bounds)} entries, expected {ps.n}", where=where)
+        ps.bounds = bounds
+    if "fixed" in override:
+        ps.fixed = [bool(override["fixed"])] * ps.n
+
+
+# --------------------------------------------------------------------------
+# grouping and padding
+
+
+def group_hypotheses(parsed: Sequence[ParsedHypothesis]) -> list[list[int]]:
+    """Split hypotheses into groups that can share one padded structure.
+
+    Same channel layout and POI, and no parameter key defined two different
+    ways.  In practice a whole patchset is one group.
+    """
+    groups: list[tuple[tuple[Any, ...], dict[str, tuple[int, str | None]], list[int]]] = []
+    for i, p in enumerate(parsed):
+        sig = {k: (ps.n, ps.constraint) for k, ps in p.params.items()}
+        for layout, known, members in groups:
+            if layout == p.layout_key() and all(known.get(k, v) == v for k, v in sig.items()):
+                known.update(sig)
+                members.append(i)
+                break
+        else:
+            groups.append((p.layout_key(), dict(sig), [i]))
+    return [members for _, _, members in groups]
+
+
+@dataclass
+class BatchedModel:
+    """A padded model for H hypotheses; every array's first axis is H."""
+
+    names: list[str]
+    values: list[list[float]]
+    channels: list[tuple[str, int]]
+    param_names: list[str]  # scalar parameter labels (role keys), length P
+    poi_index: int
+    structure_key: str  # hash of everything that fixes array shapes
+    arrays: dict[str, np.ndarray]
+    param_labels: list[list[str | None]]  # per hypothesis: original name per scalar param (None = padding)
+
+    @property
+    def n_hypotheses(self) -> int:
+        return len(self.names)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.param_names)
+
+    def take(self, index: Sequence[int]) -> "BatchedModel":
+        """A model with a subset (or repetition) of hypotheses; same structure."""
+        idx = np.asarray(index, dtype=np.int64)
+        return BatchedModel(
+            names=[self.names[i] for i in idx],
+            values=[self.values[i] for i in idx],
+            channels=self.channels,
+            param_names=self.param_names,
+            poi_index=self.poi_index,
+            structure_key=self.structure_key,
+            arrays={k: v[idx] for k, v in self.arrays.items()},
+            param_labels=[self.param_labels[i] for i in idx],
+        )
+
+
+def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
+    """Pad a group of parsed hypotheses to their union structure and stack."""
+    first = parsed[0]
+    channels = first.channels
+    offsets: dict[str, int] = {}
+    b = 0
+    for ch, nb in channels:
+        offsets[ch] = b
+        b += nb
+    n_bins = b
+
+    # union of parameter keys: background names first, then role keys
+    union: dict[str, ParamSet] = {}
+    for p in parsed:
+        for k, ps in p.params.items():
+            union.setdefault(k, ps)
+    keys = sorted(union, key=lambda k: (k.startswith("~"), k))
+    start: dict[str, int] = {}
+    labels: list[str] = []
+    for k in keys:
+        start[k] = len(labels)
+        labels.extend([k] if union[k].n == 1 else [f"{k}[{i}]" for i in range(union[k].n)])
+    n_par = len(labels)
+    poi_index = start[first.poi_key]
+
+    slots = sorted({s for p in parsed for s in p.samples}, key=lambda s: ([c for c, _ in channels].index(s[0]), s[1].startswith("+"), s[1]))
+    slot_index = {s: i for i, s in enumerate(slots)}
+    ns_keys = sorted({e for p in parsed for e in p.normsys}, key=lambda e: (slot_index[e[1]], e[0]))
+    hs_keys = sorted({e for p in parsed for e in p.histosys}, key=lambda e: (slot_index[e[1]], e[0]))
+
+    # per slot, its normsys / histosys entries (k-th column of a padded table)
+    def columns(entries: list[tuple[str, tuple[str, str]]]) -> tuple[dict[tuple[str, tuple[str, str]], int], np.ndarray]:
+        per_slot: list[list[str]] = [[] for _ in slots]
+        col: dict[tuple[str, tuple[str, str]], int] = {}
+        for key, slot in entries:
+            col[(key, slot)] = len(per_slot[slot_index[slot]])
+            per_slot[slot_index[slot]].append(key)
+        width = max([len(x) for x in per_slot] + [1])
+        par = np.zeros((len(slots), width), dtype=np.int32)  # padding: any index, neutral data
+        for si, ks in enumerate(per_slot):
+            par[si, : len(ks)] = [start[k] for k in ks]
+        return col, par
+
+    ns_col, ns_par = columns(ns_keys)
+    hs_col, hs_par = columns(hs_keys)
+
+    # compact (slot, bin) pairs: only the bins of each slot's own channel
+    nb_of = dict(channels)
+    sb_slot: list[int] = []
+    sb_bin: list[int] = []
+    sb_start: dict[int, int] = {}
+    for si, (ch, _) in enumerate(slots):
+        sb_start[si] = len(sb_slot)
+        for i in range(nb_of[ch]):
+            sb_slot.append(si)
+            sb_bin.append(offsets[ch] + i)
+    SB = len(sb_slot)
+
+    H = len(parsed)
+    S = len(slots)
+    nominal = np.zeros((H, SB))
+    ns_hi = np.ones((H, S, ns_par.shape[1]))
+    ns_lo = np.ones((H, S, ns_par.shape[1]))
+    hs_hi = np.zeros((H, SB, hs_par.shape[1]))
+    hs_lo = np.zeros((H, SB, hs_par.shape[1]))
+
+    # multiplicative factors: per (slot, bin) a list of scalar parameter indices
+    mult_lists: list[list[list[int]]] = [[[] for _ in range(SB)] for _ in range(H)]
+    init = np.zeros((H, n_par))
+    lo = np.zeros((H, n_par))
+    hi = np.ones((H, n_par))
+    fixed = np.ones((H, n_par), dtype=bool)
+    normal_mask = np.zeros((H, n_par), dtype=bool)
+    normal_aux = np.zeros((H, n_par))
+    normal_sigma = np.ones((H, n_par))
+    pois_mask = np.zeros((H, n_par), dtype=bool)
+    pois_tau = np.ones((H, n_par))
+    pois_aux = np.ones((H, n_par))
+    observed = np.zeros((H, n_bins))
+    param_labels: list[list[str | None]] = []
+
+    for h, p in enumerate(parsed):
+        observed[h] = p.observed
+        plabel: list[str | None] = [None] * n_par
+        for k, ps in p.params.items():
+            j0 = start[k]
+            for i in range(ps.n):
+                j = j0 + i
+                plabel[j] = ps.name if ps.n == 1 else f"{ps.name}[{i}]"
+                init[h, j] = ps.inits[i]
+                lo[h, j], hi[h, j] = ps.bounds[i]
+                fixed[h, j] = ps.fixed[i]
+                if ps.constraint == "normal":
+                    normal_mask[h, j] = True
+                    normal_aux[h, j] = ps.aux[i]
+                    normal_sigma[h, j] = ps.sigmas[i]
+                elif ps.constraint == "poisson":
+                    pois_mask[h, j] = True
+                    pois_tau[h, j] = ps.factors[i]
+                    pois_aux[h, j] = ps.aux[i]
+        # padded parameters: fixed at a neutral value inside their bounds
+        for j in range(n_par):
+            if plabel[j] is None:
+                k = labels[j].split("[")[0]
+                neutral = 0.0 if union[k].kind in ("normsys", "histosys") else 1.0
+                init[h, j], lo[h, j], hi[h, j] = neutral, neutral - 1.0, neutral + 1.0
+        param_labels.append(plabel)
+        for slot, nom in p.samples.items():
+            o = sb_start[slot_index[slot]]
+            nominal[h, o : o + len(nom)] = nom
+        for e, (vhi, vlo) in p.normsys.items():
+            si = slot_index[e[1]]
+            ns_hi[h, si, ns_col[e]], ns_lo[h, si, ns_col[e]] = vhi, vlo
+        for e, (dhi, dlo) in p.histosys.items():
+            o = sb_start[slot_index[e[1]]]
+            hs_hi[h, o : o + len(dhi), hs_col[e]] = dhi
+            hs_lo[h, o : o + len(dlo), hs_col[e]] = dlo
+        for k, slot in p.multiplicative:
+            o = sb_start[slot_index[slot]]
+            ps = p.params[k]
+            for i in range(nb_of[slot[0]]):
+                mult_lists[h][o + i].append(start[k] + (i if ps.n > 1 else 0))
+
+    width = max([len(x) for hh in mult_lists for x in hh] + [1])
+    mult = np.full((H, SB, width), n_par, dtype=np.int32)  # n_par -> constant 1
+    for h in range(H):
+        for i, idx in enumerate(mult_lists[h]):
+            mult[h, i, : len(idx)] = idx
+
+    arrays = {
+        "nominal": nominal,
+        "ns_hi": ns_hi,
+        "ns_lo": ns_lo,
+        "hs_hi": hs_hi,
+        "hs_lo": hs_lo,
+        "mult": mult,
+        "init": init,
+        "lo": lo,
+        "hi": hi,
+        "fixed": fixed,
+        "normal_mask": normal_mask,
+        "normal_aux": normal_aux,
+        "normal_sigma": normal_sigma,
+        "pois_mask": pois_mask,
+        "pois_tau": pois_tau,
+        "pois_aux": pois_aux,
+        "observed": observed,
+        # shared structure, repeated per hypothesis so that ``take`` stays uniform
+        "ns_par": np.broadcast_to(ns_par, (H,) + ns_par.shape).copy(),
+        "hs_par": np.broadcast_to(hs_par, (H,) + hs_par.shape).copy(),
+        "sb_slot": np.broadcast_to(np.asarray(sb_slot, np.int32), (H, SB)).copy(),
+        "sb_bin": np.broadcast_to(np.asarray(sb_bin, np.int32), (H, SB)).copy(),
+    }
+    shape_sig = repr(sorted((k, v.shape[1:], str(v.dtype)) for k, v in arrays.items())) + repr(poi_index)
+    return BatchedModel(
+        names=[p.name for p in parsed],
+        values=[p.values for p in parsed],
+        channels=channels,
+        param_names=labels,
+        poi_index=poi_index,
+        structure_key=hashlib.sha256(shape_sig.encode()).hexdigest()[:16],
+        arrays=arrays,
+        param_labels=param_labels,
+    )
+
+
+def compile_hypotheses(
+    hypotheses: Sequence[Hypothesis], bkg: dict[str, Any] | None, measurement: str | None = None
+) -> list[BatchedModel]:
+    """Parse, group and pad: one ``BatchedModel`` per structure group."""
+    names = background_names(bkg)
+    parsed = [parse_hypothesis(h, names, measurement) for h in hypotheses]
+    return [build_batched_model([parsed[i] for i in group]) for group in group_hypotheses(parsed)]
+
+
+def log_factorial_const(x: np.ndarray) -> np.ndarray:
+    """``lgamma(x + 1)`` elementwise (scipy-free helper for constants)."""
+    return np.vectorize(math.lgamma)(np.asarray(x, dtype=np.float64) + 1.0)
