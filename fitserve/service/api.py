@@ -221,7 +221,8 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         job_id, todo = await run_in_threadpool(store.create_job, job)
         if todo:
             size = settings.chunk_size
-            await run_in_threadpool(queue.enqueue, job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
+            ids = await run_in_threadpool(queue.enqueue, job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
+            await run_in_threadpool(store.add_chunks, job_id, ids)
         st = await run_in_threadpool(_status, job_id)
         body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - len(todo),
                 "to_compute": len(todo), "links": st["links"]}
@@ -244,6 +245,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         state = store.cancel(job_id)
         if state in ("done", "failed"):
             raise HTTPProblem(409, f"job already {state}", "job state")
+        queue.drop(store.chunk_ids(job_id))
         return _status(job_id)
 
     def _records(job_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:

@@ -58,7 +58,6 @@ def register(app: typer.Typer) -> None:
     def worker(
         executor: Optional[str] = typer.Option(None, help="local or parsl (default: FITSERVE_EXECUTOR or local)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes / local threads (FITSERVE_PARSL_WORKERS)."),
-        chunk_size: Optional[int] = typer.Option(None, help="Only used by the API; accepted for symmetry."),
         redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL)."),
         site: Optional[Path] = typer.Option(None, help="Parsl site file (YAML) for HPC providers."),
         name: Optional[str] = typer.Option(None, help="Consumer name in the queue (default: host-pid-random)."),
@@ -68,7 +67,7 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("parsl").setLevel(logging.WARNING)
-        settings = _settings(executor=executor, parsl_workers=workers, chunk_size=chunk_size, redis_url=redis_url, parsl_site=site)
+        settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
         if settings.executor == "parsl":
             _venv_path_env(os.environ)  # Parsl finds interchange.py through PATH
         w = Worker(settings, name=name)

@@ -74,7 +74,10 @@ def _plot_2d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], lev
         ax.scatter(*np.array([pts[n] for n in bad]).T, s=30, c="0.5", marker="x", label=f"not converged / failed ({len(bad)})", zorder=6)
     ax.set_xlabel(labels[0] if labels else "value 0")
     ax.set_ylabel(labels[1] if len(labels) > 1 else "value 1")
-    ax.legend(loc="upper left", fontsize=10, frameon=False)
+    ys = [v[1] for v in pts.values()]
+    if ys and max(ys) > min(ys):  # head room for the legend
+        ax.set_ylim(min(ys) - 0.03 * (max(ys) - min(ys)), max(ys) + 0.4 * (max(ys) - min(ys)))
+    ax.legend(loc="upper left", fontsize=10, frameon=False, ncols=2)
 
 
 def _plot_1d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], level: float) -> None:

@@ -104,6 +104,10 @@ class ChunkQueue:
             pipe.xdel(self.stream, *entry_ids)
             pipe.execute()
 
+    def drop(self, entry_ids: Sequence[str]) -> int:
+        """Delete entries (e.g. of a cancelled job); a worker holding one just acks it away."""
+        return int(self.r.xdel(self.stream, *entry_ids)) if entry_ids else 0
+
     def stats(self) -> dict[str, Any]:
         try:
             groups = self.r.xinfo_groups(self.stream)

@@ -11,6 +11,7 @@ Keys (``P`` is ``settings.key_prefix``)::
     P:job:{id}:meta        JSON: options, labels, names, values, hkeys, patch shas, ws sha
     P:job:{id}:done        hash: hypothesis name -> how it finished (progress, idempotent)
     P:job:{id}:errors      hash: hypothesis name -> record with "error" (never cached)
+    P:job:{id}:chunks      list of the job's entry ids in the chunk stream
 
 ``hkey`` = sha256 of (workspace sha, patch sha, options, engine version): the
 same hypothesis asked for again, by any job, is answered from ``P:result``.
@@ -298,6 +299,14 @@ class JobStore:
     def transition(self, job_id: str, new: str, allowed: Sequence[str], stamp: str = "") -> str | None:
         res = self._transition(keys=[self.job_key(job_id)], args=[new, stamp, time.time(), *allowed])
         return _s(res)
+
+    def add_chunks(self, job_id: str, entry_ids: Sequence[str]) -> None:
+        """Remember the job's queue entries, so cancelling can remove them from the stream."""
+        if entry_ids:
+            self.r.rpush(self.job_key(job_id, "chunks"), *entry_ids)
+
+    def chunk_ids(self, job_id: str) -> list[str]:
+        return [_s(i) for i in self.r.lrange(self.job_key(job_id, "chunks"), 0, -1)]
 
     def mark_running(self, job_id: str) -> str | None:
         return self.transition(job_id, "running", ["queued"], stamp="started")
