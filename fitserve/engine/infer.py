@@ -188,13 +188,23 @@ def upper_limits(
     last_mu = np.full((H, 6), 1.0)
 
     def objective(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        # scipy passes only unfinished elements; evaluate the full (fixed-shape) batch
-        mu = last_mu.copy()
-        flat = mu.reshape(-1)
-        flat[idx] = x
-        with np.errstate(divide="ignore"):
-            val = np.log(np.maximum(cls_grid(flat.reshape(H, 6)), 1e-300)) - np.log(alpha)
-        return val.reshape(-1)[idx]
+        # scipy passes only unfinished elements, sometimes two points per element
+        # (both bracket ends): evaluate full, fixed-shape [H, 6] grids, one per round
+        x, idx = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(idx))
+        xf, kf = x.reshape(-1), idx.reshape(-1)
+        out = np.empty_like(xf)
+        pending = np.arange(xf.size)
+        while pending.size:
+            _, first = np.unique(kf[pending], return_index=True)
+            now = pending[first]
+            flat = last_mu.reshape(-1).copy()
+            flat[kf[now]] = xf[now]
+            with np.errstate(divide="ignore"):
+                val = np.log(np.maximum(cls_grid(flat.reshape(H, 6)), 1e-300)) - np.log(alpha)
+            out[now] = val.reshape(-1)[kf[now]]
+            last_mu.reshape(-1)[kf[now]] = xf[now]
+            pending = np.setdiff1d(pending, now)
+        return out.reshape(x.shape)
 
     idx = np.arange(H * 6)
     # initial guess from the Asimov curvature at the tested point (sigma ~ mu / sqrt(qA))
