@@ -13,7 +13,7 @@ from typing import Any, Literal
 import redis
 from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from fitserve import __version__
@@ -93,6 +93,16 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     )
 
 
+def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings) -> tuple[str, int]:
+    """Store a prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``."""
+    job_id, todo = store.create_job(job)
+    if todo:
+        size = settings.chunk_size
+        ids = queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
+        store.add_chunks(job_id, ids)
+    return job_id, len(todo)
+
+
 def _json(raw: bytes | str, where: str) -> Any:
     try:
         return json.loads(raw)
@@ -151,9 +161,9 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             chunks.append(part)
         return b"".join(chunks)
 
-    @app.get("/", include_in_schema=False)
-    def root() -> RedirectResponse:
-        return RedirectResponse("/docs")
+    from fitserve.web import mount_web
+
+    mount_web(app)  # the HTML pages at / (quick limits, uploads, job pages)
 
     submit_schema = {
         "requestBody": {
@@ -218,14 +228,10 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         else:
             raise HTTPProblem(415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type")
         job = await run_in_threadpool(prepare_job, workspace, patchset, options, settings)
-        job_id, todo = await run_in_threadpool(store.create_job, job)
-        if todo:
-            size = settings.chunk_size
-            ids = await run_in_threadpool(queue.enqueue, job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
-            await run_in_threadpool(store.add_chunks, job_id, ids)
+        job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings)
         st = await run_in_threadpool(_status, job_id)
-        body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - len(todo),
-                "to_compute": len(todo), "links": st["links"]}
+        body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - n_todo,
+                "to_compute": n_todo, "links": st["links"]}
         return JSONResponse(body, status_code=202, headers={"Location": st["links"]["self"]})
 
     @app.get("/v1/jobs", tags=["jobs"])

@@ -1,0 +1,51 @@
+"""Server-rendered web pages of the service (Jinja2, a little JavaScript, no build step).
+
+* ``/``: quick limit for a counting experiment, computed in-process;
+* ``/full``: upload a likelihood (background + patchset, or one workspace),
+  submitted through the same job store and queue as ``POST /v1/jobs``;
+* ``/jobs/{id}``: live progress, then the exclusion plot, a sortable table
+  and downloads.
+
+``mount_web(app)`` adds them to the API app made by
+:func:`fitserve.service.api.create_app`.  ``FITSERVE_WEB_WARMUP`` chooses when
+the quick-limit engine is compiled: ``startup`` (default: in a background
+thread when the server starts), ``lazy`` (when the form is first shown) or
+``off``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+
+WARMUP_MODES = ("startup", "lazy", "off")
+
+
+def warmup_mode() -> str:
+    mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
+    return mode if mode in WARMUP_MODES else "startup"
+
+
+def mount_web(app: FastAPI) -> None:
+    """Add the HTML pages and ``/static`` to ``app`` (which holds ``state.store``, ``queue``, ``settings``)."""
+    from fastapi.staticfiles import StaticFiles
+
+    from fitserve.web.counting import Warmup
+    from fitserve.web.routes import STATIC, router
+
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(a: Any):  # type: ignore[no-untyped-def]
+        if warmup_mode() == "startup":
+            Warmup.start()
+        async with inner(a) as state:
+            yield state
+
+    app.router.lifespan_context = lifespan

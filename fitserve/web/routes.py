@@ -1,0 +1,260 @@
+"""Routes of the web pages; the JSON API (``/v1``) stays the one source of jobs and results."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import zlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from fitserve import __version__
+from fitserve.engine.errors import InputError
+from fitserve.web import counting, warmup_mode
+
+HERE = Path(__file__).parent
+STATIC = HERE / "static"
+templates = Jinja2Templates(directory=HERE / "templates")
+router = APIRouter(include_in_schema=False)
+
+TERMINAL = ("done", "failed", "cancelled")
+#: rows of the results table rendered into the job page (the downloads have all)
+MAX_TABLE_ROWS = 2000
+#: uploads kept for a form shown again with an error (seconds)
+STASH_TTL_S = 3600
+FULL_OPTION_FIELDS = ("test_stat", "poi_test", "confidence_level", "modifier_settings", "measurement", "patches")
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (int, float)):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+templates.env.filters["num"] = fmt
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    context = {"version": __version__, "path": request.url.path, **context}
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+# --- quick limit ------------------------------------------------------------------
+
+
+def _quick_query(params: dict[str, str]) -> str:
+    return urlencode({k: params.get(k, "") for k in (*counting.FIELDS, "mode")})
+
+
+@router.get("/", response_class=HTMLResponse)
+def quick_page(request: Request) -> HTMLResponse:
+    """The counting form; with its fields in the query string, also the result (or the errors)."""
+    params = dict(request.query_params)
+    submitted = any(k in params for k in counting.FIELDS)
+    ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None}
+    status = 200
+    if warmup_mode() == "lazy":
+        counting.Warmup.start()  # once per process
+    if submitted:
+        inp = counting.parse_form(params)
+        ctx["form"] = inp.raw
+        if inp.ok:
+            try:
+                ctx["result"] = counting.compute(inp)
+            except InputError as exc:
+                inp.errors["form"] = f"{exc.where + ': ' if exc.where else ''}{exc.message}"
+            else:
+                ctx["n_bins"] = inp.n_bins
+                ctx["workspace_url"] = "/quick/workspace.json?" + _quick_query(inp.raw)
+        ctx["errors"] = inp.errors
+        status = 422 if inp.errors else 200
+    ctx["warming"] = counting.Warmup._started and not counting.Warmup.done.is_set()
+    ctx["warm_bins"] = counting.WARM_BINS
+    return _page(request, "quick.html", ctx, status)
+
+
+@router.get("/quick/workspace.json")
+def quick_workspace(request: Request) -> Response:
+    """The counting model of the form values as a pyhf workspace (a download)."""
+    inp = counting.parse_form(dict(request.query_params))
+    if not inp.ok:
+        field, message = next(iter(inp.errors.items()))
+        return JSONResponse({"detail": {"message": message, "where": field}}, status_code=422)
+    ws = counting.build_workspace(inp)
+    return Response(json.dumps(ws, indent=2), media_type="application/json",
+                    headers={"Content-Disposition": 'attachment; filename="quick_limit_workspace.json"'})
+
+
+# --- full likelihood ----------------------------------------------------------------
+
+
+def _field_of(where: str | None) -> str:
+    """Which form field an API error location concerns."""
+    where = where or ""
+    if where.startswith("workspace"):
+        return "workspace"
+    if where.startswith("patchset"):
+        return "patchset"
+    if where.startswith("options."):
+        name = where.split(".", 1)[1].split(".")[0]
+        return name if name in FULL_OPTION_FIELDS else "options"
+    return "form"
+
+
+def _stash_key(request: Request, token: str) -> str:
+    return request.app.state.store.k("web", "upload", token)
+
+
+def _stash(request: Request, filename: str, raw: bytes) -> str:
+    token = secrets.token_urlsafe(16)
+    blob = json.dumps({"filename": filename}).encode() + b"\n" + zlib.compress(raw, 3)
+    request.app.state.store.r.set(_stash_key(request, token), blob, ex=STASH_TTL_S)
+    return token
+
+
+def _unstash(request: Request, token: str) -> tuple[str, bytes] | None:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{10,64}", token or ""):
+        return None
+    blob = request.app.state.store.r.get(_stash_key(request, token))
+    if blob is None:
+        return None
+    head, _, body = blob.partition(b"\n")
+    return json.loads(head)["filename"], zlib.decompress(body)
+
+
+def _options_from_form(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+    opts: dict[str, Any] = {"limits": form.get("limits") == "on"}
+    for key in ("test_stat", "modifier_settings", "measurement"):
+        if form.get(key):
+            opts[key] = form[key]
+    for key in ("poi_test", "confidence_level"):
+        if form.get(key, "").strip():
+            opts[key] = form[key].strip()  # pydantic parses numbers and explains bad ones
+    names = [n for n in re.split(r"[,\s]+", form.get("patches", "")) if n]
+    if names:
+        opts["patches"] = names
+    if opts.get("test_stat") == "q0" and opts["limits"]:
+        errors["limits"] = "upper limits need test statistic qtilde or q, not q0"
+    return opts
+
+
+FULL_DEFAULTS = {"test_stat": "qtilde", "poi_test": "1.0", "confidence_level": "0.95", "modifier_settings": "atlas",
+                 "measurement": "", "patches": "", "limits": "on"}
+
+
+@router.get("/full", response_class=HTMLResponse)
+def full_page(request: Request) -> HTMLResponse:
+    return _page(request, "full.html", {"form": dict(FULL_DEFAULTS), "errors": {}, "kept": {}})
+
+
+@router.post("/full", response_class=HTMLResponse)
+async def full_submit(request: Request) -> Response:
+    """Validate and submit exactly as ``POST /v1/jobs`` does; on an error show the form again, nothing lost."""
+    from fitserve.service.api import _json, enqueue_job, parse_options, prepare_job
+
+    settings = request.app.state.settings
+    form = await request.form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
+    values: dict[str, str] = {k: v for k, v in form.items() if isinstance(v, str)}
+    values.setdefault("limits", "")
+    errors: dict[str, str] = {}
+    kept: dict[str, dict[str, str]] = {}
+    docs: dict[str, Any] = {}
+    raws: dict[str, tuple[str, bytes]] = {}
+    for name in ("workspace", "patchset"):
+        upload = form.get(name)
+        if upload is not None and not isinstance(upload, str) and upload.filename:
+            raws[name] = (upload.filename, await upload.read())
+        elif values.get(f"{name}_token"):
+            got = await run_in_threadpool(_unstash, request, values[f"{name}_token"])
+            if got is None:
+                errors[name] = "the file kept from your last try has expired: choose it again"
+                continue
+            raws[name] = got
+        elif name == "workspace":
+            errors[name] = "choose a background-only (or full) pyhf workspace (JSON)"
+            continue
+        if name in raws:
+            try:
+                docs[name] = _json(raws[name][1], where=name)
+            except InputError as exc:
+                errors[name] = exc.message
+    await form.close()
+    if docs.get("patchset") is not None and not isinstance(docs.get("patchset"), dict):
+        errors["patchset"] = "not a pyhf PatchSet (expected a JSON object)"
+    options = _options_from_form(values, errors)
+    try:  # options are checked even when a file is at fault, so every mistake shows at once
+        parse_options(options)
+    except InputError as exc:
+        errors.setdefault(_field_of(exc.where), exc.message)
+    if not errors:
+        try:
+            job = await run_in_threadpool(prepare_job, docs.get("workspace"), docs.get("patchset"), options, settings)
+        except InputError as exc:
+            field = _field_of(exc.where)
+            where = exc.where if exc.where and exc.where != field else None
+            errors[field] = f"{where}: {exc.message}" if where and field in ("workspace", "patchset") else exc.message
+        else:
+            store, queue = request.app.state.store, request.app.state.queue
+            job_id, _ = await run_in_threadpool(enqueue_job, job, store, queue, settings)
+            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+    # keep the uploads that are not at fault, so the user need not choose them again
+    for name, (filename, raw) in raws.items():
+        if name not in errors:
+            kept[name] = {"token": await run_in_threadpool(_stash, request, filename, raw), "filename": filename}
+    return _page(request, "full.html", {"form": {**FULL_DEFAULTS, **values}, "errors": errors, "kept": kept}, 422)
+
+
+# --- job page -------------------------------------------------------------------------
+
+
+def _rows(recs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for name, rec in list(recs.items())[:MAX_TABLE_ROWS]:
+        exp = rec.get("CLs_exp") or [None] * 5
+        ul = rec.get("upper_limit") or {}
+        ul_exp = ul.get("exp") or [None] * 5
+        if rec.get("converged"):
+            status = "no limit" if rec.get("error") else "ok"
+        else:
+            status = "not converged" if "converge" in (rec.get("error") or "converge") else "failed"
+        rows.append({
+            "name": name, "values": rec.get("values") or [], "cls_obs": rec.get("CLs_obs"), "cls_exp": exp[2],
+            "cls_m1": exp[1], "cls_p1": exp[3], "ul_obs": ul.get("obs"), "ul_exp": ul_exp[2],
+            "excluded": None if rec.get("CLs_obs") is None else rec["CLs_obs"] < 0.05,
+            "status": status, "error": rec.get("error"),
+        })
+    return rows
+
+
+def _job_context(request: Request, job_id: str) -> dict[str, Any] | None:
+    store = request.app.state.store
+    st = store.status(job_id)
+    if st is None:
+        return None
+    ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}"}
+    if ctx["terminal"]:
+        meta = store.meta(job_id)
+        recs = store.results(job_id, meta) if meta else {}
+        cl = (meta or {}).get("options", {}).get("confidence_level", 0.95)
+        ctx.update(rows=_rows(recs), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
+                   labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
+                   has_plot=st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()),
+                   limits=any(r.get("upper_limit") for r in recs.values()), cl=cl)
+    return ctx
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, job_id: str) -> HTMLResponse:
+    ctx = _job_context(request, job_id)
+    if ctx is None:
+        return _page(request, "missing.html", {"job_id": job_id}, 404)
+    return _page(request, "job.html", ctx)
