@@ -177,3 +177,5 @@ def _load_builtin() -> None:
         from fitserve.executors import local  # noqa: F401  (registers itself)
     if "parsl" not in _REGISTRY:
         from fitserve.executors import parsl as _parsl  # noqa: F401
+    if "globus" not in _REGISTRY:
+        from fitserve.executors import globus as _globus  # noqa: F401  (imports the SDK only when built)

@@ -6,7 +6,7 @@ that turns settings into a ``parsl.Config``; it also reads a *site file*
 (YAML) naming a Parsl provider and launcher, so Slurm/PBS/Kubernetes sites can
 be added as data without touching the service::
 
-    # site.yaml
+    # site.yaml (ready-made ones: endpoints/*.yaml; format: fitserve.executors.sites)
     capacity: 64                      # chunks the worker keeps in flight
     executor:                         # HighThroughputExecutor keyword arguments
       max_workers_per_node: 32
@@ -42,30 +42,15 @@ def _venv_on_path() -> None:
         os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
 
 
-def _build_typed(module: Any, spec: dict[str, Any], kind: str) -> Any:
-    spec = dict(spec)
-    type_name = spec.pop("type", None)
-    if not type_name:
-        raise ValueError(f"site file: {kind} needs a 'type'")
-    cls = getattr(module, type_name, None)
-    if cls is None:
-        raise ValueError(f"site file: unknown {kind} type {type_name!r}")
-    return cls, spec
-
-
 def load_site(site: str | Path) -> dict[str, Any]:
-    import yaml
+    """Read and check a site file (see :mod:`fitserve.executors.sites`)."""
+    from fitserve.executors.sites import load_site as _load
 
-    data = yaml.safe_load(Path(site).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"site file {site}: expected a mapping")
-    return data
+    return _load(site)
 
 
 def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | Path | dict[str, Any] | None = None) -> tuple[Any, int]:
     """Return ``(parsl.Config, capacity)`` for a local pool or a site description."""
-    import parsl.launchers
-    import parsl.providers
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
     from parsl.providers import LocalProvider
@@ -86,18 +71,12 @@ def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | 
         )
         capacity = workers
     else:
-        data = load_site(site) if not isinstance(site, dict) else dict(site)
-        pspec = dict(data.get("provider") or {"type": "LocalProvider"})
-        lspec = pspec.pop("launcher", None)
-        pcls, pkw = _build_typed(parsl.providers, pspec, "provider")
-        if lspec:
-            lcls, lkw = _build_typed(parsl.launchers, lspec, "launcher")
-            pkw["launcher"] = lcls(**lkw)
-        provider = pcls(**pkw)
-        ekw = {"max_workers_per_node": workers, **(data.get("executor") or {})}
-        htex = HighThroughputExecutor(label=_LABEL, provider=provider, **ekw)
-        per_block = int(ekw.get("max_workers_per_node") or workers) * int(getattr(provider, "nodes_per_block", 1) or 1)
-        capacity = int(data.get("capacity") or per_block * int(getattr(provider, "max_blocks", 1) or 1))
+        from fitserve.executors.sites import build_htex
+        from fitserve.executors.sites import load_site as _load
+
+        source = str(site) if not isinstance(site, dict) else "site"
+        data = _load(site, source)
+        htex, capacity = build_htex(data, workers, _LABEL, source)
     config = Config(executors=[htex], run_dir=str(run_dir), strategy="simple", usage_tracking=0, initialize_logging=False)
     return config, capacity
 

@@ -56,10 +56,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def worker(
-        executor: Optional[str] = typer.Option(None, help="local or parsl (default: FITSERVE_EXECUTOR or local)."),
+        executor: Optional[str] = typer.Option(None, help="local, parsl or globus (default: FITSERVE_EXECUTOR or local)."),
         workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes / local threads (FITSERVE_PARSL_WORKERS)."),
         redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL)."),
-        site: Optional[Path] = typer.Option(None, help="Parsl site file (YAML) for HPC providers."),
+        site: Optional[Path] = typer.Option(
+            None, help="Site file (YAML): a Parsl provider (endpoints/slurm.yaml, pbspro.yaml, kubernetes.yaml) or a Globus Compute endpoint (endpoints/globus.yaml)."
+        ),
         name: Optional[str] = typer.Option(None, help="Consumer name in the queue (default: host-pid-random)."),
     ) -> None:
         """Consume chunks from Redis and run them on an executor until SIGINT/SIGTERM."""
@@ -68,6 +70,14 @@ def register(app: typer.Typer) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("parsl").setLevel(logging.WARNING)
         settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
+        if settings.parsl_site is not None and settings.executor in ("parsl", "globus"):
+            from fitserve.executors.sites import SiteError, check_site
+
+            try:  # report a bad site file with its file and key before anything starts
+                check_site(settings.parsl_site, settings.executor)
+            except SiteError as exc:
+                typer.echo(f"fitserve: error: {exc}", err=True)
+                raise typer.Exit(2)
         if settings.executor == "parsl":
             _venv_path_env(os.environ)  # Parsl finds interchange.py through PATH
         w = Worker(settings, name=name)
