@@ -138,10 +138,11 @@ def _coerce(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
     for name, value in kwargs.items():
         ann = str(params[name].annotation).replace("typing.", "") if name in params else ""
         if isinstance(value, list):
-            if ann.lower().startswith("tuple"):
-                out[name] = tuple(value)
-            elif ann.lower().startswith("list[tuple"):
+            low = ann.lower()
+            if "list[tuple" in low:
                 out[name] = [tuple(v) if isinstance(v, list) else v for v in value]
+            elif "tuple" in low:
+                out[name] = tuple(value)
     return out
 
 
