@@ -148,7 +148,7 @@ def _options_from_form(form: dict[str, str], errors: dict[str, str]) -> dict[str
 
 
 FULL_DEFAULTS = {"test_stat": "qtilde", "poi_test": "1.0", "confidence_level": "0.95", "modifier_settings": "atlas",
-                 "measurement": "", "patches": "", "limits": "on"}
+                 "measurement": "", "patches": "", "limits": ""}
 
 
 @router.get("/full", response_class=HTMLResponse)
