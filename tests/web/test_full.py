@@ -37,6 +37,7 @@ def test_upload_3L_RJ_progress_plot_table_downloads(page, web, rj, shot):
     # live progress: the numbers move without a reload (the page polls /v1/jobs/{id})
     page.wait_for_function(f"() => document.querySelector('[data-testid=job-progress]').textContent.trim() !== '0 / {len(names)}'",
                            timeout=600_000)
+    assert "0 computed" not in page.get_by_test_id("job-counts").inner_text()
     shot(page, "job-progress-moved", widths=("phone",))
 
     # the page polls /v1/jobs/{id} and reloads itself when the job is over

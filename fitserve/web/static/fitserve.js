@@ -8,6 +8,7 @@
     var prog = box.querySelector("[data-testid=job-progress]");
     var bar = box.querySelector("[data-testid=job-bar]");
     var elapsed = box.querySelector("[data-testid=job-elapsed]");
+    var counts = box.querySelector("[data-testid=job-counts]");
     function tick() {
       fetch("/v1/jobs/" + encodeURIComponent(id), { headers: { Accept: "application/json" } })
         .then(function (r) { return r.ok ? r.json() : Promise.reject(r.status); })
@@ -18,6 +19,9 @@
           bar.max = st.progress.total || 1;
           bar.value = st.progress.done;
           if (elapsed) elapsed.textContent = Math.round(st.timings.total_s);
+          var c = st.counts;
+          counts.textContent = "(" + c.cached + " from the cache, " + c.computed + " computed" +
+            (c.not_converged ? ", " + c.not_converged + " not converged" : "") + (c.errors ? ", " + c.errors + " failed" : "") + ")";
           if (["done", "failed", "cancelled"].indexOf(st.state) >= 0) {
             window.location.reload();  // the server renders plot, table and downloads
           } else {
