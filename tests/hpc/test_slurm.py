@@ -50,7 +50,7 @@ def test_service_job_on_slurm_matches_local_executor(slurm, service, tiny, tmp_p
         assert job["total"] == 3
         try:
             st = service.wait(job["id"], timeout=240)
-        except TimeoutError:
+        except (TimeoutError, AssertionError):  # wait_until raised either, depending on the version
             pytest.fail(f"job did not finish; worker log:\n{(tmp_path / 'worker.log').read_text()[-3000:]}")
         assert st["state"] == "done", st
         got = service.http.get(f"/v1/jobs/{job['id']}/results").json()["results"]
