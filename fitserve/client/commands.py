@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
             if wait:
                 st = _wait(job, progress, timeout)
                 if output is not None and st["state"] == "done":
-                    typer.echo(f"results -> {job.save_results(output)}", err=True)
+                    typer.echo(f"wrote {job.save_results(output)}", err=True)
                 if st["state"] != "done":
                     raise typer.Exit(1)
 
@@ -166,7 +166,7 @@ def register(app: typer.Typer) -> None:
             if output is None:
                 typer.echo(json.dumps(job.results(), indent=1))
             else:
-                typer.echo(f"{job.save_results(output)}", err=True)
+                typer.echo(f"wrote {job.save_results(output)}", err=True)
         if st["state"] != "done":
             p = st["progress"]
             typer.echo(f"warning: job {st['state']}, results are partial ({p['done']}/{p['total']} hypotheses)", err=True)
@@ -186,7 +186,7 @@ def register(app: typer.Typer) -> None:
             _check_suffix(output, "plot")
             if wait:
                 _wait(job, progress, None)
-            typer.echo(f"{job.plot(output)}", err=True)
+            typer.echo(f"wrote {job.plot(output)}", err=True)
 
     @app.command(rich_help_panel="Client")
     def cancel(
