@@ -22,7 +22,6 @@ import os
 import platform
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,24 +30,10 @@ from pathlib import Path
 
 import httpx
 
+from fitserve.service.localhost import free_port, wait_until
+
 REPO = Path(__file__).resolve().parents[1]
 RJ = REPO.parent / "shared" / "likelihoods" / "atlas-susy-2018-06-3L-RJ"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(pred, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError
 
 
 def run_job(http: httpx.Client, body: dict) -> tuple[float, dict]:

@@ -224,8 +224,10 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(self.job_key(job_id))
         pipe.hlen(self.job_key(job_id, "done"))
-        pipe.hscan(self.job_key(job_id, "errors"), count=max_errors)
-        h, done, (_, errs) = pipe.execute()
+        if max_errors > 0:  # COUNT 0 is a syntax error in Redis
+            pipe.hscan(self.job_key(job_id, "errors"), count=max_errors)
+        h, done, *scanned = pipe.execute()
+        errs = scanned[0][1] if scanned else {}
         if not h:
             return None
         h = {_s(k): _s(v) for k, v in h.items()}

@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from fitserve.service.localhost import free_port, wait_until  # noqa: F401  (used by other test packages too)
 from fitserve.service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,22 +27,6 @@ LIKELIHOODS = REPO.parent / "shared" / "likelihoods"
 RJ = LIKELIHOODS / "atlas-susy-2018-06-3L-RJ"
 #: how many 3L-RJ hypotheses the end-to-end test fits (all 66 once the engine is fast)
 E2E_PATCHES = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="session")
