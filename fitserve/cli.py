@@ -44,7 +44,7 @@ def scan(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
-    from fitserve.engine.inputs import load_json, validate_patchset, validate_workspace
+    from fitserve.engine.inputs import load_json, validate_patchset
     from fitserve.engine.options import ScanOptions
     from fitserve.engine.scan import scan as run_scan
 
@@ -55,13 +55,13 @@ def scan(
     except ValueError as exc:
         fail(f"bad option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")
     try:
-        ws = validate_workspace(load_json(workspace), where=str(workspace))
+        ws = load_json(workspace)
         patches = None
         if patchset is not None:
             patches = validate_patchset(load_json(patchset), where=str(patchset))["patches"]
         bar = _progress_bar() if progress else None
         try:
-            result = run_scan(ws, patches, options, names=patch, progress=bar.update if bar else None)
+            result = run_scan(ws, patches, options, names=patch, progress=bar.update if bar else None, where=str(workspace))
         finally:
             if bar:
                 bar.close()

@@ -11,6 +11,7 @@ every iteration is one batched fit), not a fixed grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import jax
@@ -50,15 +51,44 @@ def _stack_data(datas: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
     return {k: jnp.stack([d[k] for d in datas], axis=1) for k in datas[0]}
 
 
-_asimov = jax.jit(jax.vmap(lh.asimov_data, in_axes=(0, 0, None)), static_argnames=("codes",))
-_observed = jax.jit(jax.vmap(lh.observed_data))
-_constant = jax.jit(jax.vmap(lh.nll_constant))
+@partial(jax.jit, static_argnames=("codes",))
+def _asimov(theta, t, codes):
+    return jax.vmap(lh.asimov_data, in_axes=(0, lh.in_axes(t), None))(theta, t, codes)
 
 
-def _free_masks(t: dict[str, jax.Array], poi: int, fix_poi: list[bool]) -> jax.Array:
-    base = ~t["fixed"]
-    rows = [base.at[:, poi].set(False) if f else base for f in fix_poi]
-    return jnp.stack(rows, axis=1)
+@jax.jit
+def _observed(t):
+    return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
+
+
+@jax.jit
+def _constant(t, data):
+    return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
+
+
+#: Rows per hypothesis in one compiled fit call.  Every stage (hypothesis
+#: test, Asimov fits, limit scans) is cut into calls of this width, so one
+#: compiled function serves the whole scan.
+ROWS = 3
+
+
+def _fit(t: dict[str, jax.Array], poi: int, rows: list[tuple[dict[str, jax.Array], jax.Array, bool]], codes: tuple[str, str]):
+    """Fit ``rows`` = [(data, x0, fix_poi), ...] for every hypothesis.
+
+    Returns (x [H, n, P], fval [H, n], edm [H, n], converged [H, n]) as numpy.
+    """
+    free_base = ~t["fixed"]
+    padded = rows + [rows[-1]] * (-len(rows) % ROWS)
+    out: list[Any] = []
+    for i in range(0, len(padded), ROWS):
+        part = padded[i : i + ROWS]
+        data = _stack_data([d for d, _, _ in part])
+        x0 = jnp.stack([x for _, x, _ in part], axis=1)
+        free = jnp.stack([free_base.at[:, poi].set(False) if fix else free_base for _, _, fix in part], axis=1)
+        out.append(fit_rows_jit(t, data, x0, free, codes))
+    x = jnp.concatenate([r.x for r in out], axis=1)[:, : len(rows)]
+    cat = lambda field: np.concatenate([np.asarray(getattr(r, field)) for r in out], axis=1)[:, : len(rows)]  # noqa: E731
+    return x, cat("fval"), cat("edm"), cat("converged")
 
 
 def _tmu(f_fixed, f_free, mu_hat, mu, test_stat):
@@ -96,26 +126,21 @@ def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str,
     mu = 0.0 if test_stat == "q0" else float(poi_test)
     init = t["init"]
     obs = _observed(t)
-    obs3 = _stack_data([obs, obs, obs])
-    x0 = jnp.stack([_with_poi(init, poi, asimov_mu), init, _with_poi(init, poi, mu)], axis=1)
-    res_a = fit_rows_jit(t, obs3, x0, _free_masks(t, poi, [True, False, True]), codes)
-
-    gen = res_a.x[:, 0]
+    xa, fa, edm_a, ok_a = _fit(
+        t, poi, [(obs, _with_poi(init, poi, asimov_mu), True), (obs, init, False), (obs, _with_poi(init, poi, mu), True)], codes
+    )
+    gen = xa[:, 0]
     asimov = _asimov(gen, t, codes)
-    x0b = jnp.stack([_with_poi(gen, poi, mu), gen], axis=1)
-    res_b = fit_rows_jit(t, _stack_data([asimov, asimov]), x0b, _free_masks(t, poi, [True, False]), codes)
-
-    fa = np.asarray(res_a.fval)
-    fb = np.asarray(res_b.fval)
-    mu_hat = np.asarray(res_a.x[:, 1, poi])
-    mu_hat_a = np.asarray(res_b.x[:, 1, poi])
+    xb, fb, edm_b, ok_b = _fit(t, poi, [(asimov, _with_poi(gen, poi, mu), True), (asimov, gen, False)], codes)
+    mu_hat = np.asarray(xa[:, 1, poi])
+    mu_hat_a = np.asarray(xb[:, 1, poi])
     q = _tmu(fa[:, 2], fa[:, 1], mu_hat, mu, test_stat)
     qa = _tmu(fb[:, 0], fb[:, 1], mu_hat_a, mu, test_stat)
     clsb, clb, cls = _pvalues(q, qa, test_stat)
     cls_exp = _expected_cls(qa, test_stat)
     const = np.asarray(_constant(t, obs))
-    converged = np.asarray(res_a.converged).all(axis=1) & np.asarray(res_b.converged).all(axis=1)
-    edm = np.maximum(np.asarray(res_a.edm).max(axis=1), np.asarray(res_b.edm).max(axis=1))
+    converged = ok_a.all(axis=1) & ok_b.all(axis=1)
+    edm = np.maximum(edm_a.max(axis=1), edm_b.max(axis=1))
     return HypoTestResult(
         cls_obs=clsb if test_stat == "q0" else cls,
         cls_exp=cls_exp,
@@ -130,7 +155,7 @@ def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str,
             "obs": obs,
             "asimov": asimov,
             "gen": gen,
-            "free_x": res_a.x[:, 1],
+            "free_x": xa[:, 1],
             "f_free": fa[:, 1],
             "f_free_asimov": fb[:, 1],
             "mu_hat_asimov": mu_hat_a,
@@ -164,18 +189,13 @@ def upper_limits(
     hi_b = float(np.min(np.asarray(t["hi"][:, poi])))
     lo_b = max(lo_b, 0.0)
     fits_ok = np.ones((H, 6), dtype=bool)
-    obs_rows = _stack_data([st["obs"]] + [st["asimov"]] * 6)
-    free = _free_masks(t, poi, [True] * 7)
 
     def cls_grid(mu: np.ndarray) -> np.ndarray:
         """CLs for mu [H, 6]: column 0 observed, columns 1..5 the expected band."""
         mu_j = jnp.asarray(mu)
-        x0 = jnp.stack(
-            [_with_poi(st["free_x"], poi, mu_j[:, 0])] + [_with_poi(st["gen"], poi, mu_j[:, k]) for k in range(6)], axis=1
-        )
-        res = fit_rows_jit(t, obs_rows, x0, free, codes)
-        f = np.asarray(res.fval)
-        ok = np.asarray(res.converged)
+        rows = [(st["obs"], _with_poi(st["free_x"], poi, mu_j[:, 0]), True)]
+        rows += [(st["asimov"], _with_poi(st["gen"], poi, mu_j[:, k]), True) for k in range(6)]
+        _, f, _, ok = _fit(t, poi, rows, codes)
         q = _tmu(f[:, 0], st["f_free"], ht.mu_hat, mu[:, 0], test_stat)
         qa = _tmu(f[:, 1:], st["f_free_asimov"][:, None], st["mu_hat_asimov"][:, None], mu, test_stat)
         out = np.empty_like(mu)

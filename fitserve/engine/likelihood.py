@@ -26,6 +26,14 @@ jax.config.update("jax_enable_x64", True)
 
 Arrays = Mapping[str, jax.Array]
 
+#: Index tables shared by every hypothesis of a batch (no leading H axis).
+SHARED = frozenset({"ns_par", "hs_par", "sb_slot", "sb_bin", "mult"})
+
+
+def in_axes(t: Arrays) -> dict[str, int | None]:
+    """``vmap`` axes for a model dict: per-hypothesis arrays 0, shared tables None."""
+    return {k: (None if k in SHARED else 0) for k in t}
+
 # pyhf's code4 polynomial for |alpha| < 1 (alpha0 = 1): inverse of the 6x6
 # system in pyhf.interpolators.code4 (``_slow_code4`` docstring).
 _CODE4_AINV = np.array(
@@ -107,7 +115,7 @@ def _sample_terms(theta: jax.Array, t: Arrays, codes: tuple[str, str]):
     alpha_h = theta[t["hs_par"]][slot]  # [SB, Kh]
     delta, d1, d2 = _histosys(alpha_h, t["hs_hi"], t["hs_lo"], codes[1])
     a = t["nominal"] + jnp.sum(delta, axis=-1)  # [SB]
-    x = jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])[t["mult"]]  # [SB, Km]
+    x = jnp.where(t["mult_on"], jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])[t["mult"]], 1.0)  # [SB, Km]
     m = jnp.prod(x, axis=-1)
     return slot, (f, g, h, n_slot), (alpha_h, d1, d2, a), (x, m)
 
@@ -213,6 +221,9 @@ def value_grad_hess(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str,
     d_a = jnp.zeros((sb.shape[0], n_par + 1)).at[sb[:, None], hs_par].add(d1)[:, :n_par]
     g_n = jnp.zeros((n_slots, n_par + 1)).at[jnp.arange(n_slots)[:, None], t["ns_par"]].add(g)[:, :n_par][slot]
     loo, loo2 = _leave_out_products(x)
+    on = t["mult_on"]
+    loo = jnp.where(on, loo, 0.0)
+    loo2 = jnp.where(on[:, :, None] & on[:, None, :], loo2, 0.0)
     mult = t["mult"]
     d_m = jnp.zeros((sb.shape[0], n_par + 1)).at[sb[:, None], mult].add(loo)[:, :n_par]
     d_r = (n * m)[:, None] * d_a + r[:, None] * g_n + (a * n)[:, None] * d_m  # dR/dtheta

@@ -25,7 +25,6 @@ stacked per hypothesis; only the index structure is shared.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -331,15 +330,16 @@ def group_hypotheses(parsed: Sequence[ParsedHypothesis]) -> list[list[int]]:
 
 @dataclass
 class BatchedModel:
-    """A padded model for H hypotheses; every array's first axis is H."""
+    """A padded model for H hypotheses: per-hypothesis arrays plus shared index tables."""
 
     names: list[str]
     values: list[list[float]]
     channels: list[tuple[str, int]]
     param_names: list[str]  # scalar parameter labels (role keys), length P
     poi_index: int
-    structure_key: str  # hash of everything that fixes array shapes
-    arrays: dict[str, np.ndarray]
+    structure_key: str  # hash of everything that fixes array shapes and index tables
+    arrays: dict[str, np.ndarray]  # per hypothesis (leading axis H)
+    structure: dict[str, np.ndarray]  # index tables shared by all hypotheses
     param_labels: list[list[str | None]]  # per hypothesis: original name per scalar param (None = padding)
 
     @property
@@ -349,6 +349,18 @@ class BatchedModel:
     @property
     def n_params(self) -> int:
         return len(self.param_names)
+
+    def tensors(self) -> dict[str, Any]:
+        """Arrays and structure as one dict of JAX arrays (see ``likelihood.in_axes``)."""
+        import jax.numpy as jnp
+
+        return {k: jnp.asarray(v) for k, v in {**self.arrays, **self.structure}.items()}
+
+    def hypothesis(self, h: int) -> dict[str, Any]:
+        """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""
+        import jax.numpy as jnp
+
+        return {**{k: jnp.asarray(v[h]) for k, v in self.arrays.items()}, **{k: jnp.asarray(v) for k, v in self.structure.items()}}
 
     def take(self, index: Sequence[int]) -> "BatchedModel":
         """A model with a subset (or repetition) of hypotheses; same structure."""
@@ -361,6 +373,7 @@ class BatchedModel:
             poi_index=self.poi_index,
             structure_key=self.structure_key,
             arrays={k: v[idx] for k, v in self.arrays.items()},
+            structure=self.structure,
             param_labels=[self.param_labels[i] for i in idx],
         )
 
@@ -488,11 +501,17 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
             for i in range(nb_of[slot[0]]):
                 mult_lists[h][o + i].append(start[k] + (i if ps.n > 1 else 0))
 
-    width = max([len(x) for hh in mult_lists for x in hh] + [1])
-    mult = np.full((H, SB, width), n_par, dtype=np.int32)  # n_par -> constant 1
-    for h in range(H):
-        for i, idx in enumerate(mult_lists[h]):
-            mult[h, i, : len(idx)] = idx
+    # one shared index table (union over hypotheses) plus a per-hypothesis on/off mask:
+    # index arrays shared by the whole batch keep XLA's gathers and scatters cheap under vmap
+    union_lists = [list(dict.fromkeys(j for hh in mult_lists for j in hh[i])) for i in range(SB)]
+    width = max([len(x) for x in union_lists] + [1])
+    mult = np.full((SB, width), n_par, dtype=np.int32)  # n_par -> constant 1
+    mult_on = np.zeros((H, SB, width), dtype=bool)
+    for i, idx in enumerate(union_lists):
+        mult[i, : len(idx)] = idx
+        for h in range(H):
+            mine = set(mult_lists[h][i])
+            mult_on[h, i, : len(idx)] = [j in mine for j in idx]
 
     arrays = {
         "nominal": nominal,
@@ -500,7 +519,7 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
         "ns_lo": ns_lo,
         "hs_hi": hs_hi,
         "hs_lo": hs_lo,
-        "mult": mult,
+        "mult_on": mult_on,
         "init": init,
         "lo": lo,
         "hi": hi,
@@ -512,13 +531,16 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
         "pois_tau": pois_tau,
         "pois_aux": pois_aux,
         "observed": observed,
-        # shared structure, repeated per hypothesis so that ``take`` stays uniform
-        "ns_par": np.broadcast_to(ns_par, (H,) + ns_par.shape).copy(),
-        "hs_par": np.broadcast_to(hs_par, (H,) + hs_par.shape).copy(),
-        "sb_slot": np.broadcast_to(np.asarray(sb_slot, np.int32), (H, SB)).copy(),
-        "sb_bin": np.broadcast_to(np.asarray(sb_bin, np.int32), (H, SB)).copy(),
     }
-    shape_sig = repr(sorted((k, v.shape[1:], str(v.dtype)) for k, v in arrays.items())) + repr(poi_index)
+    structure = {
+        "ns_par": ns_par,
+        "hs_par": hs_par,
+        "sb_slot": np.asarray(sb_slot, np.int32),
+        "sb_bin": np.asarray(sb_bin, np.int32),
+        "mult": mult,
+    }
+    shape_sig = repr(sorted((k, v.shape[1:], str(v.dtype)) for k, v in arrays.items()))
+    shape_sig += repr({k: v.tolist() for k, v in structure.items()}) + repr(poi_index)
     return BatchedModel(
         names=[p.name for p in parsed],
         values=[p.values for p in parsed],
@@ -527,6 +549,7 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
         poi_index=poi_index,
         structure_key=hashlib.sha256(shape_sig.encode()).hexdigest()[:16],
         arrays=arrays,
+        structure=structure,
         param_labels=param_labels,
     )
 
@@ -538,8 +561,3 @@ def compile_hypotheses(
     names = background_names(bkg)
     parsed = [parse_hypothesis(h, names, measurement) for h in hypotheses]
     return [build_batched_model([parsed[i] for i in group]) for group in group_hypotheses(parsed)]
-
-
-def log_factorial_const(x: np.ndarray) -> np.ndarray:
-    """``lgamma(x + 1)`` elementwise (scipy-free helper for constants)."""
-    return np.vectorize(math.lgamma)(np.asarray(x, dtype=np.float64) + 1.0)

@@ -20,11 +20,9 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from fitserve import __version__
 from fitserve.engine import infer
@@ -109,7 +107,7 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
 def _fit_batch(model: BatchedModel, opts: ScanOptions) -> tuple[dict[str, dict[str, Any]], float]:
     """Fit one padded batch; returns records of the real hypotheses and fit seconds."""
     codes = opts.interpcodes()
-    t = {k: jnp.asarray(v) for k, v in model.arrays.items()}
+    t = model.tensors()
     t0 = time.perf_counter()
     ht = infer.hypotest(t, model.poi_index, opts.poi_test, opts.test_stat, codes)
     ul = infer.upper_limits(t, model.poi_index, ht, opts.test_stat, codes, cl=opts.confidence_level) if opts.limits else None
@@ -122,12 +120,16 @@ def scan(
     options: ScanOptions | dict[str, Any] | None = None,
     names: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    validate: bool = True,
+    validate: bool | Literal["patches"] = True,
+    where: str = "workspace",
 ) -> dict[str, Any]:
     """CLs (and optionally upper limits) for every hypothesis.
 
     ``patches`` are pyhf patch objects applied to ``workspace`` (the
     background); ``None`` fits ``workspace`` itself as one hypothesis.
+    ``validate``: True checks the workspace and what each patch changes
+    against pyhf's schema, ``"patches"`` only the latter (the caller validated
+    the workspace), False nothing.  ``where`` names the workspace in errors.
     """
     opts = _as_options(options)
     if opts.limits and opts.test_stat == "q0":
@@ -135,9 +137,9 @@ def scan(
 
         raise InputError("upper limits need test_stat qtilde or q, not q0", where="options")
     t_start = time.perf_counter()
-    if validate:
-        validate_workspace(workspace)
-    hyps = expand_hypotheses(workspace, patches, names, validate=validate)
+    if validate is True:
+        validate_workspace(workspace, where=where)
+    hyps = expand_hypotheses(workspace, patches, names, validate=bool(validate))
     models = compile_hypotheses(hyps, workspace if patches is not None else None, opts.measurement)
     t_build = time.perf_counter() - t_start
 
@@ -194,5 +196,9 @@ def run_chunk(
     patches: Sequence[dict[str, Any]] | None,
     options: ScanOptions | dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Fit every patch of one chunk; plain JSON-able records by patch name."""
-    return scan(workspace, patches, options)["results"]
+    """Fit every patch of one chunk; plain JSON-able records by patch name.
+
+    The service validated the workspace when the job was submitted, so only
+    what each patch changes is checked here.
+    """
+    return scan(workspace, patches, options, validate="patches")["results"]

@@ -42,7 +42,7 @@ def _check(bkg, patches, names, codes, settings, atol, rtol):
         ws = pyhf.Workspace(hyp.spec)
         model = ws.model(modifier_settings=settings)
         data = ws.data(model)
-        t = {k: jnp.asarray(v[h]) for k, v in bm.arrays.items()}
+        t = bm.hypothesis(h)
         obs = lh.observed_data(t)
         for pars in _random_points(model, rng, 4):
             theta = _pyhf_vector(model, bm.param_labels[h], pars, bm.arrays["init"][h])
@@ -86,8 +86,8 @@ def test_padding_equals_unpadded(rj):
     rng = np.random.default_rng(3)
     for h in (0, 17, 40):
         [alone] = compile_hypotheses([hyps[h]], bkg)
-        tg = {k: jnp.asarray(v[h]) for k, v in grid.arrays.items()}
-        ta = {k: jnp.asarray(v[0]) for k, v in alone.arrays.items()}
+        tg = grid.hypothesis(h)
+        ta = alone.hypothesis(0)
         for _ in range(3):
             xa = np.asarray(ta["init"]) + np.where(np.asarray(ta["fixed"]), 0, rng.normal(size=alone.n_params) * 0.05)
             xg = np.asarray(tg["init"]).copy()
@@ -105,7 +105,7 @@ def test_closed_form_derivatives_match_autodiff(rj):
 
     bkg, ps, _ = rj
     [bm] = compile_hypotheses(expand_hypotheses(bkg, ps["patches"][:3]), bkg)
-    t = {k: jnp.asarray(v[2]) for k, v in bm.arrays.items()}
+    t = bm.hypothesis(2)
     obs = lh.observed_data(t)
     rng = np.random.default_rng(0)
     for codes in (("code4", "code4p"), ("code1", "code0")):
