@@ -159,6 +159,8 @@ def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str,
             "f_free": fa[:, 1],
             "f_free_asimov": fb[:, 1],
             "mu_hat_asimov": mu_hat_a,
+            "qa": qa,
+            "poi_test": mu,
         },
     )
 
@@ -177,7 +179,7 @@ def upper_limits(
     test_stat: str,
     codes: tuple[str, str],
     cl: float = 0.95,
-    rtol: float = 1e-4,
+    rtol: float = 1e-3,
 ) -> UpperLimits:
     """Observed and expected upper limits on the POI by bracketing root finding."""
     if test_stat == "q0":
@@ -189,13 +191,17 @@ def upper_limits(
     hi_b = float(np.min(np.asarray(t["hi"][:, poi])))
     lo_b = max(lo_b, 0.0)
     fits_ok = np.ones((H, 6), dtype=bool)
+    warm = [st["free_x"]] + [st["gen"]] * 6
 
     def cls_grid(mu: np.ndarray) -> np.ndarray:
         """CLs for mu [H, 6]: column 0 observed, columns 1..5 the expected band."""
         mu_j = jnp.asarray(mu)
-        rows = [(st["obs"], _with_poi(st["free_x"], poi, mu_j[:, 0]), True)]
-        rows += [(st["asimov"], _with_poi(st["gen"], poi, mu_j[:, k]), True) for k in range(6)]
-        _, f, _, ok = _fit(t, poi, rows, codes)
+        # warm start: each row from its previous solution (root finding moves mu a little)
+        rows = [(st["obs"], _with_poi(warm[0], poi, mu_j[:, 0]), True)]
+        rows += [(st["asimov"], _with_poi(warm[k + 1], poi, mu_j[:, k]), True) for k in range(6)]
+        x, f, _, ok = _fit(t, poi, rows, codes)
+        for k in range(7):
+            warm[k] = jnp.where(jnp.asarray(ok[:, k])[:, None], x[:, k], warm[k])
         q = _tmu(f[:, 0], st["f_free"], ht.mu_hat, mu[:, 0], test_stat)
         qa = _tmu(f[:, 1:], st["f_free_asimov"][:, None], st["mu_hat_asimov"][:, None], mu, test_stat)
         out = np.empty_like(mu)
@@ -227,9 +233,17 @@ def upper_limits(
         return out.reshape(x.shape)
 
     idx = np.arange(H * 6)
-    # initial guess from the Asimov curvature at the tested point (sigma ~ mu / sqrt(qA))
-    guess = np.clip(np.maximum(ht.mu_hat, 0.0)[:, None] + 2.0 * np.ones((H, 6)), lo_b + 1e-3, hi_b)
-    bracket = elementwise.bracket_root(objective, guess.reshape(-1) * 0.5, guess.reshape(-1), xmin=lo_b, xmax=hi_b, args=(idx,))
+    # Start from the asymptotic formulae (sigma from the Asimov test statistic at
+    # the tested POI value, arXiv:1007.1727), so that bracketing needs few steps.
+    sqa = np.sqrt(np.maximum(st["qa"], 0.0))
+    sigma = np.where(sqa > 0, st["poi_test"] / np.where(sqa > 0, sqa, 1.0), hi_b)
+    guess = np.empty((H, 6))
+    guess[:, 0] = np.maximum(ht.mu_hat, 0.0) + sigma * norm.ppf(1 - alpha / 2)
+    guess[:, 1:] = sigma[:, None] * (norm.ppf(1 - alpha * norm.cdf(-_N_SIGMA)) - _N_SIGMA)
+    span = hi_b - lo_b
+    xl0 = np.clip(lo_b + 0.6 * (guess - lo_b), lo_b + 1e-6 * span, hi_b - 2e-6 * span).reshape(-1)
+    xr0 = np.clip(lo_b + 1.4 * (guess.reshape(-1) - lo_b), xl0 + 1e-6 * span, hi_b)
+    bracket = elementwise.bracket_root(objective, xl0, xr0, xmin=lo_b, xmax=hi_b, args=(idx,), maxiter=12)
     found = np.asarray(bracket.success)
     root = elementwise.find_root(objective, (bracket.bracket[0], bracket.bracket[1]), args=(idx,), tolerances={"xrtol": rtol})
     limits = np.where(found & np.asarray(root.success), np.asarray(root.x), np.nan).reshape(H, 6)
