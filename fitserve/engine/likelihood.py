@@ -69,7 +69,9 @@ def _normsys(alpha: jax.Array, hi: jax.Array, lo: jax.Array, code: str) -> tuple
     poly = 1.0 + c[..., 0] * a + c[..., 1] * a2 + c[..., 2] * a3 + c[..., 3] * a4 + c[..., 4] * a5 + c[..., 5] * a**6
     d1 = c[..., 0] + 2 * c[..., 1] * a + 3 * c[..., 2] * a2 + 4 * c[..., 3] * a3 + 5 * c[..., 4] * a4 + 6 * c[..., 5] * a5
     d2 = 2 * c[..., 1] + 6 * c[..., 2] * a + 12 * c[..., 3] * a2 + 20 * c[..., 4] * a3 + 30 * c[..., 5] * a4
-    safe = jnp.where(poly > 0, poly, 1.0)
+    # extreme hi/lo (e.g. 105 / 0.01 in the staus likelihood) can make the polynomial
+    # cross zero as in pyhf; only an exact zero needs guarding
+    safe = jnp.where(poly != 0, poly, jnp.finfo(poly.dtype).tiny)
     g_in, h_in = d1 / safe, d2 / safe - (d1 / safe) ** 2
     up_region, inside = alpha >= 1, alpha > -1
     f = jnp.where(up_region, up, jnp.where(inside, poly, down))

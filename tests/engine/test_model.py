@@ -115,3 +115,19 @@ def test_closed_form_derivatives_match_autodiff(rj):
         assert float(v) == pytest.approx(float(f(x)), rel=1e-14)
         np.testing.assert_allclose(g, jax.grad(f)(x), rtol=1e-9, atol=1e-9 * float(jnp.abs(g).max()))
         np.testing.assert_allclose(h, jax.hessian(f)(x), rtol=1e-9, atol=1e-9 * float(jnp.abs(h).max()))
+
+
+@pytest.mark.parametrize("code", ["code1", "code4"])
+def test_normsys_log_derivatives_also_where_the_polynomial_turns_negative(code):
+    """Extreme published normsys (hi=105.6, lo=0.01 in the staus likelihood): g = f'/f, h = (log|f|)''."""
+    import jax
+
+    hi = jnp.array([105.646, 1.07661, 0.9, 1.0])
+    lo = jnp.array([0.01, 0.923388, 1.2, 1.0])
+    for a in np.linspace(-1.6, 1.6, 33):
+        alpha = jnp.full(4, a)
+        f, g, h = lh._normsys(alpha, hi, lo, code)
+        df = jax.vmap(jax.grad(lambda x, u, d: lh._normsys(x, u, d, code)[0]))(alpha, hi, lo)
+        d2 = jax.vmap(jax.grad(jax.grad(lambda x, u, d: jnp.log(jnp.abs(lh._normsys(x, u, d, code)[0])))))(alpha, hi, lo)
+        np.testing.assert_allclose(g, df / f, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(h, d2, rtol=1e-7, atol=1e-9)
