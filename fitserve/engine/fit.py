@@ -115,7 +115,9 @@ def minimize(
         pred = -(jnp.dot(s.g, step) + 0.5 * step @ s.h @ step)
         f_new, g_new, h_new = vgh(x_new)
         actual = s.f - f_new
-        rho = actual / jnp.where(pred > 0, pred, jnp.inf)
+        # a step whose model predicts no decrease (clipped at a bound) or whose NLL is
+        # not finite (negative rates) counts as a bad step: damp more, never stand still
+        rho = jnp.where(jnp.isfinite(f_new) & (pred > 0), actual / jnp.where(pred > 0, pred, 1.0), -jnp.inf)
         noise = 1e-13 * (1 + jnp.abs(s.f))  # the NLL's rounding level
         accept = ok & jnp.isfinite(f_new) & (actual >= -noise) & ((rho > 1e-4) | (jnp.abs(actual) <= noise))
         lam = jnp.where(

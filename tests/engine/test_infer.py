@@ -113,3 +113,31 @@ def test_single_workspace_and_no_recompile(example):
     assert len(first["results"]) == 1
     assert second["timing"]["compile_s"] == 0.0
     assert list(second["results"].values())[0]["CLs_obs"] == pytest.approx(list(first["results"].values())[0]["CLs_obs"], abs=1e-12)
+
+
+@pytest.mark.parametrize("folder", ["atlas-susy-2018-04-staus", "atlas-susy-2018-31-sbottom-C"])
+def test_published_background_with_generated_grid(folder):
+    """64 generated signal points on a published background: every fit converges, and
+    two points (one excluded, one not) agree with pyhf (default SciPy fit, which converges
+    here: its free-fit NLL is checked against ours)."""
+    from fitserve.generate import signal_patchset
+
+    from .conftest import LIKELIHOODS, load, need_shared
+
+    need_shared(LIKELIHOODS / folder)
+    bkg = load(LIKELIHOODS / folder / "BkgOnly.json")
+    patches = signal_patchset(bkg)["patches"]
+    res = scan(bkg, patches, {})["results"]
+    assert all(r["converged"] for r in res.values())
+    cls = {name: r["CLs_obs"] for name, r in res.items()}
+    excluded = min(cls, key=lambda n: abs(cls[n] - 0.01))
+    allowed = min(cls, key=lambda n: abs(cls[n] - 0.3))
+    pyhf.set_backend("numpy")
+    for name in (excluded, allowed):
+        patch = next(p for p in patches if p["metadata"]["name"] == name)
+        model, data = _pyhf_model(pyhf.patchset.Patch(patch).apply(pyhf.Workspace(bkg)), ("code4", "code4p"))
+        cls_obs, cls_exp = pyhf.infer.hypotest(1.0, data, model, test_stat="qtilde", return_expected_set=True)
+        _, twice_nll = pyhf.infer.mle.fit(data, model, return_fitted_val=True)
+        assert 2 * res[name]["nll_free"] <= float(twice_nll) + 1e-3, name  # we reach pyhf's minimum (or lower)
+        assert res[name]["CLs_obs"] == pytest.approx(float(cls_obs), abs=5e-3), name
+        np.testing.assert_allclose(res[name]["CLs_exp"], [float(v) for v in cls_exp], atol=5e-3)
