@@ -90,7 +90,7 @@ def main() -> None:
     try:
         for n in args.workers:
             settings = Settings(redis_url=rds.url, key_prefix=f"bench-{secrets.token_hex(4)}", executor="parsl",
-                                parsl_workers=n, chunk_size=args.chunk_size, data_dir=data_dir)
+                                parsl_workers=n, chunk_size=args.chunk_size, data_dir=data_dir, auth="open")
             port = free_port()
             server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
             th = threading.Thread(target=server.run, daemon=True)

@@ -105,7 +105,7 @@ def _register_subcommands() -> None:
     """Let the service, client and endpoint packages add their commands."""
     import importlib
 
-    for module in ("fitserve.generate_cli", "fitserve.service.commands", "fitserve.client.commands", "fitserve.endpoint_commands"):
+    for module in ("fitserve.generate_cli", "fitserve.service.commands", "fitserve.service.token_commands", "fitserve.client.commands", "fitserve.endpoint_commands"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

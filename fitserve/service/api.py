@@ -1,7 +1,12 @@
 """The HTTP API (FastAPI), versioned under ``/v1``; OpenAPI at ``/docs``.
 
 Bad input never gives a 500: engine :class:`InputError` and unusable results
-become 422 with ``{"detail": {"message": ..., "where": ...}}``.
+become 422 with ``{"detail": {"message": ..., "where": ...}}``; limits give
+413/422/429 naming the limit (:mod:`fitserve.service.limits`).
+
+Every ``/v1/jobs`` route needs an API token (``Authorization: Bearer``) unless
+the service runs in open mode (:mod:`fitserve.service.auth`).  A job belongs to
+the user who submitted it: to anybody else (but an admin) it does not exist (404).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import time
 from typing import Any, Literal
 
 import redis
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
@@ -21,6 +26,8 @@ from fitserve.engine.errors import InputError
 from fitserve.engine.inputs import apply_patch, expand_hypotheses, validate_patchset, validate_workspace
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
+from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, authenticate
+from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import JobStore, NewJob
@@ -32,8 +39,20 @@ class HTTPProblem(Exception):
         self.status, self.message, self.where = status, message, where
 
 
-def _problem(status: int, message: str, where: str | None) -> JSONResponse:
-    return JSONResponse({"detail": {"message": message, "where": where}}, status_code=status)
+def _problem(status: int, message: str, where: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": {"message": message, "where": where}}, status_code=status, headers=headers)
+
+
+def auth_mode(settings: Settings) -> str:
+    """``open`` or ``token``; unset means ``token`` here (the commands choose by the address they bind)."""
+    return settings.auth or "token"
+
+
+def principal_of(request: Request) -> Principal:
+    """Who sent ``request`` (bearer token, else the web pages' cookie); AuthError if nobody valid."""
+    state = request.app.state
+    return authenticate(auth_mode(state.settings), state.tokens, request.headers.get("authorization"),
+                        request.cookies.get(COOKIE))
 
 
 def parse_options(raw: Any) -> tuple[dict[str, Any], list[str] | None]:
@@ -64,6 +83,7 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     if patchset is None:
         if names:
             raise InputError("a patch subset was given but no patchset", where="options.patches")
+        check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
         hyp = expand_hypotheses(workspace, None)[0]
         return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
     validate_patchset(patchset, where="patchset")
@@ -76,10 +96,11 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
         patches = [by_name[n] for n in dict.fromkeys(names)]
     if not patches:
         raise InputError("no hypotheses to fit", where="patchset")
-    if len(patches) > settings.max_hypotheses:
-        raise InputError(f"{len(patches)} hypotheses exceed this service's limit of {settings.max_hypotheses}", where="patchset")
+    check_job_size(len(patches), settings.max_hypotheses)
     for patch in patches:  # cheap check that every patch applies; the engine validates each model
-        apply_patch(workspace, patch["patch"], where=f"patchset: patch {patch['metadata']['name']!r}")
+        where = f"patchset: patch {patch['metadata']['name']!r}"
+        patched = apply_patch(workspace, patch["patch"], where=where)
+        check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
     dims = {len(p["metadata"].get("values", [])) for p in patches}
     if len(dims) > 1:
         raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
@@ -93,9 +114,21 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     )
 
 
-def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings) -> tuple[str, int]:
-    """Store a prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``."""
-    job_id, todo = store.create_job(job)
+def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
+    """Store ``owner``'s prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``.
+
+    Raises :class:`LimitExceeded` (429) when the owner already has ``max_active_jobs`` queued or running.
+    """
+    job_id = store.new_id()
+    active = store.reserve_slot(owner, job_id, settings.max_active_jobs)
+    if active is not None:
+        raise LimitExceeded(
+            429,
+            f"user {owner!r} already has {active} jobs queued or running, the limit "
+            f"{limit_text('max_active_jobs', settings.max_active_jobs)}; wait for one to finish or cancel one",
+            "jobs",
+        )
+    job_id, todo = store.create_job(job, owner=owner, job_id=job_id)
     if todo:
         size = settings.chunk_size
         ids = queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
@@ -116,6 +149,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     r = client or redis_client(settings)
     store = JobStore(r, settings.key_prefix)
     queue = ChunkQueue(r, settings.key_prefix)
+    tokens = TokenStore(r, settings.key_prefix)
 
     app = FastAPI(
         title="fitserve",
@@ -125,7 +159,11 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             "poll the job, fetch per-hypothesis results (JSON/CSV), exclusion contours and the exclusion plot."
         ),
     )
-    app.state.settings, app.state.store, app.state.queue = settings, store, queue
+    app.state.settings, app.state.store, app.state.queue, app.state.tokens = settings, store, queue, tokens
+
+    def who(request: Request) -> Principal:
+        """FastAPI dependency: the request's principal (401 without a valid token)."""
+        return principal_of(request)
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -135,6 +173,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     async def _agg_error(_: Request, exc: AggregationError) -> JSONResponse:
         return _problem(422, str(exc), "results")
 
+    @app.exception_handler(AuthError)
+    async def _auth_error(_: Request, exc: AuthError) -> JSONResponse:
+        return _problem(401, str(exc), "Authorization", headers={"WWW-Authenticate": 'Bearer realm="fitserve"'})
+
+    @app.exception_handler(LimitExceeded)
+    async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
+        return _problem(exc.status, exc.message, exc.where)
+
     @app.exception_handler(HTTPProblem)
     async def _problem_handler(_: Request, exc: HTTPProblem) -> JSONResponse:
         return _problem(exc.status, exc.message, exc.where)
@@ -143,21 +189,24 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     async def _redis_down(_: Request, exc: redis.RedisError) -> JSONResponse:
         return _problem(503, f"job store unavailable: {exc}", "redis")
 
-    def _status(job_id: str) -> dict[str, Any]:
+    def _status(job_id: str, principal: Principal) -> dict[str, Any]:
         st = store.status(job_id)
-        if st is None:
+        if st is None or not principal.owns(st["owner"]):  # another user's job: as if it did not exist
             raise HTTPProblem(404, f"no job with id {job_id!r}", "job id")
         base = f"/v1/jobs/{job_id}"
         st["links"] = {"self": base, "results": f"{base}/results", "csv": f"{base}/results?format=csv",
                        "contours": f"{base}/contours", "plot": f"{base}/plot.png"}
         return st
 
+    def _too_big() -> str:
+        return f"request body larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes"
+
     async def _read_body(request: Request) -> bytes:
         chunks, size = [], 0
         async for part in request.stream():
             size += len(part)
             if size > settings.max_body_bytes:
-                raise HTTPProblem(413, f"request body exceeds {settings.max_body_bytes} bytes", "request body")
+                raise HTTPProblem(413, _too_big(), "request body")
             chunks.append(part)
         return b"".join(chunks)
 
@@ -200,11 +249,11 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     }
 
     @app.post("/v1/jobs", status_code=202, openapi_extra=submit_schema, tags=["jobs"])
-    async def submit(request: Request) -> JSONResponse:
+    async def submit(request: Request, principal: Principal = Depends(who)) -> JSONResponse:
         """Submit a scan: JSON body or multipart upload of the files. Answers 202 with the job id."""
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            raise HTTPProblem(413, f"request body exceeds {settings.max_body_bytes} bytes", "request body")
+            raise HTTPProblem(413, _too_big(), "request body")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             form = await request.form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
@@ -228,60 +277,72 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         else:
             raise HTTPProblem(415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type")
         job = await run_in_threadpool(prepare_job, workspace, patchset, options, settings)
-        job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings)
-        st = await run_in_threadpool(_status, job_id)
+        job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, principal.user)
+        st = await run_in_threadpool(_status, job_id, principal)
         body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - n_todo,
                 "to_compute": n_todo, "links": st["links"]}
         return JSONResponse(body, status_code=202, headers={"Location": st["links"]["self"]})
 
+    @app.get("/v1/whoami", tags=["service"])
+    def whoami(principal: Principal = Depends(who)) -> dict[str, Any]:
+        """The user the request's token belongs to, and the service's auth mode."""
+        return {"user": principal.user, "admin": principal.admin, "auth": auth_mode(settings)}
+
     @app.get("/v1/jobs", tags=["jobs"])
-    def list_jobs(limit: int = Query(100, ge=1)) -> dict[str, Any]:
-        """Most recent jobs first."""
-        return {"jobs": store.list_jobs(min(limit, settings.max_jobs_listed))}
+    def list_jobs(
+        limit: int = Query(100, ge=1),
+        user: str | None = Query(None, max_length=64, description="Admins only: this user's jobs (default: everybody's)."),
+        principal: Principal = Depends(who),
+    ) -> dict[str, Any]:
+        """Most recent jobs first: the caller's own; an admin's token lists everybody's."""
+        if user is not None and not principal.admin and user != principal.user:
+            raise HTTPProblem(403, "only an admin token may list another user's jobs", "user")
+        scope = user if user is not None else (None if principal.admin else principal.user)
+        return {"jobs": store.list_jobs(min(limit, settings.max_jobs_listed), user=scope)}
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
-    def job_status(job_id: str) -> dict[str, Any]:
+    def job_status(job_id: str, principal: Principal = Depends(who)) -> dict[str, Any]:
         """State (queued, running, done, failed, cancelled), progress, counts, timings, errors."""
-        return _status(job_id)
+        return _status(job_id, principal)
 
     @app.delete("/v1/jobs/{job_id}", tags=["jobs"])
-    def cancel(job_id: str) -> dict[str, Any]:
+    def cancel(job_id: str, principal: Principal = Depends(who)) -> dict[str, Any]:
         """Cancel a queued or running job (chunks not started are skipped)."""
-        _status(job_id)
+        _status(job_id, principal)
         state = store.cancel(job_id)
         if state in ("done", "failed"):
             raise HTTPProblem(409, f"job already {state}", "job state")
         queue.drop(store.chunk_ids(job_id))
-        return _status(job_id)
+        return _status(job_id, principal)
 
-    def _records(job_id: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-        st = _status(job_id)
+    def _records(job_id: str, principal: Principal) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        st = _status(job_id, principal)
         meta = store.meta(job_id)
         if meta is None:
             raise HTTPProblem(404, f"no job with id {job_id!r}", "job id")
         return st, meta, store.results(job_id, meta)
 
     @app.get("/v1/jobs/{job_id}/results", tags=["results"])
-    def results(job_id: str, format: Literal["json", "csv"] = "json") -> Response:
+    def results(job_id: str, format: Literal["json", "csv"] = "json", principal: Principal = Depends(who)) -> Response:
         """Per-hypothesis results (schema of ``fitserve scan``); partial while the job runs."""
-        st, meta, recs = _records(job_id)
+        st, meta, recs = _records(job_id, principal)
         if format == "csv":
             return PlainTextResponse(to_csv(recs, meta.get("labels")), media_type="text/csv",
                                      headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
         return JSONResponse(results_document(st, meta, recs, __version__))
 
     @app.get("/v1/jobs/{job_id}/contours", tags=["results"])
-    def job_contours(job_id: str) -> dict[str, Any]:
+    def job_contours(job_id: str, principal: Principal = Depends(who)) -> dict[str, Any]:
         """CLs = 1 - CL exclusion contours (2-D grids) or the limit curve (1-D grids)."""
-        st, meta, recs = _records(job_id)
+        st, meta, recs = _records(job_id, principal)
         cl = meta["options"].get("confidence_level", 0.95)
         out = contours(recs, meta.get("labels"), cl=cl, complete=st["state"] == "done")
         return {"job": job_id, "state": st["state"], **out}
 
-    def _plot(job_id: str, fmt: str) -> Response:
+    def _plot(job_id: str, fmt: str, principal: Principal) -> Response:
         from fitserve.service.plot import FORMATS, exclusion_plot
 
-        st, meta, recs = _records(job_id)
+        st, meta, recs = _records(job_id, principal)
         if not recs:
             raise HTTPProblem(409, "no results yet", "job state")
         cl = meta["options"].get("confidence_level", 0.95)
@@ -289,14 +350,14 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         return Response(data, media_type=FORMATS[fmt])
 
     @app.get("/v1/jobs/{job_id}/plot.png", tags=["results"], response_class=Response)
-    def plot_png(job_id: str) -> Response:
+    def plot_png(job_id: str, principal: Principal = Depends(who)) -> Response:
         """The exclusion plot (observed, expected ±1σ, grid points) as PNG."""
-        return _plot(job_id, "png")
+        return _plot(job_id, "png", principal)
 
     @app.get("/v1/jobs/{job_id}/plot.svg", tags=["results"], response_class=Response)
-    def plot_svg(job_id: str) -> Response:
+    def plot_svg(job_id: str, principal: Principal = Depends(who)) -> Response:
         """The exclusion plot as SVG."""
-        return _plot(job_id, "svg")
+        return _plot(job_id, "svg", principal)
 
     @app.get("/v1/health", tags=["service"])
     def health() -> JSONResponse:

@@ -15,9 +15,17 @@ import typer
 
 
 def _settings(**overrides: Any):
+    from pydantic import ValidationError
+
     from fitserve.service.settings import Settings
 
-    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = ".".join(str(p) for p in err.get("loc", ()))
+        typer.echo(f"fitserve: error: setting {name!r} (--{name.replace('_', '-')} / FITSERVE_{name.upper()}): {err.get('msg')}", err=True)
+        raise typer.Exit(2)
 
 
 def _settings_env(settings: Any) -> dict[str, str]:
@@ -27,6 +35,25 @@ def _settings_env(settings: Any) -> dict[str, str]:
         if value is not None:
             env[f"FITSERVE_{name.upper()}"] = str(value)
     return env
+
+
+AUTH_HELP = "open (no tokens, one local user) or token (API tokens, `fitserve token create`). Default: FITSERVE_AUTH, else open on 127.0.0.1/localhost and token on any other address."
+
+
+def _auth_for(settings: Any, host: str) -> Any:
+    """Settings with the auth mode decided: open only by default on a loopback address, loudly otherwise."""
+    from fitserve.service.auth import is_loopback
+
+    mode = settings.auth or ("open" if is_loopback(host) else "token")
+    if mode == "open" and not is_loopback(host):
+        typer.secho(
+            f"fitserve: WARNING: open mode (no authentication) on {host}: anybody who can reach this address "
+            "can read and cancel every job. Use --auth token on a shared network.",
+            err=True, fg="red", bold=True,
+        )
+    elif mode == "token":
+        typer.echo("auth: API tokens required (create one with `fitserve token create --user NAME`)", err=True)
+    return settings.model_copy(update={"auth": mode})
 
 
 def _venv_path_env(env: dict[str, str]) -> dict[str, str]:
@@ -44,13 +71,14 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(8000, help="Port to listen on."),
         redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL or redis://127.0.0.1:6379/0)."),
         log_level: str = typer.Option("info", help="uvicorn log level."),
+        auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
         """Run the HTTP API (FastAPI under uvicorn); needs Redis and at least one `fitserve worker`."""
         import uvicorn
 
         from fitserve.service.api import create_app
 
-        settings = _settings(redis_url=redis_url)
+        settings = _auth_for(_settings(redis_url=redis_url, auth=auth), host)
         typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
@@ -100,6 +128,7 @@ def register(app: typer.Typer) -> None:
         workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes (default: FITSERVE_PARSL_WORKERS or 1)."),
         redis_url: Optional[str] = typer.Option(None, help="Redis URL; an embedded Redis is started there if none answers."),
         data_dir: Optional[Path] = typer.Option(None, help="Where the embedded Redis keeps its AOF (default: FITSERVE_DATA_DIR or ./var)."),
+        auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
         """Everything on one machine: Redis (embedded if none is reachable), one worker, and the API. Ctrl-C stops all."""
         import uvicorn
@@ -107,7 +136,7 @@ def register(app: typer.Typer) -> None:
         from fitserve.service.api import create_app
         from fitserve.service.redis_server import ensure_redis
 
-        settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir)
+        settings = _auth_for(_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             embedded = ensure_redis(settings.redis_url, settings.data_dir)

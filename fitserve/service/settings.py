@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -42,9 +42,19 @@ class Settings(BaseSettings):
     claim_idle_ms: int = Field(30_000, ge=100)
     #: Give up on a chunk after this many deliveries (its hypotheses are marked failed).
     max_deliveries: int = Field(3, ge=1)
-    #: Limits on what one request may ask for.
+    #: ``token``: every request needs an API token (``fitserve token create``); ``open``: no
+    #: authentication, one local user who sees everything (only sensible on 127.0.0.1).
+    #: Unset, the commands pick ``open`` when they listen on a loopback address, else ``token``;
+    #: :func:`fitserve.service.api.create_app` alone picks ``token``.
+    auth: Literal["open", "token"] | None = None
+    #: Limits on what one request may ask for (each error names the limit it hit).
     max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    max_hypotheses: int = Field(100_000, ge=1)
+    max_hypotheses: int = Field(10_000, ge=1)
+    #: Bins and parameters of one (patched) model, counted as pyhf does.
+    max_bins: int = Field(5_000, ge=1)
+    max_parameters: int = Field(5_000, ge=1)
+    #: Jobs one user may have queued or running at once (HTTP 429 beyond).
+    max_active_jobs: int = Field(20, ge=1)
     max_jobs_listed: int = Field(1000, ge=1)
 
     @classmethod

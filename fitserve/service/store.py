@@ -6,7 +6,9 @@ Keys (``P`` is ``settings.key_prefix``)::
     P:patch:{sha256}       one patch object, zlib-compressed JSON, stored once
     P:result:{hkey}        one hypothesis record (JSON): the cache, shared by all jobs
     P:jobs                 sorted set of job ids by creation time
-    P:job:{id}             hash: state, total, counters (n_cached, n_computed, n_error,
+    P:user:{name}:jobs     sorted set of one user's job ids by creation time
+    P:user:{name}:active   set of the user's jobs that may still be queued or running
+    P:job:{id}             hash: owner, state, total, counters (n_cached, n_computed, n_error,
                            n_not_converged), created/started/finished, compute_s
     P:job:{id}:meta        JSON: options, labels, names, values, hkeys, patch shas, ws sha
     P:job:{id}:done        hash: hypothesis name -> how it finished (progress, idempotent)
@@ -77,6 +79,23 @@ return st
 """
 
 
+# Reserve one of a user's slots for active jobs: forget jobs that have finished
+# (or vanished), then add the new one unless the user is at the limit.
+# KEYS: active-set.  ARGV: job-key prefix ("P:job:"), new job id, limit.  Returns the count before.
+_RESERVE_LUA = """
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local st = redis.call('HGET', ARGV[1] .. id, 'state')
+  if st ~= 'queued' and st ~= 'running' and st ~= 'reserved' then redis.call('SREM', KEYS[1], id) end
+end
+local n = redis.call('SCARD', KEYS[1])
+if n >= tonumber(ARGV[3]) then return n end
+redis.call('SADD', KEYS[1], ARGV[2])
+redis.call('HSET', ARGV[1] .. ARGV[2], 'state', 'reserved')
+redis.call('EXPIRE', ARGV[1] .. ARGV[2], 600)
+return n
+"""
+
+
 def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
@@ -126,6 +145,7 @@ class JobStore:
         self.p = prefix
         self._record = client.register_script(_RECORD_LUA)
         self._transition = client.register_script(_TRANSITION_LUA)
+        self._reserve = client.register_script(_RESERVE_LUA)
 
     # keys ------------------------------------------------------------------
     def k(self, *parts: str) -> str:
@@ -135,13 +155,27 @@ class JobStore:
         return self.k("job", job_id, suffix) if suffix else self.k("job", job_id)
 
     # creating jobs -----------------------------------------------------------
-    def create_job(self, job: NewJob) -> tuple[str, list[str]]:
-        """Store a job and its inputs; return ``(job_id, names still to compute)``.
+    @staticmethod
+    def new_id() -> str:
+        return secrets.token_hex(12)
+
+    def reserve_slot(self, owner: str, job_id: str, limit: int) -> int | None:
+        """Hold one of ``owner``'s ``limit`` slots for active jobs for ``job_id``.
+
+        Returns None when reserved, else how many jobs the user has queued or
+        running.  Atomic (one Lua script), so concurrent submissions cannot
+        overshoot; a reservation not followed by :meth:`create_job` expires.
+        """
+        n = self._reserve(keys=[self.k("user", owner, "active")], args=[self.k("job", ""), job_id, limit])
+        return None if int(n) < limit else int(n)
+
+    def create_job(self, job: NewJob, owner: str = "local", job_id: str | None = None) -> tuple[str, list[str]]:
+        """Store ``owner``'s job and its inputs; return ``(job_id, names still to compute)``.
 
         Hypotheses already in the cache are recorded as done at once.
         """
         now = time.time()
-        job_id = secrets.token_hex(12)
+        job_id = job_id or self.new_id()
         ws_bytes = canonical_json(job.workspace)
         ws_sha = sha256(ws_bytes)
         options_json = canonical_json(job.options)
@@ -174,6 +208,7 @@ class JobStore:
         pipe.hset(
             self.job_key(job_id),
             mapping={
+                "owner": owner,
                 "state": "queued",
                 "total": total,
                 "created": now,
@@ -187,7 +222,9 @@ class JobStore:
                 "labels": canonical_json(job.labels),
             },
         )
+        pipe.persist(self.job_key(job_id))  # drop the expiry of the reservation
         pipe.zadd(self.k("jobs"), {job_id: now})
+        pipe.zadd(self.k("user", owner, "jobs"), {job_id: now})
         pipe.execute()
         cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
         hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
@@ -228,9 +265,9 @@ class JobStore:
             pipe.hscan(self.job_key(job_id, "errors"), count=max_errors)
         h, done, *scanned = pipe.execute()
         errs = scanned[0][1] if scanned else {}
-        if not h:
-            return None
         h = {_s(k): _s(v) for k, v in h.items()}
+        if not h or h.get("state") == "reserved":
+            return None
         total = int(h.get("total", 0))
         created = float(h["created"])
         started = float(h["started"]) if "started" in h else None
@@ -243,6 +280,7 @@ class JobStore:
             errors.insert(0, {"hypothesis": None, "error": h["error"]})
         return {
             "id": job_id,
+            "owner": h.get("owner", "local"),
             "state": h["state"],
             "progress": {"done": done, "total": total, "fraction": (done / total) if total else 1.0},
             "counts": {
@@ -266,8 +304,13 @@ class JobStore:
             "errors": errors,
         }
 
-    def list_jobs(self, limit: int = 100) -> list[dict[str, Any]]:
-        ids = [_s(i) for i in self.r.zrevrange(self.k("jobs"), 0, limit - 1)]
+    def owner(self, job_id: str) -> str | None:
+        return _s(self.r.hget(self.job_key(job_id), "owner"))
+
+    def list_jobs(self, limit: int = 100, user: str | None = None) -> list[dict[str, Any]]:
+        """Most recent jobs first: ``user``'s, or everybody's when ``user`` is None."""
+        index = self.k("user", user, "jobs") if user is not None else self.k("jobs")
+        ids = [_s(i) for i in self.r.zrevrange(index, 0, limit - 1)]
         out = []
         for job_id in ids:
             st = self.status(job_id, max_errors=0)

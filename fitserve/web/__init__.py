@@ -36,7 +36,19 @@ def mount_web(app: FastAPI) -> None:
     from fitserve.web.counting import Warmup
     from fitserve.web.routes import STATIC, router
 
+    from fastapi import Request
+    from fastapi.responses import RedirectResponse
+    from urllib.parse import quote
+
+    from fitserve.web.routes import LoginRequired
+
     app.include_router(router)
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, exc: LoginRequired) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target, safe='')}", status_code=303)
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     inner = app.router.lifespan_context

@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from fitserve import __version__
 from fitserve.engine.errors import InputError
+from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal
 from fitserve.web import counting, warmup_mode
 
 HERE = Path(__file__).parent
@@ -44,8 +45,69 @@ templates.env.filters["num"] = fmt
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    context = {"version": __version__, "path": request.url.path, **context}
+    viewer = getattr(request.state, "viewer", None)
+    context = {"version": __version__, "path": request.url.path, "viewer": viewer,
+               "auth": request.app.state.settings.auth or "token", **context}
     return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+# --- who is looking -------------------------------------------------------------------
+
+
+class LoginRequired(Exception):
+    """A page asked for without a valid token: answered by a redirect to ``/login``."""
+
+
+def viewer(request: Request) -> Principal:
+    """The principal of a page request (the ``fitserve_token`` cookie, or a bearer header).
+
+    Kept on ``request.state`` so the templates can show who is signed in.
+    """
+    from fitserve.service.api import principal_of
+
+    try:
+        who = principal_of(request)
+    except AuthError as exc:
+        raise LoginRequired(str(exc)) from None
+    request.state.viewer = who
+    return who
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path on this site (no open redirect to another host)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request, next: str = "/") -> Response:
+    if (request.app.state.settings.auth or "token") == "open":
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return _page(request, "login.html", {"next": _safe_next(next), "error": None})
+
+
+@router.post("/login", response_class=HTMLResponse)
+async def login_submit(request: Request) -> Response:
+    """Check the token and keep it in an HttpOnly, SameSite=Strict cookie for the pages and their API calls."""
+    form = await request.form(max_files=0, max_fields=4, max_part_size=4096)
+    token = str(form.get("token") or "").strip()
+    target = _safe_next(str(form.get("next") or "/"))
+    who = await run_in_threadpool(request.app.state.tokens.lookup, token) if token else None
+    if who is None:
+        msg = "paste your API token" if not token else "this token is not valid (or has been revoked)"
+        return _page(request, "login.html", {"next": target, "error": msg}, 401)
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
+                    max_age=30 * 24 * 3600, path="/")
+    return resp
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
 
 
 # --- quick limit ------------------------------------------------------------------
@@ -58,6 +120,7 @@ def _quick_query(params: dict[str, str]) -> str:
 @router.get("/", response_class=HTMLResponse)
 def quick_page(request: Request) -> HTMLResponse:
     """The counting form; with its fields in the query string, also the result (or the errors)."""
+    viewer(request)
     params = dict(request.query_params)
     submitted = any(k in params for k in counting.FIELDS)
     ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None}
@@ -85,6 +148,7 @@ def quick_page(request: Request) -> HTMLResponse:
 @router.get("/quick/workspace.json")
 def quick_workspace(request: Request) -> Response:
     """The counting model of the form values as a pyhf workspace (a download)."""
+    viewer(request)
     inp = counting.parse_form(dict(request.query_params))
     if not inp.ok:
         field, message = next(iter(inp.errors.items()))
@@ -111,7 +175,8 @@ def _field_of(where: str | None) -> str:
 
 
 def _stash_key(request: Request, token: str) -> str:
-    return request.app.state.store.k("web", "upload", token)
+    """Uploads kept for the form are the uploader's: the key holds the user, so nobody else can use the token."""
+    return request.app.state.store.k("web", "upload", request.state.viewer.user, token)
 
 
 def _stash(request: Request, filename: str, raw: bytes) -> str:
@@ -153,6 +218,7 @@ FULL_DEFAULTS = {"test_stat": "qtilde", "poi_test": "1.0", "confidence_level": "
 
 @router.get("/full", response_class=HTMLResponse)
 def full_page(request: Request) -> HTMLResponse:
+    viewer(request)
     return _page(request, "full.html", {"form": dict(FULL_DEFAULTS), "errors": {}, "kept": {}})
 
 
@@ -160,7 +226,9 @@ def full_page(request: Request) -> HTMLResponse:
 async def full_submit(request: Request) -> Response:
     """Validate and submit exactly as ``POST /v1/jobs`` does; on an error show the form again, nothing lost."""
     from fitserve.service.api import _json, enqueue_job, parse_options, prepare_job
+    from fitserve.service.limits import LimitExceeded
 
+    who = viewer(request)
     settings = request.app.state.settings
     form = await request.form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
     values: dict[str, str] = {k: v for k, v in form.items() if isinstance(v, str)}
@@ -204,8 +272,12 @@ async def full_submit(request: Request) -> Response:
             errors[field] = f"{where}: {exc.message}" if where and field in ("workspace", "patchset") else exc.message
         else:
             store, queue = request.app.state.store, request.app.state.queue
-            job_id, _ = await run_in_threadpool(enqueue_job, job, store, queue, settings)
-            return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+            try:
+                job_id, _ = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
+            except LimitExceeded as exc:
+                errors["form"] = exc.message
+            else:
+                return RedirectResponse(f"/jobs/{job_id}", status_code=303)
     # keep the uploads that are not at fault, so the user need not choose them again
     for name, (filename, raw) in raws.items():
         if name not in errors:
@@ -235,10 +307,10 @@ def _rows(recs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _job_context(request: Request, job_id: str) -> dict[str, Any] | None:
+def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[str, Any] | None:
     store = request.app.state.store
     st = store.status(job_id)
-    if st is None:
+    if st is None or not who.owns(st["owner"]):  # another user's job: as if it did not exist
         return None
     ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}"}
     if ctx["terminal"]:
@@ -254,7 +326,7 @@ def _job_context(request: Request, job_id: str) -> dict[str, Any] | None:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(request: Request, job_id: str) -> HTMLResponse:
-    ctx = _job_context(request, job_id)
+    ctx = _job_context(request, job_id, viewer(request))
     if ctx is None:
         return _page(request, "missing.html", {"job_id": job_id}, 404)
     return _page(request, "job.html", ctx)

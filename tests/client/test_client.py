@@ -187,7 +187,7 @@ def test_server_unavailable_after_retries(redis_url, tmp_path):
     # the API is up but its Redis is not: a real 503, retried with backoff, then the server's message
     from fitserve.service.settings import Settings
 
-    svc = Service(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path))
+    svc = Service(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path, auth="open"))
     try:
         with Client(f"http://127.0.0.1:{svc.port}", retry=FAST_RETRY) as client:
             with pytest.raises(ServerUnavailable) as err:

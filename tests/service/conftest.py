@@ -64,7 +64,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     """Settings isolated per test by a fresh key prefix (so the result cache starts empty)."""
     return Settings(
-        redis_url=redis_url, key_prefix=f"test-{secrets.token_hex(4)}", executor="local", chunk_size=2,
+        redis_url=redis_url, key_prefix=f"test-{secrets.token_hex(4)}", executor="local", chunk_size=2, auth="open",
         data_dir=tmp_path, claim_idle_ms=1000,
     )
 
