@@ -57,7 +57,12 @@ def mount_web(app: FastAPI) -> None:
     async def lifespan(a: Any):  # type: ignore[no-untyped-def]
         if warmup_mode() == "startup":
             Warmup.start()
-        async with inner(a) as state:
-            yield state
+        try:
+            async with inner(a) as state:
+                yield state
+        finally:
+            from fastapi.concurrency import run_in_threadpool
+
+            await run_in_threadpool(Warmup.shutdown)
 
     app.router.lifespan_context = lifespan

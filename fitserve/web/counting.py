@@ -232,6 +232,7 @@ class Warmup:
     _started = False
     _guard = threading.Lock()
     done = threading.Event()
+    _stop = threading.Event()
     warmed: dict[int, float] = {}
 
     @classmethod
@@ -247,6 +248,8 @@ class Warmup:
     def _run(cls, bins: tuple[int, ...]) -> None:
         try:
             for n in bins:
+                if cls._stop.is_set():
+                    break
                 t0 = time.perf_counter()
                 compute(example_input(n))
                 cls.warmed[n] = time.perf_counter() - t0
@@ -255,3 +258,15 @@ class Warmup:
             log.exception("quick-limit warm-up failed")
         finally:
             cls.done.set()
+
+    @classmethod
+    def shutdown(cls, timeout: float = 120.0) -> None:
+        """Stop after the compilation in progress and wait for it.
+
+        The thread is a daemon; left inside XLA while the interpreter exits,
+        it aborts the process (SIGABRT, "terminate called ..."), so the server
+        waits for it on shutdown.
+        """
+        cls._stop.set()
+        if cls._started:
+            cls.done.wait(timeout)
