@@ -86,11 +86,16 @@ class ChunkQueue:
         deleted = resp[2] if len(resp) > 2 else []
         out = [c for c in (_decode(eid, fields) for eid, fields in entries) if c]
         out += [Chunk(d.decode() if isinstance(d, bytes) else d, "", []) for d in deleted]
-        for chunk in out:
-            if chunk.job_id:
-                info = self.r.xpending_range(self.stream, self.group, min=chunk.entry_id, max=chunk.entry_id, count=1)
-                if info:
-                    chunk.deliveries = int(info[0]["times_delivered"])
+        try:
+            for chunk in out:
+                if chunk.job_id:
+                    info = self.r.xpending_range(self.stream, self.group, min=chunk.entry_id, max=chunk.entry_id, count=1)
+                    if info:
+                        chunk.deliveries = int(info[0]["times_delivered"])
+        except (redis.ConnectionError, redis.TimeoutError):
+            # The entries are ours now (XAUTOCLAIM went through): return them rather than leave them to go
+            # stale and be delivered once more; a count we could not read stays at 1 for this delivery.
+            pass
         return out
 
     def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:

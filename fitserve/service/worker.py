@@ -6,12 +6,22 @@ worker dies, the entries go stale and another worker claims them
 (:meth:`ChunkQueue.claim_stale`).  Before running a chunk it drops hypotheses
 that another job computed meanwhile (the cache), and it skips chunks of
 cancelled jobs.
+
+Redis going away does not stop a worker.  Any Redis error in the loop (heartbeat,
+touch, claim, read, start, storing) pauses it with exponential backoff
+(``RETRY_MIN_S`` doubling to ``RETRY_MAX_S``) and it tries again; meanwhile the
+chunks in flight keep running, and their records are kept in memory and stored
+(then acked) once Redis answers again.  Chunks read but not started yet are
+kept too.  Storing is idempotent (the job's done-hash is written with
+``HSETNX``), so a chunk stored twice - after an interrupted store, or because
+another worker also ran it - is counted once.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import secrets
 import socket
 import threading
@@ -31,6 +41,16 @@ from fitserve.service.store import FINAL_STATES, JobStore
 
 log = logging.getLogger("fitserve.worker")
 
+#: First pause after a Redis error; doubled (with jitter) while errors go on, up to RETRY_MAX_S.
+RETRY_MIN_S = 0.1
+RETRY_MAX_S = 2.0
+#: A finished chunk whose records Redis refuses this often (an error other than
+#: an unreachable server) is given up here and left pending for redelivery.
+MAX_STORE_FAILURES = 5
+
+#: Errors that mean "Redis is not reachable (now)": wait for it, keep everything.
+OUTAGE_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
 
 @dataclass
 class _InFlight:
@@ -38,6 +58,20 @@ class _InFlight:
     meta: dict[str, Any]
     names: list[str]
     started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+
+
+@dataclass
+class _Finished:
+    """A chunk the executor finished whose records are not stored (and acked) yet."""
+
+    item: _InFlight
+    records: dict[str, dict[str, Any]] | None
+    error: BaseException | None
+    elapsed: float
+    waited: bool = False  # finished while Redis was unreachable
+    attempts: int = 0  # tries to store it so far
+    failures: int = 0  # of those, failures other than an unreachable Redis
 
 
 class _LRU(OrderedDict):
@@ -53,7 +87,11 @@ class _LRU(OrderedDict):
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    return redis.Redis.from_url(settings.redis_url, health_check_interval=30, socket_keepalive=True)
+    # Explicit timeouts (older redis-py has none): a Redis that hangs gives an error, not a hang.
+    # The socket timeout exceeds the worker's longest XREADGROUP BLOCK (0.5 s).
+    return redis.Redis.from_url(
+        settings.redis_url, health_check_interval=30, socket_keepalive=True, socket_connect_timeout=5, socket_timeout=15,
+    )
 
 
 class Worker:
@@ -73,9 +111,21 @@ class Worker:
         self._own_executor = executor is None
         self.stop_event = threading.Event()
         self.inflight: dict[Future, _InFlight] = {}
+        #: chunks read or claimed but not started yet (kept over a Redis outage)
+        self.backlog: list[Chunk] = []
+        #: chunks computed whose records are not stored yet (kept over a Redis outage)
+        self.finished: list[_Finished] = []
         self._meta = _LRU(64)
         self._ws = _LRU(4)
         self.chunks_done = 0
+        #: Redis outages ridden out; chunks whose records waited for Redis to come back;
+        #: chunks claimed from other (dead) workers
+        self.outages = 0
+        self.chunks_kept = 0
+        self.chunks_claimed = 0
+        self._redis_down = False
+        self._group_ready = False
+        self._last = {"beat": 0.0, "claim": 0.0, "touch": 0.0, "cancel": 0.0}
 
     # lifecycle ---------------------------------------------------------------
     @property
@@ -88,43 +138,93 @@ class Worker:
         self.stop_event.set()
 
     def run(self) -> None:
-        """Loop until :meth:`stop`; leaves unfinished chunks claimable by other workers."""
-        self.queue.ensure_group()
+        """Loop until :meth:`stop`; leaves unfinished chunks claimable by other workers.
+
+        Redis errors never end the loop: it backs off and tries again, keeping
+        chunks in flight and finished records until Redis answers.
+        """
         executor = self.executor
         capacity = max(1, executor.capacity)
-        claim_every = max(0.1, self.settings.claim_idle_ms / 2000)
-        touch_every = max(0.05, self.settings.claim_idle_ms / 3000)
-        last_beat = last_claim = last_touch = last_cancel = 0.0
         log.info("worker %s started: %s", self.name, executor.describe())
+        pause = RETRY_MIN_S
+        down_since: float | None = None
+        kept_before = 0
         try:
             while not self.stop_event.is_set():
-                now = time.monotonic()
-                if now - last_beat > 2:
-                    self._heartbeat()
-                    last_beat = now
-                if self.inflight and now - last_touch > touch_every:
-                    self.queue.touch(self.name, [f.chunk.entry_id for f in self.inflight.values()])
-                    last_touch = now
-                if self.inflight and now - last_cancel > 0.5:
-                    self._drop_cancelled()
-                    last_cancel = now
-                free = capacity - len(self.inflight)
-                if free > 0:
-                    chunks: list[Chunk] = []
-                    if now - last_claim > claim_every:
-                        chunks = self.queue.claim_stale(self.name, self.settings.claim_idle_ms, free)
-                        last_claim = now
-                    if len(chunks) < free:
-                        block = None if self.inflight else 500
-                        chunks += self.queue.read(self.name, free - len(chunks), block)
-                    for chunk in chunks:
-                        self._start(chunk)
-                if self.inflight:
-                    done, _ = wait(list(self.inflight), timeout=0.2, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        self._finish(fut, self.inflight.pop(fut))
+                try:
+                    self._step(capacity)
+                except redis.RedisError as exc:
+                    if isinstance(exc, OUTAGE_ERRORS):
+                        self._redis_down = True
+                        if down_since is None:
+                            down_since, kept_before = time.monotonic(), self.chunks_kept
+                            self.outages += 1
+                            log.warning(
+                                "Redis unreachable (%s: %s): %d chunks in flight, %d finished and %d waiting are kept; "
+                                "retrying with backoff", type(exc).__name__, exc, len(self.inflight), len(self.finished),
+                                len(self.backlog),
+                            )
+                    else:  # Redis answered with an error: log it, back off, go on
+                        log.warning("Redis error in the worker loop (retrying): %s: %s", type(exc).__name__, exc, exc_info=True)
+                        if "NOGROUP" in str(exc):  # the stream or its group is gone (e.g. Redis lost its data)
+                            self._group_ready = False
+                    self._collect(pause * random.uniform(0.8, 1.2))  # chunks keep finishing meanwhile
+                    pause = min(pause * 2, RETRY_MAX_S)
+                    continue
+                pause = RETRY_MIN_S
+                if down_since is not None:
+                    log.warning("Redis is back after %.1f s: %d chunks that finished meanwhile are stored, %d in flight",
+                                time.monotonic() - down_since, self.chunks_kept - kept_before, len(self.inflight))
+                    down_since = None
         finally:
             self._release()
+
+    def _step(self, capacity: int) -> None:
+        """One round of the loop; any Redis error leaves everything in place to be retried."""
+        if not self._group_ready:
+            self.queue.ensure_group()
+            self._group_ready = True
+        self._save_finished()
+        self._redis_down = False
+        settings, last = self.settings, self._last
+        claim_every = max(0.1, settings.claim_idle_ms / 2000)
+        touch_every = max(0.05, settings.claim_idle_ms / 3000)
+        now = time.monotonic()
+        if now - last["beat"] > 2:
+            self._heartbeat()
+            last["beat"] = now
+        held = self._held_ids()
+        if held and now - last["touch"] > touch_every:
+            self.queue.touch(self.name, held)
+            last["touch"] = now
+        if self.inflight and now - last["cancel"] > 0.5:
+            self._drop_cancelled()
+            last["cancel"] = now
+        free = capacity - len(self.inflight) - len(self.backlog)
+        if free > 0:
+            if now - last["claim"] > claim_every:
+                claimed = self.queue.claim_stale(self.name, settings.claim_idle_ms, free)
+                last["claim"] = now
+                if claimed:
+                    self.chunks_claimed += len(claimed)
+                    log.info("took over %d stale chunks (idle > %d ms): %s", len(claimed), settings.claim_idle_ms,
+                             ", ".join(f"{c.entry_id} (delivery {c.deliveries})" for c in claimed))
+                self.backlog += claimed
+                free -= len(claimed)
+            if free > 0:
+                block = None if (self.inflight or self.backlog) else 500
+                self.backlog += self.queue.read(self.name, free, block)
+        while self.backlog and len(self.inflight) < capacity:
+            self._start(self.backlog[0])  # a Redis error keeps it in the backlog
+            self.backlog.pop(0)
+        if self.inflight:
+            self._collect(0.2)
+            self._save_finished()
+
+    def _held_ids(self) -> list[str]:
+        """Queue entries this worker is responsible for: waiting, running, or finished but not stored."""
+        return ([c.entry_id for c in self.backlog] + [f.chunk.entry_id for f in self.inflight.values()]
+                + [f.item.chunk.entry_id for f in self.finished])
 
     def _heartbeat(self) -> None:
         info = {
@@ -139,8 +239,13 @@ class Worker:
         self.store.worker_heartbeat(self.name, info)
 
     def _release(self) -> None:
-        """On stop: make our unfinished chunks claimable at once, shut the executor down."""
-        ids = [f.chunk.entry_id for f in self.inflight.values()]
+        """On stop: store what finished, make our other chunks claimable at once, shut the executor down."""
+        try:
+            self._save_finished()
+        except redis.RedisError as exc:
+            log.warning("could not store %d finished chunks before stopping (%s); they will be run again",
+                        len(self.finished), exc)
+        ids = self._held_ids()
         try:
             if ids:
                 self.r.xclaim(
@@ -153,6 +258,8 @@ class Worker:
         except redis.RedisError:
             pass
         self.inflight.clear()
+        self.backlog.clear()
+        self.finished.clear()
         if self._own_executor and self._executor is not None:
             self._executor.shutdown()
         log.info("worker %s stopped", self.name)
@@ -177,6 +284,8 @@ class Worker:
     def _start(self, chunk: Chunk) -> None:
         try:
             self._start_inner(chunk)
+        except redis.RedisError:
+            raise  # Redis trouble is not the chunk's fault: it is started again once Redis answers
         except Exception as exc:  # keep the worker alive; the chunk fails visibly
             log.exception("chunk %s of job %s could not start", chunk.entry_id, chunk.job_id)
             meta = self._job_meta(chunk.job_id) if chunk.job_id else None
@@ -185,6 +294,8 @@ class Worker:
             self.queue.ack([chunk.entry_id])
 
     def _start_inner(self, chunk: Chunk) -> None:
+        # Everything that reads or writes Redis comes before the executor is given the chunk (and is
+        # idempotent), so a Redis error here never leaves a chunk running that the worker does not track.
         meta = self._job_meta(chunk.job_id) if chunk.job_id else None
         if meta is None:
             self.queue.ack([chunk.entry_id])
@@ -201,7 +312,10 @@ class Worker:
             return
         cached = self.store.cached_names(meta, chunk.names)
         if cached:
-            self.store.mark_cached(chunk.job_id, meta, cached)
+            added, _ = self.store.mark_cached(chunk.job_id, meta, cached)
+            if added < len(cached):
+                log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
+                         chunk.entry_id, chunk.job_id, len(cached) - added)
         names = [n for n in chunk.names if n not in cached]
         if not names:
             self.queue.ack([chunk.entry_id])
@@ -213,23 +327,66 @@ class Worker:
         index = {n: i for i, n in enumerate(meta["names"])}
         shas = [meta["patch_shas"][index[n]] for n in names]
         patches = None if shas == [None] else self.store.patches(shas)
+        item = _InFlight(chunk, meta, names)
         fut = self.executor.submit(ws, patches, meta["options"])
-        self.inflight[fut] = _InFlight(chunk, meta, names)
+        fut.add_done_callback(lambda _f: setattr(item, "ended", time.perf_counter()))
+        self.inflight[fut] = item
 
-    def _finish(self, fut: Future, item: _InFlight) -> None:
-        elapsed = time.perf_counter() - item.started
-        job_id = item.chunk.job_id
-        try:
-            records = fut.result()
+    def _collect(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for chunks in flight; move finished ones (records or error) to ``finished``."""
+        if not self.inflight:
+            self.stop_event.wait(timeout)
+            return
+        done, _ = wait(list(self.inflight), timeout=timeout, return_when=FIRST_COMPLETED)
+        for fut in done:
+            item = self.inflight.pop(fut)
+            elapsed = (item.ended or time.perf_counter()) - item.started
+            try:
+                fin = _Finished(item, fut.result(), None, elapsed, waited=self._redis_down)
+            except Exception as exc:
+                log.warning("chunk %s of job %s failed: %s", item.chunk.entry_id, item.chunk.job_id, exc)
+                fin = _Finished(item, None, exc, elapsed, waited=self._redis_down)
+            self.finished.append(fin)
+
+    def _save_finished(self) -> None:
+        """Store (then ack) finished chunks, oldest first; on a Redis error the rest wait for the next try."""
+        while self.finished:
+            fin = self.finished[0]
+            try:
+                self._save(fin)
+            except OUTAGE_ERRORS:
+                raise
+            except redis.RedisError as exc:
+                fin.failures += 1
+                if fin.failures < MAX_STORE_FAILURES:
+                    raise
+                log.error("giving up storing chunk %s of job %s after %d Redis errors (%s); it stays pending and "
+                          "will be delivered again", fin.item.chunk.entry_id, fin.item.chunk.job_id, fin.failures, exc)
+            else:
+                self.chunks_done += 1
+                if fin.waited or fin.attempts > 1:
+                    self.chunks_kept += 1
+            self.finished.pop(0)
+
+    def _save(self, fin: _Finished) -> None:
+        """Record one finished chunk and ack it.  Safe to repeat: recording is idempotent (HSETNX)."""
+        item, job_id = fin.item, fin.item.chunk.job_id
+        # compute time is added on the first try only: a store interrupted before it landed undercounts it
+        compute_s = fin.elapsed if fin.attempts == 0 else 0.0
+        fin.attempts += 1
+        if fin.error is None:
+            records = fin.records or {}
             missing = [n for n in item.names if n not in records]
             if missing:
                 self.store.fail_hypotheses(job_id, item.meta, missing, "the engine returned no record for this hypothesis")
-            self.store.store_records(job_id, item.meta, records, compute_s=elapsed)
-        except Exception as exc:
-            log.warning("chunk %s of job %s failed: %s", item.chunk.entry_id, job_id, exc)
+            added, _ = self.store.store_records(job_id, item.meta, records, compute_s=compute_s)
+            if added < len(records):  # HSETNX kept the first record of each: counted once
+                log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
+                         item.chunk.entry_id, job_id, len(records) - added)
+        else:
+            exc = fin.error
             self.store.fail_hypotheses(job_id, item.meta, item.names, f"chunk failed: {type(exc).__name__}: {exc}")
         self.queue.ack([item.chunk.entry_id])
-        self.chunks_done += 1
 
     def _drop_cancelled(self) -> None:
         """Cancel chunks of cancelled jobs that have not started on the executor yet."""
