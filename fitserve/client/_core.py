@@ -182,13 +182,21 @@ class RetryPolicy:
 
     Connection errors are retried by the httpx transport (``connect_retries``,
     its own exponential backoff): a request that could not connect was never
-    sent, so that is safe for every method.  Nothing else is retried.
+    sent, so that is safe for every method.  Nothing else is retried by a
+    single request.
+
+    ``wait_grace``: ``job.wait()`` polls a status, which is safe to repeat, so it
+    goes on through a server that is down or restarting (connection refused or
+    dropped, 502/503/504 after the retries above) for up to this many seconds
+    in a row, with backoff, before it raises
+    :class:`~fitserve.client.errors.ServerUnavailable`.
     """
 
     retries: int = 4  # 503 answers retried this often (5 attempts in all)
     backoff: float = 0.5  # first delay, doubled each time, with jitter
     max_delay: float = 8.0
     connect_retries: int = 3
+    wait_grace: float = 60.0
 
     def delay(self, resp: httpx.Response, attempt: int) -> float | None:
         """Seconds to wait before retrying ``resp`` (the answer to try ``attempt``, from 0), or None: don't retry."""
@@ -312,7 +320,11 @@ class Waiter:
     object with ``total``, ``n``, ``refresh()`` (you close it).
     """
 
-    def __init__(self, job_id: str, timeout: float | None, progress: Any, poll_interval: float) -> None:
+    #: first pause after a poll that found the server unavailable, doubled (with jitter) up to the max
+    OUTAGE_BACKOFF = 0.5
+    OUTAGE_MAX_DELAY = 5.0
+
+    def __init__(self, job_id: str, timeout: float | None, progress: Any, poll_interval: float, grace: float = 60.0) -> None:
         self.job_id = job_id
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
@@ -321,6 +333,12 @@ class Waiter:
         self.progress = progress
         self._bar: Any = None
         self._own_bar = progress is True
+        self.grace = max(0.0, grace)
+        self._down_since: float | None = None
+        self._failures = 0
+        #: polls that found the server unavailable, and the longest outage ridden out (s)
+        self.unavailable_polls = 0
+        self.longest_outage = 0.0
 
     def _show(self, status: Mapping[str, Any]) -> None:
         if not self.progress:
@@ -349,8 +367,29 @@ class Waiter:
         self._bar.n = prog.get("done", 0)
         self._bar.refresh()
 
+    def unavailable(self, exc: ServerUnavailable) -> float:
+        """Seconds to sleep before polling again after ``exc``; re-raises it once the server has been
+        unavailable for ``grace`` seconds in a row, or when ``timeout`` has run out."""
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+        self._failures += 1
+        self.unavailable_polls += 1
+        down = now - self._down_since
+        self.longest_outage = max(self.longest_outage, down)
+        left = self.grace - down
+        if self.deadline is not None:
+            left = min(left, self.deadline - now)
+        if left <= 0:
+            raise exc
+        delay = min(self.OUTAGE_BACKOFF * 2 ** (self._failures - 1), self.OUTAGE_MAX_DELAY) * random.uniform(0.8, 1.2)
+        return min(delay, left)
+
     def step(self, status: Mapping[str, Any]) -> float | None:
         """Seconds to sleep before the next poll, or None when the job has finished (raises JobFailed, JobTimeout)."""
+        if self._down_since is not None:  # the server answers again
+            self.longest_outage = max(self.longest_outage, time.monotonic() - self._down_since)
+            self._down_since, self._failures = None, 0
         self._show(status)
         state = status.get("state")
         if state in FINAL_STATES:

@@ -18,18 +18,27 @@ import httpx
 
 from fitserve.client import _core
 from fitserve.client.config import resolve
+from fitserve.client.errors import ServerUnavailable
 
 
 class AsyncJob(_core.JobMethods):
     """A submitted job; every method is awaited (``await job.status()``, ``await job.plot(path)``, ...)."""
 
-    async def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0) -> dict[str, Any]:
+    async def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0,
+                   grace: float | None = None) -> dict[str, Any]:
         """Wait until the job is done or cancelled; returns its final status (see :meth:`fitserve.client.Job.wait`)."""
-        waiter = _core.Waiter(self.id, timeout, progress, poll_interval)
+        waiter = _core.Waiter(self.id, timeout, progress, poll_interval,
+                              grace=self._client.retry.wait_grace if grace is None else grace)
         try:
-            while (delay := waiter.step(status := await self.status())) is not None:
+            while True:
+                try:
+                    status = await self.status()
+                except ServerUnavailable as exc:  # a GET: safe to send again
+                    await asyncio.sleep(waiter.unavailable(exc))
+                    continue
+                if (delay := waiter.step(status)) is None:
+                    return status
                 await asyncio.sleep(delay)
-            return status
         finally:
             waiter.close()
 

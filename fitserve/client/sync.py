@@ -9,26 +9,38 @@ import httpx
 
 from fitserve.client import _core
 from fitserve.client.config import resolve
+from fitserve.client.errors import ServerUnavailable
 
 
 class Job(_core.JobMethods):
     """A submitted job.  ``status()``, ``wait()``, ``results()``, ``dataframe()``, ``csv()``,
     ``save_results(path)``, ``contours()``, ``plot(path)``, ``cancel()``."""
 
-    def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0) -> dict[str, Any]:
+    def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0,
+             grace: float | None = None) -> dict[str, Any]:
         """Block until the job is done or cancelled; returns its final status.
 
         ``progress=True`` shows a tqdm bar (stderr) that moves as hypotheses
         finish; a callable gets every status polled.  Raises
         :class:`~fitserve.client.errors.JobTimeout` after ``timeout`` seconds
         (the job keeps running) and :class:`~fitserve.client.errors.JobFailed`
-        if the job failed.
+        if the job failed.  A server that is down or restarting is polled
+        again with backoff for up to ``grace`` seconds in a row (default: the
+        client's ``retry.wait_grace``, 60 s) before
+        :class:`~fitserve.client.errors.ServerUnavailable` is raised.
         """
-        waiter = _core.Waiter(self.id, timeout, progress, poll_interval)
+        waiter = _core.Waiter(self.id, timeout, progress, poll_interval,
+                              grace=self._client.retry.wait_grace if grace is None else grace)
         try:
-            while (delay := waiter.step(status := self.status())) is not None:
+            while True:
+                try:
+                    status = self.status()
+                except ServerUnavailable as exc:  # a GET: safe to send again
+                    time.sleep(waiter.unavailable(exc))
+                    continue
+                if (delay := waiter.step(status)) is None:
+                    return status
                 time.sleep(delay)
-            return status
         finally:
             waiter.close()
 
@@ -48,7 +60,8 @@ class Client(_core.ClientMethods):
     ``http://127.0.0.1:8000``.  The token goes in ``Authorization: Bearer``.
     Connection errors are retried by the transport and 503 answers with
     backoff (``retry``); every other error raises at once, typed
-    (:mod:`fitserve.client.errors`).
+    (:mod:`fitserve.client.errors`).  ``job.wait()`` also rides out a server
+    that is down for a while (``retry.wait_grace``).
     """
 
     _job_cls = Job
