@@ -128,11 +128,15 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
             f"{limit_text('max_active_jobs', settings.max_active_jobs)}; wait for one to finish or cancel one",
             "jobs",
         )
-    job_id, todo = store.create_job(job, owner=owner, job_id=job_id)
-    if todo:
-        size = settings.chunk_size
-        ids = queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)])
-        store.add_chunks(job_id, ids)
+    size = settings.chunk_size
+    queue.ensure_group()
+
+    def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
+        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe)
+
+    job_id, todo, replies = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
+    if todo:  # only for cancelling (workers skip chunks of cancelled jobs anyway)
+        store.add_chunks(job_id, queue.entry_ids(replies))
     return job_id, len(todo)
 
 

@@ -50,12 +50,19 @@ class ChunkQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def enqueue(self, job_id: str, chunks: Sequence[Sequence[str]]) -> list[str]:
+    def enqueue(self, job_id: str, chunks: Sequence[Sequence[str]], pipe: Any = None) -> list[str]:
+        """Add the chunks; in ``pipe`` (a transaction of the caller) only queue the commands."""
         self.ensure_group()
-        pipe = self.r.pipeline(transaction=False)
+        own = pipe is None
+        if own:
+            pipe = self.r.pipeline(transaction=False)
         for names in chunks:
             pipe.xadd(self.stream, {"job": job_id, "names": json.dumps(list(names))})
-        return [i.decode() if isinstance(i, bytes) else i for i in pipe.execute()]
+        return self.entry_ids(pipe.execute()) if own else []
+
+    @staticmethod
+    def entry_ids(replies: Sequence[Any]) -> list[str]:
+        return [i.decode() if isinstance(i, bytes) else i for i in replies]
 
     def read(self, consumer: str, count: int, block_ms: int | None) -> list[Chunk]:
         try:

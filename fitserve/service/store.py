@@ -27,7 +27,7 @@ import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import redis
 
@@ -169,10 +169,20 @@ class JobStore:
         n = self._reserve(keys=[self.k("user", owner, "active")], args=[self.k("job", ""), job_id, limit])
         return None if int(n) < limit else int(n)
 
-    def create_job(self, job: NewJob, owner: str = "local", job_id: str | None = None) -> tuple[str, list[str]]:
-        """Store ``owner``'s job and its inputs; return ``(job_id, names still to compute)``.
+    def create_job(
+        self,
+        job: NewJob,
+        owner: str = "local",
+        job_id: str | None = None,
+        also: Callable[[Any, list[str]], None] | None = None,
+    ) -> tuple[str, list[str], list[Any]]:
+        """Store ``owner``'s job and its inputs; return ``(job_id, names still to compute, replies of also)``.
 
-        Hypotheses already in the cache are recorded as done at once.
+        Hypotheses already in the cache are recorded as done at once.  Every
+        write happens in one MULTI/EXEC transaction, together with what
+        ``also(pipeline, names to compute)`` adds (the API queues the chunks
+        there): if Redis fails half-way, nothing of the job exists, so the
+        client's retry cannot leave a job that stays queued for ever.
         """
         now = time.time()
         job_id = job_id or self.new_id()
@@ -180,7 +190,7 @@ class JobStore:
         ws_sha = sha256(ws_bytes)
         options_json = canonical_json(job.options)
         engine = engine_version()
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)
         pipe.set(self.k("ws", ws_sha), zlib.compress(ws_bytes, 3), nx=True)
         patch_shas: list[str | None] = []
         if job.patches is None:
@@ -192,6 +202,9 @@ class JobStore:
                 patch_shas.append(psha)
                 pipe.set(self.k("patch", psha), zlib.compress(pb, 3), nx=True)
         hkeys = [hypothesis_key(ws_sha, ps, options_json, engine) for ps in patch_shas]
+        cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
+        hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
+        todo = [name for name, raw in zip(job.names, cached) if raw is None]
         meta = {
             "id": job_id,
             "options": job.options,
@@ -225,15 +238,13 @@ class JobStore:
         pipe.persist(self.job_key(job_id))  # drop the expiry of the reservation
         pipe.zadd(self.k("jobs"), {job_id: now})
         pipe.zadd(self.k("user", owner, "jobs"), {job_id: now})
-        pipe.execute()
-        cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
-        hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
-        if hits:
-            self._record_done(job_id, [(name, "cached", not rec.get("converged", False)) for name, rec in hits])
-        elif total == 0:
-            self._record_done(job_id, [])
-        todo = [name for name, raw in zip(job.names, cached) if raw is None]
-        return job_id, todo
+        if hits or total == 0:
+            self._record_done(job_id, [(name, "cached", not rec.get("converged", False)) for name, rec in hits], pipe)
+        before = len(pipe)
+        if also is not None and todo:
+            also(pipe, todo)
+        replies = pipe.execute()
+        return job_id, todo, replies[before:]
 
     # reading ---------------------------------------------------------------
     def exists(self, job_id: str) -> bool:
@@ -359,11 +370,16 @@ class JobStore:
     def cancel(self, job_id: str) -> str | None:
         return self.transition(job_id, "cancelled", ["queued", "running"], stamp="finished")
 
-    def _record_done(self, job_id: str, items: Sequence[tuple[str, str, bool]]) -> tuple[int, int]:
+    def _record_done(self, job_id: str, items: Sequence[tuple[str, str, bool]], pipe: Any = None) -> tuple[int, int]:
+        """Record finished hypotheses (idempotent); in ``pipe``, queued there (returns zeros)."""
         args: list[Any] = [time.time()]
         for name, kind, nc in items:
             args.extend([name, kind, "1" if nc else "0"])
-        added, done = self._record(keys=[self.job_key(job_id, "done"), self.job_key(job_id)], args=args)
+        keys = [self.job_key(job_id, "done"), self.job_key(job_id)]
+        if pipe is not None:
+            self._record(keys=keys, args=args, client=pipe)
+            return 0, 0
+        added, done = self._record(keys=keys, args=args)
         return int(added), int(done)
 
     def store_records(
