@@ -11,6 +11,7 @@ import pytest
 
 from fitserve import AsyncClient, Client
 from fitserve.client import BadInput, Conflict, JobFailed, JobTimeout, NotFound, RetryPolicy, ServerUnavailable
+from fitserve.executors.local import LocalExecutor
 from service.conftest import Service, free_port, tiny_inputs
 from service.test_e2e import assert_records_equal
 
@@ -149,13 +150,24 @@ def test_bad_input_not_found_carry_the_servers_message(live, example, tmp_path):
         assert str(err.value) == "job id: no job with id 'deadbeef'"
 
 
+class FailingExecutor(LocalExecutor):
+    """The local executor, but every chunk raises where it runs (a broken node, say)."""
+
+    def submit(self, workspace, patches, options):  # type: ignore[override]
+        return self._pool.submit(_broken_node, workspace, patches, options)
+
+
+def _broken_node(workspace, patches, options):
+    raise RuntimeError("the node ran out of memory")
+
+
 def test_a_job_whose_hypotheses_all_fail_raises_jobfailed(service):
     # its own service: a job with errors must not be in the shared one's GET /v1/jobs
     # (the service answers that listing 503 while a listed job has errors: HSCAN ... COUNT 0)
-    service.start_worker()
+    # a valid submission whose every chunk fails where it runs (the input checks at submission
+    # now catch every invalid model, so the failure comes from the executor)
+    service.start_worker(executor=FailingExecutor())
     ws, ps = tiny_inputs(2)
-    for p in ps["patches"]:  # applies cleanly (checked on submission) but is not a valid model (checked by the engine)
-        p["patch"][0]["value"]["modifiers"][0]["type"] = "nonsense"
     with Client(f"http://127.0.0.1:{service.port}") as client:
         job = client.submit(ws, ps)
         with pytest.raises(JobFailed) as err:
