@@ -99,6 +99,11 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 5] + " ...]" if text[0] == "[" else text[: limit - 3] + "..."
 
 
+def _name(value: Any) -> str:
+    """A name as it appears in a message (quoted, at most 80 characters)."""
+    return _short(value, 80)
+
+
 def _schema_check(spec: Any, schema: str, what: str, where: str, locate: Any = None) -> None:
     """Validate ``spec`` against one of pyhf's schemas; InputError naming the JSON path.
 
@@ -153,19 +158,23 @@ def _scan(doc: Any, where: str, locate: Any = None) -> None:
                 raise fail("key with a lone UTF-16 surrogate (not valid Unicode)", parts)
 
 
-def check_values(doc: Any, where: str) -> None:
+def check_values(doc: Any, where: str, dotted: bool = False) -> None:
     """Refuse what JSON lets in but no stored document may hold (InputError naming the JSON path).
 
     NaN and infinities, integers beyond a float, lone UTF-16 surrogates (in
     keys or strings: Redis and JSON responses encode text as UTF-8) and nesting
     deeper than :data:`MAX_NESTING`.  :func:`validate_workspace` and
     :func:`validate_patchset` do this themselves; use it for other user JSON
-    the service keeps, such as the options of a job.
+    the service keeps, such as the options of a job.  ``dotted``: name the
+    place as ``options.poi_test`` rather than ``options /poi_test``.
     """
+    locate = (lambda parts: ".".join([where, *map(str, parts)])[:200]) if dotted else None
     if isinstance(doc, (dict, list)):
-        _scan(doc, where)
+        _scan(doc, where, locate)
     elif isinstance(doc, float) and not math.isfinite(doc):
         raise InputError(f"non-finite number {doc}", where=where)
+    elif isinstance(doc, int) and not isinstance(doc, bool) and abs(doc) > _MAX_INT:
+        raise InputError("number too large (beyond the range of a 64-bit float)", where=where)
     elif isinstance(doc, str) and _SURROGATE.search(doc):
         raise InputError("string with a lone UTF-16 surrogate (not valid Unicode)", where=where)
 
@@ -197,12 +206,12 @@ def _check_sample(sample: Any, pointer: str, where: str, nbins: int | None) -> N
     if not isinstance(name, str):
         raise InputError(f"a sample needs a name (a string), not {_json_type(name)}", where=_at(where, f"{pointer}/name"))
     data = sample.get("data")
-    _check_yields(data, f"{pointer}/data", where, f"yields of sample {name!r}")
+    _check_yields(data, f"{pointer}/data", where, f"yields of sample {_name(name)}")
     n = len(data)
     if n == 0:
-        raise InputError(f"sample {name!r} has no bins", where=_at(where, f"{pointer}/data"))
+        raise InputError(f"sample {_name(name)} has no bins", where=_at(where, f"{pointer}/data"))
     if nbins is not None and n != nbins:
-        raise InputError(f"sample {name!r} has {n} bins, its channel has {nbins}", where=_at(where, f"{pointer}/data"))
+        raise InputError(f"sample {_name(name)} has {n} bins, its channel has {nbins}", where=_at(where, f"{pointer}/data"))
     modifiers = sample.get("modifiers", [])
     if not isinstance(modifiers, list):
         raise InputError(f"modifiers must be a list, not {_json_type(modifiers)}", where=_at(where, f"{pointer}/modifiers"))
@@ -216,7 +225,7 @@ def _check_sample(sample: Any, pointer: str, where: str, nbins: int | None) -> N
         if kind not in _MODIFIER_TYPES:
             raise InputError(f"unknown modifier type {_short(kind, 60)} (pyhf has {', '.join(_MODIFIER_TYPES)})",
                              where=_at(where, f"{mp}/type"))
-        label = f"{kind} {mod.get('name')!r}"
+        label = f"{kind} {_name(mod.get('name'))}"
         if kind in ("normfactor", "shapefactor", "lumi") and mdata is not None:
             raise InputError(f"{label}: data must be null, not {_json_type(mdata)}", where=_at(where, f"{mp}/data"))
         if kind == "histosys":
@@ -266,7 +275,7 @@ def _check_channel(spec: dict[str, Any], ci: int, where: str, samples: Iterable[
         if not isinstance(name, str):
             continue  # _check_sample says so
         if name in names:
-            raise InputError(f"duplicate sample name {name!r} in channel {channel.get('name')!r}",
+            raise InputError(f"duplicate sample name {_name(name)} in channel {_name(channel.get('name'))}",
                              where=_at(where, f"/channels/{ci}/samples/{si}/name"))
         names.add(name)
     for si in range(len(channel["samples"])) if samples is None else samples:
@@ -284,9 +293,9 @@ def _check_observation(spec: dict[str, Any], oi: int, where: str) -> None:
         if isinstance(channel, dict) and channel.get("name") == name:
             nbins = _channel_bins({"channels": spec["channels"]}, ci)  # from the samples
             break
-    _check_yields(obs.get("data"), f"/observations/{oi}/data", where, f"observed counts of channel {name!r}")
+    _check_yields(obs.get("data"), f"/observations/{oi}/data", where, f"observed counts of channel {_name(name)}")
     if nbins is not None and len(obs["data"]) != nbins:
-        raise InputError(f"observations of channel {name!r} have {len(obs['data'])} bins, its samples {nbins}",
+        raise InputError(f"observations of channel {_name(name)} have {len(obs['data'])} bins, its samples {nbins}",
                          where=_at(where, f"/observations/{oi}/data"))
 
 
@@ -295,22 +304,22 @@ def _check_model(spec: dict[str, Any], where: str) -> None:
     channels = {}
     for ci, channel in enumerate(spec["channels"]):
         if channel["name"] in channels:
-            raise InputError(f"duplicate channel name {channel['name']!r}", where=_at(where, f"/channels/{ci}/name"))
+            raise InputError(f"duplicate channel name {_name(channel['name'])}", where=_at(where, f"/channels/{ci}/name"))
         channels[channel["name"]] = ci
         _check_channel(spec, ci, where, nbins=len(channel["samples"][0]["data"]))
     observed = set()
     for oi, obs in enumerate(spec["observations"]):
         if obs["name"] in observed:
-            raise InputError(f"duplicate observation of channel {obs['name']!r}", where=_at(where, f"/observations/{oi}/name"))
+            raise InputError(f"duplicate observation of channel {_name(obs['name'])}", where=_at(where, f"/observations/{oi}/name"))
         observed.add(obs["name"])
         _check_observation(spec, oi, where)
     for name, ci in channels.items():
         if name not in observed:
-            raise InputError(f"no observations for channel {name!r}", where=_at(where, "/observations"))
+            raise InputError(f"no observations for channel {_name(name)}", where=_at(where, "/observations"))
     seen = set()
     for mi, meas in enumerate(spec["measurements"]):
         if meas["name"] in seen:
-            raise InputError(f"duplicate measurement name {meas['name']!r}", where=_at(where, f"/measurements/{mi}/name"))
+            raise InputError(f"duplicate measurement name {_name(meas['name'])}", where=_at(where, f"/measurements/{mi}/name"))
         seen.add(meas["name"])
 
 
@@ -363,8 +372,8 @@ def check_measurement(spec: dict[str, Any], measurement: str | None = None, wher
     else:
         names = [m.get("name") for m in measurements]
         if measurement not in names:
-            known = ", ".join(map(repr, names[:10])) or "none"
-            raise InputError(f"no measurement named {measurement!r} in {where} (it has {known})", where="options.measurement")
+            known = ", ".join(map(_name, names[:10])) or "none"
+            raise InputError(f"no measurement named {_name(measurement)} in {where} (it has {known})", where="options.measurement")
         mi = names.index(measurement)
     meas = measurements[mi]
     if not poi:
@@ -376,11 +385,11 @@ def check_measurement(spec: dict[str, Any], measurement: str | None = None, wher
             for mod in sample.get("modifiers") or []:
                 if mod.get("name") == name:
                     if mod.get("type") in _PER_BIN_PARAMETERS and len(sample.get("data") or []) > 1:
-                        raise InputError(f"the POI {name!r} of measurement {meas.get('name')!r} must be one parameter "
+                        raise InputError(f"the POI {_name(name)} of measurement {_name(meas.get('name'))} must be one parameter "
                                          f"(a normfactor), not a {mod.get('type')} with one parameter per bin", where=at)
                     return meas
-    raise InputError(f"the POI {name!r} of measurement {meas.get('name')!r} is not a parameter of the model: no sample "
-                     f"has a modifier named {name!r} (a normfactor, usually added by the signal patch)", where=at)
+    raise InputError(f"the POI {_name(name)} of measurement {_name(meas.get('name'))} is not a parameter of the model: no sample "
+                     f"has a modifier named {_name(name)} (a normfactor, usually added by the signal patch)", where=at)
 
 
 _OPS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"), "move": ("path", "from"),
@@ -440,7 +449,7 @@ def validate_patchset(spec: Any, where: str = "patchset") -> dict[str, Any]:
                 raise InputError(f"grid values are numbers (or strings), not {_json_type(value)}",
                                  where=locate(["patches", i, "metadata", "values", j]))
         if name in seen:
-            raise InputError(f"duplicate patch name {name!r}", where=f"{where} /patches/{i}/metadata/name")
+            raise InputError(f"duplicate patch name {_name(name)}", where=f"{where} /patches/{i}/metadata/name")
         seen.add(name)
     return spec
 

@@ -197,6 +197,10 @@ def test_deep_documents_are_refused_without_recursion():
     assert "nested deeper" in refused(validate_patchset, {"patches": deep}).message
     assert "nested deeper" in refused(check_values, {"modifier_settings": deep}, "options").message
     check_values({"test_stat": "q", "poi_test": 1.0}, "options")
+    err = refused(check_values, {"poi_test": float("nan")}, "options", dotted=True)
+    assert err.where == "options.poi_test" and "non-finite" in err.message
+    err = refused(check_values, {"modifier_settings": {"normsys": {"\udc00": "x"}}}, "options", dotted=True)
+    assert err.where == "options.modifier_settings.normsys" and "surrogate" in err.message
     assert "surrogate" in refused(check_values, {"measurement": "\ud800"}, "options").message
 
 
