@@ -53,6 +53,9 @@ def curve_value(rec: dict[str, Any], curve: str) -> float | None:
 
 
 def grid_dimension(records: dict[str, dict[str, Any]]) -> int:
+    for name, r in records.items():  # pyhf's schema allows strings as grid values
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r.get("values") or []):
+            raise AggregationError(f"the grid values of {name!r} are not all numbers ({r.get('values')!r:.80}): no contours or plot")
     dims = {len(r.get("values") or []) for r in records.values()}
     if not dims:
         return 0

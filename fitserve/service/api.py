@@ -11,19 +11,22 @@ the user who submitted it: to anybody else (but an admin) it does not exist (404
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Literal
 
 import redis
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import ValidationError
 
 from fitserve import __version__
 from fitserve.engine.errors import InputError
-from fitserve.engine.inputs import apply_patch, expand_hypotheses, validate_patchset, validate_workspace
+from fitserve.engine.inputs import (apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
+                                    validate_patchset, validate_workspace)
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
 from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, authenticate
@@ -39,8 +42,13 @@ class HTTPProblem(Exception):
         self.status, self.message, self.where = status, message, where
 
 
+def _text(s: str | None) -> str | None:
+    """Text any JSON response can carry (a lone surrogate from the input becomes an escape)."""
+    return s.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(s, str) else s
+
+
 def _problem(status: int, message: str, where: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": {"message": message, "where": where}}, status_code=status, headers=headers)
+    return JSONResponse({"detail": {"message": _text(message), "where": _text(where)}}, status_code=status, headers=headers)
 
 
 def auth_mode(settings: Settings) -> str:
@@ -61,6 +69,7 @@ def parse_options(raw: Any) -> tuple[dict[str, Any], list[str] | None]:
         raw = {}
     if not isinstance(raw, dict):
         raise InputError("options must be a JSON object", where="options")
+    check_values(raw, where="options", dotted=True)
     raw = dict(raw)
     names = raw.pop("patches", None)
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
@@ -71,6 +80,8 @@ def parse_options(raw: Any) -> tuple[dict[str, Any], list[str] | None]:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err.get("loc", ()))
         raise InputError(err.get("msg", "invalid"), where=f"options.{loc}" if loc else "options") from None
+    if opts.limits and opts.test_stat == "q0":
+        raise InputError("upper limits need test_stat qtilde or q, not q0", where="options.limits")
     return opts.model_dump(mode="json"), names
 
 
@@ -83,9 +94,11 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     if patchset is None:
         if names:
             raise InputError("a patch subset was given but no patchset", where="options.patches")
+        check_measurement(workspace, opts["measurement"], where="workspace")
         check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
         hyp = expand_hypotheses(workspace, None)[0]
         return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
+    check_measurement(workspace, opts["measurement"], where="workspace", poi=False)
     validate_patchset(patchset, where="patchset")
     patches = patchset["patches"]
     if names:
@@ -100,6 +113,7 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     for patch in patches:  # cheap check that every patch applies; the engine validates each model
         where = f"patchset: patch {patch['metadata']['name']!r}"
         patched = apply_patch(workspace, patch["patch"], where=where)
+        check_measurement(patched, opts["measurement"], where=where)
         check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
     dims = {len(p["metadata"].get("values", [])) for p in patches}
     if len(dims) > 1:
@@ -141,11 +155,7 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
 
 
 def _json(raw: bytes | str, where: str) -> Any:
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        detail = f"line {exc.lineno}, column {exc.colno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
-        raise InputError(f"not valid JSON ({detail})", where=where) from None
+    return parse_json(raw, where=where)  # RecursionError (deep nesting), ValueError (huge integers) too
 
 
 def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
@@ -184,6 +194,19 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     @app.exception_handler(LimitExceeded)
     async def _limit(_: Request, exc: LimitExceeded) -> JSONResponse:
         return _problem(exc.status, exc.message, exc.where)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        err = (exc.errors() or [{}])[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        return _problem(422, err.get("msg", "invalid request"), loc or "request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if not request.url.path.startswith("/v1/"):
+            return await http_exception_handler(request, exc)  # the web pages keep theirs
+        where = "request body" if exc.status_code == 400 else "path"
+        return _problem(exc.status_code, str(exc.detail), where, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(HTTPProblem)
     async def _problem_handler(_: Request, exc: HTTPProblem) -> JSONResponse:
@@ -260,7 +283,15 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             raise HTTPProblem(413, _too_big(), "request body")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            form = await request.form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
+            body = await _read_body(request)  # max_body_bytes, with or without content-length
+            boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
+            if body and boundary and not body.rstrip(b"\r\n").endswith(b"--" + boundary.encode("latin-1") + b"--"):
+                raise HTTPProblem(400, "the multipart body ends before its closing boundary (a cut-off upload?)", "request body")
+
+            async def replay() -> dict[str, Any]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            form = await Request(request.scope, replay).form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
             parts: dict[str, Any] = {}
             for key in form.keys():
                 if key not in ("workspace", "patchset", "options"):

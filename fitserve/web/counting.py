@@ -91,6 +91,10 @@ def parse_form(form: Mapping[str, Any]) -> CountingInput:
         except ValueError as exc:
             inp.errors[name] = str(exc)
             continue
+        if not values[name]:
+            inp.errors[name] = "required: one number per bin, comma-separated"
+            del values[name]
+            continue
         if len(values[name]) > MAX_BINS:
             inp.errors[name] = f"{len(values[name])} bins: at most {MAX_BINS}"
             del values[name]

@@ -226,11 +226,25 @@ def full_page(request: Request) -> HTMLResponse:
 async def full_submit(request: Request) -> Response:
     """Validate and submit exactly as ``POST /v1/jobs`` does; on an error show the form again, nothing lost."""
     from fitserve.service.api import _json, enqueue_job, parse_options, prepare_job
-    from fitserve.service.limits import LimitExceeded
+    from fitserve.service.limits import LimitExceeded, limit_text
 
     who = viewer(request)
     settings = request.app.state.settings
-    form = await request.form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > settings.max_body_bytes:
+        return HTMLResponse(f"upload larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes", status_code=413)
+    size, chunks = 0, []
+    async for part in request.stream():  # the limit also without content-length (chunked)
+        size += len(part)
+        if size > settings.max_body_bytes:
+            return HTMLResponse(f"upload larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes", status_code=413)
+        chunks.append(part)
+    body = b"".join(chunks)
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
     values: dict[str, str] = {k: v for k, v in form.items() if isinstance(v, str)}
     values.setdefault("limits", "")
     errors: dict[str, str] = {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 #: the service the corpus is written for refuses bodies above this (Settings.max_body_bytes)
@@ -24,15 +24,8 @@ MAX_BODY = 1024 * 1024
 BOUNDARY = "hostile-boundary-7MA4YWxkTrZu0gW"
 
 #: needs fitserve.engine.inputs.check_measurement called in prepare_job (fitserve/service/api.py)
-NEEDS_MEASUREMENT_CHECK = (
-    "needs fix in api.py prepare_job: call check_measurement(...) for the workspace and each patched model "
-    "(the POI / measurement is only found missing by the worker, the job is accepted and fails)"
-)
 #: needs api._json to catch RecursionError and ValueError (parse_json in fitserve.engine.inputs does)
 #: pyhf's schema allows strings as grid values (patch metadata 'values')
-STRING_GRID_VALUES = ("needs fix in service/aggregate.py contours (and plot.py): grid values that are strings (pyhf's schema "
-                      "allows them) give a 500 (float('a')); raise AggregationError('grid values are not numbers') instead")
-NEEDS_PARSE_JSON = "needs fix in api.py _json: RecursionError / ValueError from json.loads give a 500 (use inputs.parse_json)"
 
 
 @dataclass(frozen=True)
@@ -292,7 +285,7 @@ def wrong_types() -> Iterator[Case]:
             elif path == ("patchset",) and alt is None:
                 kw["where"] = "options.patches"  # a patch subset without a patchset
             elif path == ("patchset", "patches", 0, "metadata", "values", 0) and alt == "x":
-                kw = {"expect": "accept", "status": None, "names": ("sig_0", "sig_1"), "known_bug": STRING_GRID_VALUES}
+                kw = {"expect": "accept", "status": None, "names": ("sig_0", "sig_1")}
             elif path == ("patchset", "metadata", "name"):
                 kw = {"expect": "accept", "status": None, "names": ("sig_0", "sig_1")}  # not in pyhf's schema: free-form
             elif path == ("workspace",) and alt is None:
@@ -375,7 +368,7 @@ def non_finite() -> Iterator[Case]:
     # more digits than Python's int() converts (4300): json.loads raises ValueError
     body = _marked("tiny", _PLACES["observation"][1], marker)
     yield Case("number-5000-digit-integer", "NaN / infinity / huge numbers", body=_text_variant(body, marker, "9" * 5000),
-               status=422, where="request body", known_bug=NEEDS_PARSE_JSON)
+               status=422, where="request body")
     # finite extremes are numbers: accepted, and the fit must end cleanly (converged or not)
     for literal in ("1e308", "1e-300", "1e-400", "-0.0", "123456789012345678901234567890"):
         body = _marked("tiny", _PLACES["bkg-yield"][1], marker)
@@ -403,12 +396,9 @@ def negative_values() -> Iterator[Case]:
 
 def deep_nesting() -> Iterator[Case]:
     n = 100_000
-    yield _json_case("deep-100000-arrays", "deep nesting", b"[" * n + b"]" * n, status=422, where="request body",
-                     known_bug=NEEDS_PARSE_JSON)
-    yield _json_case("deep-100000-objects", "deep nesting", b'{"a":' * n + b"1" + b"}" * n, status=422, where="request body",
-                     known_bug=NEEDS_PARSE_JSON)
-    yield _json_case("deep-100000-arrays-unclosed", "deep nesting", b"[" * n, status=422, where="request body",
-                     known_bug=NEEDS_PARSE_JSON)
+    yield _json_case("deep-100000-arrays", "deep nesting", b"[" * n + b"]" * n, status=422, where="request body")
+    yield _json_case("deep-100000-objects", "deep nesting", b'{"a":' * n + b"1" + b"}" * n, status=422, where="request body")
+    yield _json_case("deep-100000-arrays-unclosed", "deep nesting", b"[" * n, status=422, where="request body")
     deep = json.loads("[" * 500 + "]" * 500)  # parses (the limit is ~1000 less the stack in use)
     yield _json_case("deep-500-as-workspace", "deep nesting", {"workspace": deep, "patchset": tiny_patchset()}, status=422,
                      where="workspace")
@@ -426,13 +416,12 @@ def deep_nesting() -> Iterator[Case]:
     yield _json_case("deep-500-as-patch-name-list", "deep nesting", tiny_body(patches=deep), status=422, where="options.patches")
     yield Case("deep-100000-multipart-workspace", "deep nesting",
                body=multipart(files(b"[" * n + b"]" * n, tiny_patchset())), content_type=MULTIPART, status=422,
-               where="workspace (upload)", known_bug=NEEDS_PARSE_JSON)
+               where="workspace (upload)")
     yield Case("deep-100000-multipart-options", "deep nesting",
                body=multipart(files(tiny_workspace(), tiny_patchset(), b"[" * n + b"]" * n)), content_type=MULTIPART, status=422,
-               where="options (upload)", known_bug=NEEDS_PARSE_JSON)
+               where="options (upload)")
     yield Case("deep-100000-web-form-workspace", "deep nesting", path="/full",
-               body=web_form(b"[" * n + b"]" * n, tiny_patchset()), content_type=MULTIPART, status=422,
-               known_bug="needs fix in api.py _json (used by web/routes.py full_submit): RecursionError gives a 500")
+               body=web_form(b"[" * n + b"]" * n, tiny_patchset()), content_type=MULTIPART, status=422)
 
 
 def _with_op(op: dict[str, Any] | list[dict[str, Any]], keep_signal: bool = False) -> dict[str, Any]:
@@ -520,7 +509,7 @@ def bad_patches() -> Iterator[Case]:
                      _with_op({"op": "add", "path": "/channels/0/samples/1", "value": sig, "evil": "ignored"}),
                      expect="accept", names=("sig_0", "sig_1"))
     yield _json_case("patch-without-signal", "POI missing", _with_op([]), status=422,
-                     where="patchset: patch 'sig_0' /measurements/0/config/poi", message="POI", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="patchset: patch 'sig_0' /measurements/0/config/poi", message="POI")
 
 
 def bad_operations() -> Iterator[Case]:
@@ -601,28 +590,28 @@ def semantics() -> Iterator[Case]:
     yield _json_case("no-patches", "model", body, status=422, where="patchset")
     # the POI: must be a parameter of each (patched) model
     yield _json_case("poi-missing-background-only", "POI missing", {"workspace": tiny_workspace()}, status=422,
-                     where="workspace /measurements/0/config/poi", message="POI 'mu'", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="workspace /measurements/0/config/poi", message="POI 'mu'")
     body = tiny_body()
     for p in body["patchset"]["patches"]:
         p["patch"][0]["value"]["modifiers"][0]["name"] = "mu_SIG"
     yield _json_case("poi-missing-signal-normfactor-renamed", "POI missing", body, status=422,
-                     where="patchset: patch 'sig_0' /measurements/0/config/poi", message="POI 'mu'", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="patchset: patch 'sig_0' /measurements/0/config/poi", message="POI 'mu'")
     body = tiny_body()
     body["patchset"]["patches"][1]["patch"][0]["value"]["modifiers"] = []
     yield _json_case("poi-missing-in-second-patch", "POI missing", body, status=422,
-                     where="patchset: patch 'sig_1' /measurements/0/config/poi", message="POI 'mu'", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="patchset: patch 'sig_1' /measurements/0/config/poi", message="POI 'mu'")
     body = rich_body()
     for p in body["patchset"]["patches"]:
         p["patch"][0]["value"]["modifiers"][0] = {"name": "mu_sig", "type": "staterror", "data": [1.0, 1.0]}
     yield _json_case("poi-is-a-per-bin-parameter", "POI missing", body, status=422,
-                     where="patchset: patch 'rich_0' /measurements/0/config/poi", message="one parameter", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="patchset: patch 'rich_0' /measurements/0/config/poi", message="one parameter")
     body = tiny_body()
     body["workspace"]["measurements"][0]["config"]["poi"] = ""
     yield _json_case("poi-empty-string", "POI missing", body, status=422,
-                     where="patchset: patch 'sig_0' /measurements/0/config/poi", known_bug=NEEDS_MEASUREMENT_CHECK)
+                     where="patchset: patch 'sig_0' /measurements/0/config/poi")
     for name, meas in {"nonexistent": "nope", "empty": "", "long": "m" * 20000, "case-differs": "MEAS"}.items():
         yield _json_case(f"measurement-{name}", "measurement missing", tiny_body(measurement=meas), status=422,
-                         where="options.measurement", message="no measurement named", known_bug=NEEDS_MEASUREMENT_CHECK)
+                         where="options.measurement", message="no measurement named")
 
 
 def absurd_options() -> Iterator[Case]:
@@ -658,8 +647,7 @@ def absurd_options() -> Iterator[Case]:
     yield _json_case("options-a-list", "absurd options", {**tiny_body(), "options": ["qtilde"]}, status=422, where="options")
     yield _json_case("options-a-string", "absurd options", {**tiny_body(), "options": "qtilde"}, status=422, where="options")
     yield _json_case("option-q0-with-limits", "absurd options", tiny_body(test_stat="q0", limits=True), status=422, where="options",
-                     message="q0", known_bug="needs fix in api.py parse_options: test_stat q0 with limits is accepted and every "
-                     "hypothesis fails in the worker (the web form refuses it)")
+                     message="q0")
     yield _json_case("option-poi_test-negative", "absurd options", tiny_body(poi_test=-1.0), expect="either", names=("sig_0", "sig_1"))
     yield _json_case("option-poi_test-zero", "absurd options", tiny_body(poi_test=0.0), expect="either", names=("sig_0", "sig_1"))
     yield _json_case("option-patches-empty-list", "absurd options", tiny_body(patches=[]), expect="accept", names=("sig_0", "sig_1"))
@@ -738,9 +726,8 @@ def hostile_names() -> Iterator[Case]:
         ps = tiny_patchset(("a", "b", "c"), labels=["m_X", "m_Y"][: max(1, len(values[0]))])
         for p, v in zip(ps["patches"], values):
             p["metadata"]["values"] = v
-        bug = STRING_GRID_VALUES if label in ("strings", "mixed") else None
         yield _json_case(f"grid-values-{label}", "hostile strings in names", {"workspace": tiny_workspace(), "patchset": ps},
-                         expect="accept", names=("a", "b", "c"), known_bug=bug)
+                         expect="accept", names=("a", "b", "c"))
     # lone UTF-16 surrogates: valid JSON escapes, not valid Unicode (cannot be encoded as UTF-8)
     yield Case("surrogate-in-patch-name", "invalid Unicode", body=dumps(tiny_body()).replace(b'"sig_0"', b'"\\ud800"'), status=422,
                where="patchset", message="surrogate")
@@ -752,16 +739,14 @@ def hostile_names() -> Iterator[Case]:
                body=dumps(tiny_body()).replace(b'"references": {', b'"references": {"\\udc00": 1, '), status=422,
                where="patchset /metadata/references", message="surrogate")
     # options are stored as given: a lone surrogate accepted there breaks GET /v1/jobs (500) for every later request
-    surrogate_bug = ("needs fix in api.py parse_options: call inputs.check_values(raw, 'options') first; a lone surrogate in "
-                     "the options is stored and every later GET /v1/jobs answers 500 (PydanticSerializationError)")
     yield Case("surrogate-in-option-value", "invalid Unicode", body=dumps(tiny_body(measurement="x")).replace(b'"x"', b'"\\ud800"'),
-               status=422, where="options", known_bug=surrogate_bug, isolated=True)
+               status=422, where="options", isolated=True)
     yield Case("surrogate-in-modifier-settings-value", "invalid Unicode",
                body=dumps(tiny_body(modifier_settings={"normsys": {"interpcode": "code4", "note": "x"}})).replace(b'"x"', b'"\\udfff"'),
-               status=422, where="options", known_bug=surrogate_bug, isolated=True)
+               status=422, where="options", isolated=True)
     yield Case("surrogate-in-modifier-settings-key", "invalid Unicode",
                body=dumps(tiny_body(modifier_settings={"normsys": {"interpcode": "code4"}, "x": {}})).replace(b'"x"', b'"\\ud800"'),
-               status=422, where="options", known_bug=surrogate_bug, isolated=True)
+               status=422, where="options", isolated=True)
     yield Case("surrogate-as-option-key", "invalid Unicode", body=dumps(tiny_body(x=1)).replace(b'"x"', b'"\\ud800"'), status=422,
                where="options")
 
@@ -805,32 +790,26 @@ def content_types() -> Iterator[Case]:
 
 def broken_multipart() -> Iterator[Case]:
     good = multipart(files(tiny_workspace(), tiny_patchset(), {"test_stat": "q"}))
-    fmt_bug = ("needs fix in api.py submit: Starlette's multipart errors surface as 400 {'detail': '<text>'}, not "
-               "{'detail': {'message', 'where'}} (catch starlette.exceptions.HTTPException around request.form)")
-    yield Case("multipart-no-boundary-parameter", "broken multipart", body=good, content_type="multipart/form-data", status=400,
-               known_bug=fmt_bug)
+    yield Case("multipart-no-boundary-parameter", "broken multipart", body=good, content_type="multipart/form-data", status=400)
     yield Case("multipart-wrong-boundary", "broken multipart", body=good, content_type="multipart/form-data; boundary=other",
-               status=400, known_bug=fmt_bug)
+               status=400)
     yield Case("multipart-truncated", "broken multipart", body=good[: len(good) // 2], content_type=MULTIPART, status=400,
-               where="request body", known_bug="needs fix in api.py submit: a multipart body cut off in its second part is accepted "
-               "as a job of the first part alone (a missing closing boundary is no error for Starlette); refuse a body that does "
-               "not end with the closing boundary")
+               where="request body")
     yield Case("multipart-no-closing-boundary", "broken multipart", body=good[: -len(f"--{BOUNDARY}--\r\n")], content_type=MULTIPART,
                expect="either", names=("sig_0", "sig_1"))
     yield Case("multipart-empty-body", "broken multipart", body=b"", content_type=MULTIPART, status=422, where="workspace")
     yield Case("multipart-only-closing", "broken multipart", body=f"--{BOUNDARY}--\r\n".encode(), content_type=MULTIPART, status=422,
                where="workspace")
     no_disp = f"--{BOUNDARY}\r\nContent-Type: application/json\r\n\r\n{{}}\r\n--{BOUNDARY}--\r\n".encode()
-    yield Case("multipart-part-without-disposition", "broken multipart", body=no_disp, content_type=MULTIPART, status=400,
-               known_bug=fmt_bug)
+    yield Case("multipart-part-without-disposition", "broken multipart", body=no_disp, content_type=MULTIPART, status=400)
     no_name = f'--{BOUNDARY}\r\nContent-Disposition: form-data; filename="w.json"\r\n\r\n{{}}\r\n--{BOUNDARY}--\r\n'.encode()
-    yield Case("multipart-part-without-name", "broken multipart", body=no_name, content_type=MULTIPART, status=400, known_bug=fmt_bug)
+    yield Case("multipart-part-without-name", "broken multipart", body=no_name, content_type=MULTIPART, status=400)
     yield Case("multipart-unknown-field", "broken multipart", body=multipart(files(tiny_workspace()) + [("evil", None, None, b"1")]),
                content_type=MULTIPART, status=422, where="request body", message="unknown form field")
     yield Case("multipart-four-files", "broken multipart", body=multipart(files(tiny_workspace(), tiny_patchset()) * 2),
-               content_type=MULTIPART, status=400, known_bug=fmt_bug)
+               content_type=MULTIPART, status=400)
     yield Case("multipart-thousand-fields", "broken multipart",
-               body=multipart([("options", None, None, b"{}")] * 1000), content_type=MULTIPART, status=400, known_bug=fmt_bug)
+               body=multipart([("options", None, None, b"{}")] * 1000), content_type=MULTIPART, status=400)
     yield Case("multipart-empty-workspace-part", "broken multipart", body=multipart(files(b"", tiny_patchset())), content_type=MULTIPART,
                status=422, where="workspace", message="missing")
     yield Case("multipart-options-not-json", "broken multipart", body=multipart(files(tiny_workspace(), tiny_patchset(), b"test_stat=q")),
@@ -857,7 +836,7 @@ def broken_multipart() -> Iterator[Case]:
         files(tiny_workspace(), tiny_patchset()) + [("options", "o.json", "application/json", b'{"patches": ["sig_1"]}')]),
         content_type=MULTIPART, expect="accept", names=("sig_1",))
     yield Case("multipart-preamble", "multipart variants", body=b"junk before the first boundary\r\n" + good, content_type=MULTIPART,
-               expect="either", names=("sig_0", "sig_1"), known_bug=fmt_bug)
+               expect="either", names=("sig_0", "sig_1"))
 
 
 def oversized() -> Iterator[Case]:
@@ -869,17 +848,14 @@ def oversized() -> Iterator[Case]:
     yield Case("oversized-garbage-chunked", "oversized body", body=b"x" * (2 * MAX_BODY), chunked=True, status=413, where="request body")
     yield Case("oversized-multipart", "oversized body", body=multipart(files(dumps(tiny_workspace()) + pad, tiny_patchset())),
                content_type=MULTIPART, status=413, where="request body")
-    chunked_bug = ("needs fix in api.py submit: a chunked multipart body (no content-length) is never counted against "
-                   "max_body_bytes, and Starlette's max_part_size limits only non-file fields: uploads of any size are accepted")
     yield Case("oversized-multipart-chunked-one-part", "oversized body", body=multipart(files(dumps(tiny_workspace()) + pad, tiny_patchset())),
-               content_type=MULTIPART, chunked=True, status=413, where="request body", known_bug=chunked_bug)
+               content_type=MULTIPART, chunked=True, status=413, where="request body")
     half = b" " * (MAX_BODY // 2 + 10)
     yield Case("oversized-multipart-chunked-two-parts", "oversized body",
                body=multipart(files(dumps(tiny_workspace()) + half, dumps(tiny_patchset()) + half)), content_type=MULTIPART, chunked=True,
-               status=413, where="request body", known_bug=chunked_bug)
+               status=413, where="request body")
     yield Case("oversized-web-form", "oversized body", path="/full", body=web_form(dumps(tiny_workspace()) + pad, tiny_patchset()),
-               content_type=MULTIPART, expect="reject", known_bug="needs fix in web/routes.py full_submit: no max_body_bytes check; "
-               "Starlette's max_part_size limits only non-file fields, so an upload of any size is accepted")
+               content_type=MULTIPART, expect="reject")
 
 
 def hostile_gets() -> Iterator[Case]:
@@ -890,30 +866,24 @@ def hostile_gets() -> Iterator[Case]:
         "space": "%20", "backslash": "..%5C..%5Cwin.ini",
     }
     # an encoded slash makes several path segments: no route matches, and Starlette answers {"detail": "Not Found"}
-    route_bug = ("needs fix in api.py create_app: Starlette's own 404/405 are {'detail': 'Not Found'}, not "
-                 "{'detail': {'message', 'where'}}; add a handler for starlette.exceptions.HTTPException")
     for label, jid in ids.items():
-        bug = route_bug if "%2F" in jid else None
         yield Case(f"get-status-{label}", "hostile job ids", method="GET", path=f"/v1/jobs/{jid}", body=None, content_type=None,
-                   status=404, where=None if bug else "job id", known_bug=bug)
+                   status=404, where="path" if "%2F" in jid else "job id")
     for label in ("traversal", "glob", "nul", "invalid-utf8", "long"):
         jid = ids[label]
-        bug = route_bug if "%2F" in jid else None
         for suffix in ("/results", "/results?format=csv", "/contours", "/plot.png", "/plot.svg"):
             yield Case(f"get{suffix.replace('?', '-')}-{label}", "hostile job ids", method="GET", path=f"/v1/jobs/{jid}{suffix}", body=None,
-                       content_type=None, status=404, where=None if bug else "job id", known_bug=bug)
+                       content_type=None, status=404, where="path" if "%2F" in jid else "job id")
         yield Case(f"delete-{label}", "hostile job ids", method="DELETE", path=f"/v1/jobs/{jid}", body=None, content_type=None,
-                   status=404, where=None if bug else "job id", known_bug=bug)
-    qbug = ("needs fix in api.py create_app: FastAPI's RequestValidationError answers 422 {'detail': [...]} (a list), not "
-            "{'detail': {'message', 'where'}}; add an exception handler")
+                   status=404, where="path" if "%2F" in jid else "job id")
     for label, query in {"zero": "0", "negative": "-1", "text": "abc", "float": "1.5", "empty": ""}.items():
         yield Case(f"list-limit-{label}", "hostile query parameters", method="GET", path=f"/v1/jobs?limit={query}", body=None,
-                   content_type=None, status=422, known_bug=qbug)
+                   content_type=None, status=422)
     yield Case("list-user-too-long", "hostile query parameters", method="GET", path="/v1/jobs?user=" + "u" * 65, body=None, content_type=None,
-               status=422, known_bug=qbug)
+               status=422)
     for label, query in {"xml": "xml", "upper-CSV": "CSV", "empty": "", "list": "json&format=csv&format=xml"}.items():
         yield Case(f"results-format-{label}", "hostile query parameters", method="GET", path=f"/v1/jobs/{{job}}/results?format={query}",
-                   body=None, content_type=None, status=422, known_bug=qbug)
+                   body=None, content_type=None, status=422)
     for label, path in {"limit-large": "/v1/jobs?limit=1000000", "limit-huge": "/v1/jobs?limit=" + "9" * 40,
                         "unknown-param": "/v1/jobs?evil=1&limit=5",
                         "user-glob": "/v1/jobs?user=*", "results-extra-param": "/v1/jobs/{job}/results?x=%00"}.items():
@@ -934,14 +904,10 @@ def hostile_gets() -> Iterator[Case]:
         "separators-only": "observed=,,,&background=1&uncertainty=0.1&signal=1",
     }
     for label, query in quick.items():
-        bug = None
-        if label == "separators-only":
-            bug = ("needs fix in web/counting.py parse_form: a field of separators only parses to no numbers, and the "
-                   "empty model fails pyhf's schema with a 500 (treat an empty list as the 'required' error)")
         yield Case(f"web-quick-{label}", "hostile query parameters", method="GET", path=f"/?{query}", body=None, content_type=None,
-                   expect="either", known_bug=bug)
+                   expect="either")
         yield Case(f"web-quick-workspace-{label}", "hostile query parameters", method="GET", path=f"/quick/workspace.json?{query}",
-                   body=None, content_type=None, expect="either", known_bug=bug)
+                   body=None, content_type=None, expect="either")
 
 
 def web_form_cases() -> Iterator[Case]:
@@ -982,8 +948,7 @@ def web_form_cases() -> Iterator[Case]:
     hostile_ws["channels"][0]["samples"].append(signal_patch("x")["patch"][0]["value"])
     yield Case("web-hostile-measurement-name", "web form", path="/full", body=web_form(hostile_ws, None), content_type=MULTIPART,
                expect="accept", names=("<script>alert(1)</script>",))
-    yield Case("web-poi-missing", "web form", path="/full", body=web_form(ws, None), content_type=MULTIPART, status=422,
-               known_bug=NEEDS_MEASUREMENT_CHECK)
+    yield Case("web-poi-missing", "web form", path="/full", body=web_form(ws, None), content_type=MULTIPART, status=422)
 
 
 def corpus() -> list[Case]:
