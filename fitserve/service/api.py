@@ -29,8 +29,8 @@ from fitserve.engine.inputs import (apply_patch, check_measurement, check_values
                                     validate_patchset, validate_workspace)
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
-from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, authenticate
-from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text
+from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
+from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text, read_body, with_body
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import JobStore, NewJob
@@ -49,11 +49,6 @@ def _text(s: str | None) -> str | None:
 
 def _problem(status: int, message: str, where: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": {"message": _text(message), "where": _text(where)}}, status_code=status, headers=headers)
-
-
-def auth_mode(settings: Settings) -> str:
-    """``open`` or ``token``; unset means ``token`` here (the commands choose by the address they bind)."""
-    return settings.auth or "token"
 
 
 def principal_of(request: Request) -> Principal:
@@ -174,10 +169,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         ),
     )
     app.state.settings, app.state.store, app.state.queue, app.state.tokens = settings, store, queue, tokens
-
-    def who(request: Request) -> Principal:
-        """FastAPI dependency: the request's principal (401 without a valid token)."""
-        return principal_of(request)
+    who = principal_of  # the FastAPI dependency of every /v1/jobs route: 401 without a valid token
 
     @app.exception_handler(InputError)
     async def _input_error(_: Request, exc: InputError) -> JSONResponse:
@@ -225,18 +217,6 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
                        "contours": f"{base}/contours", "plot": f"{base}/plot.png"}
         return st
 
-    def _too_big() -> str:
-        return f"request body larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes"
-
-    async def _read_body(request: Request) -> bytes:
-        chunks, size = [], 0
-        async for part in request.stream():
-            size += len(part)
-            if size > settings.max_body_bytes:
-                raise HTTPProblem(413, _too_big(), "request body")
-            chunks.append(part)
-        return b"".join(chunks)
-
     from fitserve.web import mount_web
 
     mount_web(app)  # the HTML pages at / (quick limits, uploads, job pages)
@@ -278,20 +258,13 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     @app.post("/v1/jobs", status_code=202, openapi_extra=submit_schema, tags=["jobs"])
     async def submit(request: Request, principal: Principal = Depends(who)) -> JSONResponse:
         """Submit a scan: JSON body or multipart upload of the files. Answers 202 with the job id."""
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > settings.max_body_bytes:
-            raise HTTPProblem(413, _too_big(), "request body")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
-            body = await _read_body(request)  # max_body_bytes, with or without content-length
+            body = await read_body(request, settings.max_body_bytes)
             boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
             if body and boundary and not body.rstrip(b"\r\n").endswith(b"--" + boundary.encode("latin-1") + b"--"):
                 raise HTTPProblem(400, "the multipart body ends before its closing boundary (a cut-off upload?)", "request body")
-
-            async def replay() -> dict[str, Any]:
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            form = await Request(request.scope, replay).form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
+            form = await with_body(request, body).form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
             parts: dict[str, Any] = {}
             for key in form.keys():
                 if key not in ("workspace", "patchset", "options"):
@@ -302,7 +275,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             await form.close()
             workspace, patchset, options = parts.get("workspace"), parts.get("patchset"), parts.get("options")
         elif ctype in ("application/json", "") or ctype.endswith("+json"):
-            body = _json(await _read_body(request), where="request body")
+            body = _json(await read_body(request, settings.max_body_bytes), where="request body")
             if not isinstance(body, dict):
                 raise InputError("expected a JSON object with 'workspace', 'patchset', 'options'", where="request body")
             unknown = set(body) - {"workspace", "patchset", "options"}

@@ -142,6 +142,11 @@ def credentials(authorization: str | None, cookie: str | None) -> str | None:
     return cookie or None
 
 
+def auth_mode(settings: Any) -> str:
+    """``open`` or ``token``; unset means ``token`` (the commands choose by the address they bind)."""
+    return settings.auth or "token"
+
+
 def authenticate(mode: str, tokens: TokenStore, authorization: str | None, cookie: str | None) -> Principal:
     """The principal of a request, or :class:`AuthError` (answered as 401)."""
     if mode == "open":
@@ -157,14 +162,3 @@ def authenticate(mode: str, tokens: TokenStore, authorization: str | None, cooki
         raise AuthError("invalid or revoked API token")
     return principal
 
-
-def is_loopback(host: str) -> bool:
-    """Is ``host`` an address only this machine can reach?"""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

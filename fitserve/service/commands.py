@@ -42,7 +42,7 @@ AUTH_HELP = "open (no tokens, one local user) or token (API tokens, `fitserve to
 
 def _auth_for(settings: Any, host: str) -> Any:
     """Settings with the auth mode decided: open only by default on a loopback address, loudly otherwise."""
-    from fitserve.service.auth import is_loopback
+    from fitserve.service.localhost import is_loopback
 
     mode = settings.auth or ("open" if is_loopback(host) else "token")
     if mode == "open" and not is_loopback(host):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+
 from fitserve.engine.errors import InputError
 
 #: modifier types with one parameter per bin of their channel (the rest have one parameter)
@@ -26,6 +28,32 @@ class LimitExceeded(Exception):
 def limit_text(limit: str, value: int) -> str:
     """``max_bins = 5000 (FITSERVE_MAX_BINS)``: the limit, its value and how to change it."""
     return f"{limit} = {value} (FITSERVE_{limit.upper()})"
+
+
+async def read_body(request: Request, max_bytes: int) -> bytes:
+    """The whole request body; 413 (LimitExceeded) past ``max_bytes``, by Content-Length or as it streams in (chunked)."""
+    too_big = LimitExceeded(413, f"request body larger than the limit {limit_text('max_body_bytes', max_bytes)}, in bytes",
+                            "request body")
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > max_bytes:
+        raise too_big
+    chunks, size = [], 0
+    async for part in request.stream():
+        size += len(part)
+        if size > max_bytes:
+            raise too_big
+        chunks.append(part)
+    return b"".join(chunks)
+
+
+def with_body(request: Request, body: bytes) -> Request:
+    """``request`` again, reading ``body`` (already read under the limit): for Starlette's form parser,
+    whose own ``max_part_size`` bounds only non-file fields."""
+
+    async def replay() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(request.scope, replay)
 
 
 def model_size(spec: dict[str, Any]) -> tuple[int, int]:

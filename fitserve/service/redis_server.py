@@ -16,7 +16,8 @@ from urllib.parse import urlparse
 
 import redis
 
-LOOPBACK = {"127.0.0.1", "localhost", "::1", ""}
+from fitserve.service.localhost import is_loopback
+
 
 #: AOF fsync policy of the embedded Redis.  ``always``: Redis fsyncs the AOF before it answers a
 #: write, so every write a worker or the API saw succeed (a job, a stored record, an ack) is on
@@ -115,6 +116,6 @@ def ensure_redis(url: str, data_dir: str | Path) -> EmbeddedRedis | None:
     if ping(url):
         return None
     parsed = urlparse(url)
-    if parsed.scheme not in ("redis", "") or (parsed.hostname or "") not in LOOPBACK:
+    if parsed.scheme not in ("redis", "") or not is_loopback(parsed.hostname or "localhost"):
         raise RuntimeError(f"Redis at {url} is not reachable (an embedded Redis is only started for loopback URLs)")
     return EmbeddedRedis(parsed.port or 6379, Path(data_dir) / "redis").start()

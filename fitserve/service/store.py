@@ -39,16 +39,19 @@ FINAL_STATES = ("done", "failed", "cancelled")
 
 # Record finished hypotheses idempotently (a redelivered chunk counts once) and
 # finish the job when every hypothesis is accounted for.
-# KEYS: done-hash, job-hash.  ARGV: now, then (name, kind, not_converged) triples.
+# The compute time of the chunk is added only when it recorded something new, so storing
+# a chunk again (after an interrupted store, or a second run) neither loses nor doubles it.
+# KEYS: done-hash, job-hash.  ARGV: now, compute seconds, then (name, kind, not_converged) triples.
 _RECORD_LUA = """
 local added = 0
-for i = 2, #ARGV, 3 do
+for i = 3, #ARGV, 3 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i+1]) == 1 then
     redis.call('HINCRBY', KEYS[2], 'n_' .. ARGV[i+1], 1)
     if ARGV[i+2] == '1' then redis.call('HINCRBY', KEYS[2], 'n_not_converged', 1) end
     added = added + 1
   end
 end
+if added > 0 and tonumber(ARGV[2]) > 0 then redis.call('HINCRBYFLOAT', KEYS[2], 'compute_s', ARGV[2]) end
 local done = redis.call('HLEN', KEYS[1])
 local total = tonumber(redis.call('HGET', KEYS[2], 'total') or '0')
 if done >= total then
@@ -370,9 +373,11 @@ class JobStore:
     def cancel(self, job_id: str) -> str | None:
         return self.transition(job_id, "cancelled", ["queued", "running"], stamp="finished")
 
-    def _record_done(self, job_id: str, items: Sequence[tuple[str, str, bool]], pipe: Any = None) -> tuple[int, int]:
+    def _record_done(
+        self, job_id: str, items: Sequence[tuple[str, str, bool]], pipe: Any = None, compute_s: float = 0.0
+    ) -> tuple[int, int]:
         """Record finished hypotheses (idempotent); in ``pipe``, queued there (returns zeros)."""
-        args: list[Any] = [time.time()]
+        args: list[Any] = [time.time(), compute_s]
         for name, kind, nc in items:
             args.extend([name, kind, "1" if nc else "0"])
         keys = [self.job_key(job_id, "done"), self.job_key(job_id)]
@@ -404,10 +409,8 @@ class JobStore:
             else:
                 pipe.set(self.k("result", meta["hkeys"][index[name]]), canonical_json(rec))
                 items.append((name, kind, not rec.get("converged", False)))
-        if compute_s:
-            pipe.hincrbyfloat(self.job_key(job_id), "compute_s", compute_s)
         pipe.execute()
-        return self._record_done(job_id, items)
+        return self._record_done(job_id, items, compute_s=compute_s)
 
     def mark_cached(self, job_id: str, meta: dict[str, Any], names: Iterable[str]) -> tuple[int, int]:
         """Hypotheses another job computed meanwhile: count them as cached."""

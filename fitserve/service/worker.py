@@ -371,15 +371,13 @@ class Worker:
     def _save(self, fin: _Finished) -> None:
         """Record one finished chunk and ack it.  Safe to repeat: recording is idempotent (HSETNX)."""
         item, job_id = fin.item, fin.item.chunk.job_id
-        # compute time is added on the first try only: a store interrupted before it landed undercounts it
-        compute_s = fin.elapsed if fin.attempts == 0 else 0.0
         fin.attempts += 1
         if fin.error is None:
             records = fin.records or {}
             missing = [n for n in item.names if n not in records]
             if missing:
                 self.store.fail_hypotheses(job_id, item.meta, missing, "the engine returned no record for this hypothesis")
-            added, _ = self.store.store_records(job_id, item.meta, records, compute_s=compute_s)
+            added, _ = self.store.store_records(job_id, item.meta, records, compute_s=fin.elapsed)
             if added < len(records):  # HSETNX kept the first record of each: counted once
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
                          item.chunk.entry_id, job_id, len(records) - added)

@@ -17,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 
 from fitserve import __version__
 from fitserve.engine.errors import InputError
-from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal
+from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal, auth_mode
 from fitserve.web import counting, warmup_mode
 
 HERE = Path(__file__).parent
@@ -47,7 +47,7 @@ templates.env.filters["num"] = fmt
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     viewer = getattr(request.state, "viewer", None)
     context = {"version": __version__, "path": request.url.path, "viewer": viewer,
-               "auth": request.app.state.settings.auth or "token", **context}
+               "auth": auth_mode(request.app.state.settings), **context}
     return templates.TemplateResponse(request, name, context, status_code=status)
 
 
@@ -82,7 +82,7 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/") -> Response:
-    if (request.app.state.settings.auth or "token") == "open":
+    if auth_mode(request.app.state.settings) == "open":
         return RedirectResponse(_safe_next(next), status_code=303)
     return _page(request, "login.html", {"next": _safe_next(next), "error": None})
 
@@ -226,25 +226,15 @@ def full_page(request: Request) -> HTMLResponse:
 async def full_submit(request: Request) -> Response:
     """Validate and submit exactly as ``POST /v1/jobs`` does; on an error show the form again, nothing lost."""
     from fitserve.service.api import _json, enqueue_job, parse_options, prepare_job
-    from fitserve.service.limits import LimitExceeded, limit_text
+    from fitserve.service.limits import LimitExceeded, read_body, with_body
 
     who = viewer(request)
     settings = request.app.state.settings
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > settings.max_body_bytes:
-        return HTMLResponse(f"upload larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes", status_code=413)
-    size, chunks = 0, []
-    async for part in request.stream():  # the limit also without content-length (chunked)
-        size += len(part)
-        if size > settings.max_body_bytes:
-            return HTMLResponse(f"upload larger than the limit {limit_text('max_body_bytes', settings.max_body_bytes)}, in bytes", status_code=413)
-        chunks.append(part)
-    body = b"".join(chunks)
-
-    async def replay() -> dict[str, Any]:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    form = await Request(request.scope, replay).form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
+    try:
+        body = await read_body(request, settings.max_body_bytes)
+    except LimitExceeded as exc:
+        return HTMLResponse(exc.message, status_code=exc.status)
+    form = await with_body(request, body).form(max_files=2, max_fields=20, max_part_size=settings.max_body_bytes)
     values: dict[str, str] = {k: v for k, v in form.items() if isinstance(v, str)}
     values.setdefault("limits", "")
     errors: dict[str, str] = {}
