@@ -50,7 +50,7 @@ _MODIFIER_TYPES = ("normfactor", "normsys", "histosys", "shapesys", "staterror",
 #: modifier types whose ``data`` is one non-negative number per bin of the sample
 _PER_BIN_DATA = ("staterror", "shapesys")
 #: modifier types with one parameter per bin (a POI must be one parameter)
-_PER_BIN_PARAMETERS = ("staterror", "shapesys", "shapefactor")
+PER_BIN_PARAMETERS = ("staterror", "shapesys", "shapefactor")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -384,7 +384,7 @@ def check_measurement(spec: dict[str, Any], measurement: str | None = None, wher
         for sample in reversed(channel.get("samples") or []):
             for mod in sample.get("modifiers") or []:
                 if mod.get("name") == name:
-                    if mod.get("type") in _PER_BIN_PARAMETERS and len(sample.get("data") or []) > 1:
+                    if mod.get("type") in PER_BIN_PARAMETERS and len(sample.get("data") or []) > 1:
                         raise InputError(f"the POI {_name(name)} of measurement {_name(meas.get('name'))} must be one parameter "
                                          f"(a normfactor), not a {mod.get('type')} with one parameter per bin", where=at)
                     return meas

@@ -12,9 +12,7 @@ from typing import Any
 from starlette.requests import Request
 
 from fitserve.engine.errors import InputError
-
-#: modifier types with one parameter per bin of their channel (the rest have one parameter)
-PER_BIN = ("shapesys", "staterror", "shapefactor")
+from fitserve.engine.inputs import PER_BIN_PARAMETERS
 
 
 class LimitExceeded(Exception):
@@ -75,7 +73,7 @@ def model_size(spec: dict[str, Any]) -> tuple[int, int]:
         for sample in samples:
             for mod in sample.get("modifiers", []):
                 name, kind = mod.get("name"), mod.get("type")
-                if kind in PER_BIN:
+                if kind in PER_BIN_PARAMETERS:
                     if (name, channel.get("name")) not in per_bin:
                         per_bin.add((name, channel.get("name")))
                         per_bin_count += nbins
