@@ -62,78 +62,10 @@ import httpx
 from fitserve.service.localhost import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from service.workload import TimedTransport, load_job, percentile, tiny_workspace  # noqa: E402  (the load test's own)
+
 KINDS = ("submit", "status", "results", "list")
-
-
-# ---------------------------------------------------------------------------- inputs
-def tiny_workspace() -> dict[str, Any]:
-    """A 1-bin background-only workspace (as tests/service/conftest.py's tiny_inputs)."""
-    return {
-        "channels": [{"name": "SR", "samples": [{"name": "bkg", "data": [50.0], "modifiers": [
-            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}],
-        "observations": [{"name": "SR", "data": [52.0]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
-        "version": "1.0.0",
-    }
-
-
-def job_patchset(user: int, job: int, n: int, salt: float = 0.0) -> dict[str, Any]:
-    """n signal hypotheses; the yield 4 + 6k + j + 0.05u (u < 20, j < 6) is unique to (user, job, k).
-
-    ``salt`` 0.025 (warm-up, baseline compile) gives yields between those of any load job.
-    """
-    patches = []
-    for k in range(n):
-        signal = 4.0 + 6.0 * k + 1.0 * job + 0.05 * user + salt
-        patches.append({
-            "metadata": {"name": f"sig_{k}", "values": [100.0 + 50 * k]},
-            "patch": [{"op": "add", "path": "/channels/0/samples/1", "value": {
-                "name": "signal", "data": [signal], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}],
-        })
-    return {"metadata": {"name": f"load-u{user}-j{job}", "description": "bench_load", "digests": {"sha256": "0" * 64},
-                         "labels": ["m_X"], "references": {"hepdata": "ins0000000"}},
-            "patches": patches, "version": "1.0.0"}
-
-
-# ---------------------------------------------------------------------------- measuring
-def kind_of(request: httpx.Request) -> str:
-    parts = request.url.path.strip("/").split("/")  # v1, jobs, {id}, results
-    if parts[:2] != ["v1", "jobs"]:
-        return f"{request.method} {request.url.path}"
-    if len(parts) == 2:
-        return "submit" if request.method == "POST" else "list"
-    if len(parts) == 3 and request.method == "GET":
-        return "status"
-    if len(parts) == 4 and parts[3] == "results":
-        return "results"
-    return f"{request.method} {request.url.path}"
-
-
-class TimedTransport(httpx.HTTPTransport):
-    """Records (kind, HTTP status, seconds) of every request, the response body read included."""
-
-    def __init__(self, log: list[tuple[str, int, float]], lock: threading.Lock) -> None:
-        super().__init__(retries=3)
-        self.log, self.lock = log, lock
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        t0 = time.perf_counter()
-        resp = super().handle_request(request)
-        try:
-            raw = b"".join(resp.stream)
-        finally:
-            resp.stream.close()
-        dt = time.perf_counter() - t0
-        with self.lock:
-            self.log.append((kind_of(request), resp.status_code, dt))
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(raw),
-                              extensions=resp.extensions, request=request)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s) / 100) - 1))]
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -247,7 +179,7 @@ def run_load(url: str, tokens: list[str], first_user: int, jobs: int, patches: i
                 barrier.wait(120)
                 sent = []
                 for j in range(jobs):
-                    ps = job_patchset(i, j, patches, salt)
+                    ps = load_job(i, j, patches, salt)[1]
                     t0 = time.perf_counter()
                     sent.append((client.submit(ws, ps), t0, j))
                 mine = []
@@ -339,15 +271,15 @@ def main() -> None:
 
     # ---- baseline: the bare engine in this process, warm (after one identical-shape scan)
     ws = tiny_workspace()
-    scan(ws, job_patchset(0, 0, args.patches, salt=0.025)["patches"])  # compile (yields of no load job)
+    scan(ws, load_job(0, 0, args.patches, salt=0.025)[1]["patches"])  # compile (yields of no load job)
     t0 = time.perf_counter()
-    refs = {(u, j): scan(ws, job_patchset(u, j, args.patches)["patches"])["results"]
+    refs = {(u, j): scan(ws, load_job(u, j, args.patches)[1]["patches"])["results"]
             for u in range(args.clients) for j in range(args.jobs)}
     bare_per_job_s = time.perf_counter() - t0
     every = []
     for u in range(args.clients):
         for j in range(args.jobs):
-            for p in job_patchset(u, j, args.patches)["patches"]:
+            for p in load_job(u, j, args.patches)[1]["patches"]:
                 p = copy.deepcopy(p)
                 p["metadata"]["name"] = f"u{u}_j{j}_{p['metadata']['name']}"
                 every.append(p)

@@ -138,7 +138,6 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
             "jobs",
         )
     size = settings.chunk_size
-    queue.ensure_group()
 
     def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
         queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe)

@@ -21,6 +21,7 @@ import redis
 
 from fitserve.service.localhost import free_port, wait_until  # noqa: F401  (used by other test packages too)
 from fitserve.service.settings import Settings
+from service.workload import tiny_inputs  # noqa: F401  (used by other test packages too)
 
 REPO = Path(__file__).resolve().parents[2]
 LIKELIHOODS = REPO.parent / "shared" / "likelihoods"
@@ -84,26 +85,7 @@ def spread(names: list[str], n: int) -> list[str]:
     return [names[int(i * step)] for i in range(n)]
 
 
-# a tiny 1-bin model: fast to fit, no shared data needed ------------------------
-def tiny_inputs(n: int = 3) -> tuple[dict[str, Any], dict[str, Any]]:
-    ws = {
-        "channels": [{"name": "SR", "samples": [{"name": "bkg", "data": [50.0], "modifiers": [
-            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}],
-        "observations": [{"name": "SR", "data": [52.0]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
-        "version": "1.0.0",
-    }
-    patches = []
-    for i in range(n):
-        signal = 5.0 + 10.0 * i
-        patches.append({
-            "metadata": {"name": f"sig_{i}", "values": [100.0 + 50 * i]},
-            "patch": [{"op": "add", "path": "/channels/0/samples/1", "value": {
-                "name": "signal", "data": [signal], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}],
-        })
-    ps = {"metadata": {"name": "tiny", "description": "test", "digests": {"sha256": "0" * 64}, "labels": ["m_X"],
-                       "references": {"hepdata": "ins0000000"}}, "patches": patches, "version": "1.0.0"}
-    return ws, ps
+# a tiny 1-bin model (tests/service/workload.py): fast to fit, no shared data needed
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+from .workload import tiny_workspace
+
 #: the service the corpus is written for refuses bodies above this (Settings.max_body_bytes)
 MAX_BODY = 1024 * 1024
 BOUNDARY = "hostile-boundary-7MA4YWxkTrZu0gW"
@@ -70,16 +72,6 @@ class Case:
 
 
 # --- the valid documents everything is derived from ---------------------------------------
-
-
-def tiny_workspace() -> dict[str, Any]:
-    return {
-        "channels": [{"name": "SR", "samples": [{"name": "bkg", "data": [50.0], "modifiers": [
-            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}],
-        "observations": [{"name": "SR", "data": [52.0]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
-        "version": "1.0.0",
-    }
 
 
 def signal_patch(name: str, signal: float = 15.0, values: list[float] | None = None) -> dict[str, Any]:

@@ -15,12 +15,10 @@ and workers as separate processes, with a bare-engine baseline:
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from typing import Any
 
-import httpx
 import pytest
 import redis
 
@@ -29,7 +27,8 @@ from fitserve.client.errors import NotFound
 from fitserve.engine.scan import scan
 from fitserve.executors.base import clean_record
 from fitserve.service.auth import TokenStore
-from service.conftest import Service, tiny_inputs
+from service.conftest import Service
+from service.workload import TimedTransport, load_job, percentile
 
 CLIENTS = 20
 JOBS = 5
@@ -37,53 +36,8 @@ PATCHES = 4  # hypotheses per job: 400 in all
 
 
 def job_inputs(user: int, job: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The tiny 1-bin model with PATCHES signal hypotheses whose yields are unique to (user, job)."""
-    ws, ps = tiny_inputs(PATCHES)
-    ps = copy.deepcopy(ps)
-    for k, patch in enumerate(ps["patches"]):
-        # 4 + 6k + j + 0.05u: distinct for every (u < 20, j < 5, k), so no two jobs share a cache entry
-        patch["patch"][0]["value"]["data"] = [4.0 + 6.0 * k + 1.0 * job + 0.05 * user]
-    return ws, ps
-
-
-def kind_of(request: httpx.Request) -> str:
-    parts = request.url.path.strip("/").split("/")  # v1, jobs, {id}, results
-    if request.method == "POST" and parts == ["v1", "jobs"]:
-        return "submit"
-    if request.method == "GET" and parts == ["v1", "jobs"]:
-        return "list"
-    if request.method == "GET" and len(parts) == 3 and parts[1] == "jobs":
-        return "status"
-    if request.method == "GET" and len(parts) == 4 and parts[3] == "results":
-        return "results"
-    return f"{request.method} {request.url.path}"
-
-
-class TimedTransport(httpx.HTTPTransport):
-    """Records (kind, HTTP status, seconds) of every request, body read included; shared by all clients."""
-
-    def __init__(self, log: list[tuple[str, int, float]], lock: threading.Lock) -> None:
-        super().__init__(retries=3)
-        self.log, self.lock = log, lock
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        t0 = time.perf_counter()
-        resp = super().handle_request(request)
-        try:
-            raw = b"".join(resp.stream)
-        finally:
-            resp.stream.close()
-        dt = time.perf_counter() - t0
-        with self.lock:
-            self.log.append((kind_of(request), resp.status_code, dt))
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(raw),
-                              extensions=resp.extensions, request=request)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(-(-q * len(s) // 100)) - 1))]
+    """The tiny model with PATCHES hypotheses whose yields are unique to (user, job)."""
+    return load_job(user, job, PATCHES)
 
 
 def assert_records_equal(got: dict[str, Any], want: dict[str, Any], rel: float = 1e-9) -> None:
