@@ -18,3 +18,7 @@ class InputError(ValueError):
         self.message = message
         self.where = where
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class Cancelled(RuntimeError):
+    """The caller's ``cancel()`` check said stop: raised between fit blocks, never mid-write."""

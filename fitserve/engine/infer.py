@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from scipy.optimize import elementwise
 from scipy.stats import norm
 
 from fitserve.engine import likelihood as lh
+from fitserve.engine.errors import Cancelled
 from fitserve.engine.fit import fit_rows_jit
 
 # pyhf's expected band: test statistic values for n_sigma in [2, 1, 0, -1, -2]
@@ -72,15 +73,19 @@ def _constant(t, data):
 ROWS = 3
 
 
-def _fit(t: dict[str, jax.Array], poi: int, rows: list[tuple[dict[str, jax.Array], jax.Array, bool]], codes: tuple[str, str]):
+def _fit(t: dict[str, jax.Array], poi: int, rows: list[tuple[dict[str, jax.Array], jax.Array, bool]], codes: tuple[str, str],
+         cancel: Callable[[], bool] | None = None):
     """Fit ``rows`` = [(data, x0, fix_poi), ...] for every hypothesis.
 
     Returns (x [H, n, P], fval [H, n], edm [H, n], converged [H, n]) as numpy.
+    ``cancel()`` is asked before each compiled call; True raises :class:`Cancelled`.
     """
     free_base = ~t["fixed"]
     padded = rows + [rows[-1]] * (-len(rows) % ROWS)
     out: list[Any] = []
     for i in range(0, len(padded), ROWS):
+        if cancel is not None and cancel():
+            raise Cancelled("cancelled")
         part = padded[i : i + ROWS]
         data = _stack_data([d for d, _, _ in part])
         x0 = jnp.stack([x for _, x, _ in part], axis=1)
@@ -120,18 +125,19 @@ def _expected_cls(qa, test_stat):
     return clsb if test_stat == "q0" else clsb / clb
 
 
-def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str, codes: tuple[str, str]) -> HypoTestResult:
+def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str, codes: tuple[str, str],
+             cancel: Callable[[], bool] | None = None) -> HypoTestResult:
     """Five fits per hypothesis, batched, as pyhf's ``AsymptoticCalculator``."""
     asimov_mu = 1.0 if test_stat == "q0" else 0.0
     mu = 0.0 if test_stat == "q0" else float(poi_test)
     init = t["init"]
     obs = _observed(t)
     xa, fa, edm_a, ok_a = _fit(
-        t, poi, [(obs, _with_poi(init, poi, asimov_mu), True), (obs, init, False), (obs, _with_poi(init, poi, mu), True)], codes
+        t, poi, [(obs, _with_poi(init, poi, asimov_mu), True), (obs, init, False), (obs, _with_poi(init, poi, mu), True)], codes, cancel
     )
     gen = xa[:, 0]
     asimov = _asimov(gen, t, codes)
-    xb, fb, edm_b, ok_b = _fit(t, poi, [(asimov, _with_poi(gen, poi, mu), True), (asimov, gen, False)], codes)
+    xb, fb, edm_b, ok_b = _fit(t, poi, [(asimov, _with_poi(gen, poi, mu), True), (asimov, gen, False)], codes, cancel)
     mu_hat = np.asarray(xa[:, 1, poi])
     mu_hat_a = np.asarray(xb[:, 1, poi])
     q = _tmu(fa[:, 2], fa[:, 1], mu_hat, mu, test_stat)
@@ -180,6 +186,7 @@ def upper_limits(
     codes: tuple[str, str],
     cl: float = 0.95,
     rtol: float = 1e-3,
+    cancel: Callable[[], bool] | None = None,
 ) -> UpperLimits:
     """Observed and expected upper limits on the POI by bracketing root finding."""
     if test_stat == "q0":
@@ -199,7 +206,7 @@ def upper_limits(
         # warm start: each row from its previous solution (root finding moves mu a little)
         rows = [(st["obs"], _with_poi(warm[0], poi, mu_j[:, 0]), True)]
         rows += [(st["asimov"], _with_poi(warm[k + 1], poi, mu_j[:, k]), True) for k in range(6)]
-        x, f, _, ok = _fit(t, poi, rows, codes)
+        x, f, _, ok = _fit(t, poi, rows, codes, cancel)
         for k in range(7):
             warm[k] = jnp.where(jnp.asarray(ok[:, k])[:, None], x[:, k], warm[k])
         q = _tmu(f[:, 0], st["f_free"], ht.mu_hat, mu[:, 0], test_stat)

@@ -104,13 +104,17 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
     return out
 
 
-def _fit_batch(model: BatchedModel, opts: ScanOptions) -> tuple[dict[str, dict[str, Any]], float]:
+def _fit_batch(model: BatchedModel, opts: ScanOptions, cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
     """Fit one padded batch; returns records of the real hypotheses and fit seconds."""
     codes = opts.interpcodes()
     t = model.tensors()
     t0 = time.perf_counter()
-    ht = infer.hypotest(t, model.poi_index, opts.poi_test, opts.test_stat, codes)
-    ul = infer.upper_limits(t, model.poi_index, ht, opts.test_stat, codes, cl=opts.confidence_level) if opts.limits else None
+    ht = infer.hypotest(t, model.poi_index, opts.poi_test, opts.test_stat, codes, cancel=cancel)
+    ul = (
+        infer.upper_limits(t, model.poi_index, ht, opts.test_stat, codes, cl=opts.confidence_level, cancel=cancel)
+        if opts.limits
+        else None
+    )
     return _records(model, model.n_hypotheses, ht, ul, opts), time.perf_counter() - t0
 
 
@@ -122,6 +126,8 @@ def scan(
     progress: Callable[[int, int], None] | None = None,
     validate: bool | Literal["patches"] = True,
     where: str = "workspace",
+    cancel: Callable[[], bool] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """CLs (and optionally upper limits) for every hypothesis.
 
@@ -130,6 +136,12 @@ def scan(
     ``validate``: True checks the workspace and what each patch changes
     against pyhf's schema, ``"patches"`` only the latter (the caller validated
     the workspace), False nothing.  ``where`` names the workspace in errors.
+
+    ``cancel()`` is asked between fit blocks (at least every second or so of
+    fitting); when it returns True the scan raises :class:`~fitserve.engine.errors.Cancelled`.
+    ``on_event(name, info)`` hears ``"compile"`` (``info``: ``structure``,
+    ``n_params``, ``n_bins``, ``width``) before the first fit of a model
+    structure this process has not fitted yet, the slow first step.
     """
     opts = _as_options(options)
     if opts.limits and opts.test_stat == "q0":
@@ -148,14 +160,20 @@ def scan(
     results_by_name: dict[str, dict[str, Any]] = {}
     fit_s = 0.0
     compile_s = 0.0
+    if progress:
+        progress(0, total)
     for model in models:
         size = batch_size(model.n_hypotheses)
+        if on_event is not None and (model.structure_key, size) not in _FITTED:
+            on_event("compile", {"structure": model.structure_key, "n_params": model.n_params,
+                                 "n_bins": sum(nb for _, nb in model.channels), "width": size})
+        _FITTED.add((model.structure_key, size))
         for lo in range(0, model.n_hypotheses, size):
             idx = list(range(lo, min(lo + size, model.n_hypotheses)))
             n_real = len(idx)
             batch = model.take(idx + [idx[0]] * (size - n_real))  # pad with copies: fixed shapes
             c0 = _COMPILE_SECONDS[0]
-            records, seconds = _fit_batch(batch, opts)
+            records, seconds = _fit_batch(batch, opts, cancel)
             compiled = _COMPILE_SECONDS[0] - c0
             compile_s += compiled
             fit_s += max(seconds - compiled, 0.0)
@@ -174,6 +192,8 @@ def scan(
 
 
 _COMPILE_SECONDS = [0.0]
+#: (structure key, batch width) pairs fitted in this process (compiled already)
+_FITTED: set[tuple[str, int]] = set()
 _COMPILE_EVENTS = {
     "/jax/core/compile/jaxpr_trace_duration",
     "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -195,10 +215,11 @@ def run_chunk(
     workspace: dict[str, Any],
     patches: Sequence[dict[str, Any]] | None,
     options: ScanOptions | dict[str, Any] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Fit every patch of one chunk; plain JSON-able records by patch name.
 
     The service validated the workspace when the job was submitted, so only
-    what each patch changes is checked here.
+    what each patch changes is checked here.  ``cancel``: as in :func:`scan`.
     """
-    return scan(workspace, patches, options, validate="patches")["results"]
+    return scan(workspace, patches, options, validate="patches", cancel=cancel)["results"]
