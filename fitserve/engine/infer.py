@@ -2,17 +2,33 @@
 
 Mirrors pyhf's ``infer`` (``AsymptoticCalculator`` with the ``normal`` base
 distribution, ``qmu_tilde`` / ``qmu`` / ``q0``, ``upper_limit``) with every fit
-batched: one call fits the same role (fixed-POI, free, Asimov ...) for all
-hypotheses at once.  Upper limits use bracketing root finding on
-``log CLs(mu) = log(1 - CL)`` (scipy's vectorised Chandrupatla method, so that
-every iteration is one batched fit), not a fixed grid.
+of every hypothesis run on one pool of fit lanes (:mod:`fitserve.engine.fit`):
+
+1. the free fit to the observed data, from the model's initial values (and
+   from ``restarts`` spread starting points);
+2. from its minimum, the fixed-POI fits to the data at the tested value and at
+   the Asimov generating value (a warm start: a few Newton steps each);
+3. from the generating fit, the fixed-POI fit to the Asimov data.
+
+The free fit to the Asimov data needs no fit: the Asimov data are the expected
+data at the generating point, where every term of the NLL is saturated, so
+that point is the global minimum with NLL 0 (``likelihood`` writes the NLL as
+deviances from saturation).  Guards catch a free fit stuck in a local
+minimum: it can never lie above a fixed-POI fit to the same data; when it
+does, it is refitted from the better point and the hypothesis is flagged
+``multimodal``.
+
+Upper limits use bracketing root finding on ``log CLs(mu) = log(1 - CL)``
+(scipy's vectorised Chandrupatla method) for the observed limit and each of
+the five expected-band edges separately, starting from the asymptotic
+formulae; each step fits only the edges still searching.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,16 +37,214 @@ from scipy.optimize import elementwise
 from scipy.stats import norm
 
 from fitserve.engine import likelihood as lh
-from fitserve.engine.errors import Cancelled
-from fitserve.engine.fit import fit_rows_jit
+from fitserve.engine.fit import FitResult, Tasks, fit_tasks, lanes_for
 
 # pyhf's expected band: test statistic values for n_sigma in [2, 1, 0, -1, -2]
 _N_SIGMA = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
+#: a second minimum this much (in NLL) above the best one makes a hypothesis multimodal
+MULTIMODAL_TOL = 1e-3
+#: default widening of the limit search: up to this times the POI's upper bound
+LIMIT_WIDEN = 10.0
+
+
+# --------------------------------------------------------------------------
+# test statistics (arXiv:1007.1727), from the NLL of a fixed-POI and a free fit
+
+
+def qmu(nll_fixed: np.ndarray, nll_free: np.ndarray, mu_hat: np.ndarray, mu: np.ndarray | float) -> np.ndarray:
+    r"""The one-sided profile likelihood ratio for upper limits, eq. (14).
+
+    .. math:: q_\mu = 2\,[\mathrm{NLL}(\mu, \hat{\hat\theta}) - \mathrm{NLL}(\hat\mu, \hat\theta)]
+              \ \text{if}\ \hat\mu \le \mu, \ \text{else}\ 0.
+
+    With the POI bounded below at 0 in the free fit this is
+    :math:`\tilde q_\mu`, eq. (16) (pyhf's ``qmu_tilde``): the bound does the
+    work, the formula is the same.
+    """
+    t = np.clip(2.0 * (nll_fixed - nll_free), 0.0, None)
+    return np.where(mu_hat > mu, 0.0, t)
+
+
+qmu_tilde = qmu
+
+
+def q0(nll_fixed: np.ndarray, nll_free: np.ndarray, mu_hat: np.ndarray) -> np.ndarray:
+    r"""The discovery test statistic, eq. (12): :math:`q_0 = 2\,[\mathrm{NLL}(0) - \mathrm{NLL}(\hat\mu)]` if :math:`\hat\mu \ge 0`, else 0."""
+    t = np.clip(2.0 * (nll_fixed - nll_free), 0.0, None)
+    return np.where(mu_hat < 0, 0.0, t)
+
+
+def test_statistic(name: str, nll_fixed, nll_free, mu_hat, mu):
+    return q0(nll_fixed, nll_free, mu_hat) if name == "q0" else qmu(nll_fixed, nll_free, mu_hat, mu)
+
+
+def pvalues(q: np.ndarray, qa: np.ndarray, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""CLsb, CLb and CLs from the observed ``q`` and the Asimov ``qa`` (pyhf's asymptotic ``normal`` distributions).
+
+    :math:`\tilde q_\mu` uses eq. (66) where :math:`q > q_A` (the shifted
+    distribution).  Where :math:`q_A = 0` (no sensitivity) the test statistic
+    has no spread and ``CLs = 1`` (pyhf #2722), never a division by zero.
+    """
+    sq, sqa = np.sqrt(q), np.sqrt(qa)
+    if name in ("q", "q0"):
+        ts = sq - sqa
+    else:
+        flat = (sq <= sqa) | (sqa == 0)
+        ts = np.where(flat, sq - sqa, (q - qa) / (2 * np.where(flat, 1.0, sqa)))
+    clsb = norm.cdf(-(ts + sqa))
+    clb = norm.cdf(-ts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return clsb, clb, np.where(clb > 0, clsb / np.where(clb > 0, clb, 1.0), 1.0)
+
+
+def expected_cls(qa: np.ndarray, name: str) -> np.ndarray:
+    """Expected band, pyhf order (n_sigma = 2, 1, 0, -1, -2); CLsb for q0."""
+    sqa = np.sqrt(qa)[..., None]
+    clsb = norm.cdf(-(_N_SIGMA + sqa))
+    clb = norm.cdf(-_N_SIGMA) * np.ones_like(clsb)
+    return clsb if name == "q0" else clsb / clb
+
+
+# --------------------------------------------------------------------------
+# data
+
+
+@jax.jit
+def _observed(t):
+    return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
+
+
+@partial(jax.jit, static_argnames=("codes",))
+def _asimov(theta, t, codes):
+    return jax.vmap(lh.asimov_data, in_axes=(0, lh.in_axes(t), None))(theta, t, codes)
+
+
+@jax.jit
+def _constant(t, data):
+    return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
+
+
+def _np(data: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in data.items()}
+
+
+@dataclass
+class Fits:
+    """One fit role for every hypothesis (leading axis H)."""
+
+    x: np.ndarray  # [H, P]
+    nll: np.ndarray  # [H] variable part
+    edm: np.ndarray
+    converged: np.ndarray
+    multimodal: np.ndarray  # [H]: runs of this role ended in different minima
+
+    @property
+    def failed(self) -> np.ndarray:
+        return ~self.converged
+
+
+class Engine:
+    """The fits of one prepared batch of hypotheses, through one pool of lanes."""
+
+    def __init__(self, t: dict[str, jax.Array], poi: int, codes: tuple[str, str], n_real: int | None = None,
+                 cancel: Callable[[], bool] | None = None, max_lanes: int = 32) -> None:
+        """``t``: tensors of a batch of H hypotheses, of which the first ``n_real`` are fitted (the rest pad the shapes)."""
+        self.t = lh.prepare_batch(t, codes)
+        self.poi = poi
+        self.codes = codes
+        self.cancel = cancel
+        width, self.n_par = (int(d) for d in t["init"].shape)
+        self.n_hyp = width if n_real is None else int(n_real)
+        n = self.n_hyp
+        self.lanes = lanes_for(width, max_lanes)
+        self.init = np.asarray(t["init"])[:n]
+        self.lo, self.hi = np.asarray(t["lo"])[:n], np.asarray(t["hi"])[:n]
+        self.base_free = ~np.asarray(t["fixed"])[:n]
+        self.observed = {k: v[:n] for k, v in _np(_observed(self.t)).items()}
+
+    def free_mask(self, fix_poi: bool) -> np.ndarray:
+        free = self.base_free.copy()
+        if fix_poi:
+            free[:, self.poi] = False
+        return free
+
+    def run(self, h: np.ndarray, data: dict[str, np.ndarray], x0: np.ndarray, free: np.ndarray, cold: bool = False) -> FitResult:
+        """Fit tasks: ``h`` [Q] hypothesis indices, data rows [Q, ...], starts and free masks [Q, P].
+
+        ``cold``: the starts are far from the minimum (initial values), begin with Fisher steps.
+        """
+        tasks = Tasks(h=np.asarray(h), main=data["main"], aux_normal=data["aux_normal"], aux_pois=data["aux_pois"],
+                      x0=np.asarray(x0), free=np.asarray(free), cold=np.full(len(h), cold))
+        return fit_tasks(self.t, tasks, self.codes, self.lanes, self.cancel)
+
+    def fit_role(self, data: dict[str, np.ndarray], starts: list[np.ndarray], poi_value: np.ndarray | None,
+                 cold: bool = False) -> Fits:
+        """The best of several starts per hypothesis for one role (``poi_value`` None: POI free)."""
+        n = self.n_hyp
+        k = len(starts)
+        h = np.tile(np.arange(n), k)
+        x0 = np.concatenate(starts)
+        if poi_value is not None:
+            x0[:, self.poi] = np.tile(poi_value, k)
+        free = np.tile(self.free_mask(poi_value is not None), (k, 1))
+        rows = {key: np.tile(v, (k,) + (1,) * (v.ndim - 1)) for key, v in data.items()}
+        res = self.run(h, rows, x0, free, cold)
+        return _best(res, n, k)
+
+    def asimov(self, gen: np.ndarray) -> dict[str, np.ndarray]:
+        """Asimov data at ``gen`` [n, P] (padded to the batch width for one compiled shape)."""
+        width = int(self.t["init"].shape[0])
+        full = np.concatenate([gen, np.repeat(gen[:1], width - len(gen), axis=0)])
+        return {k: v[: len(gen)] for k, v in _np(_asimov(jnp.asarray(full), self.t, self.codes)).items()}
+
+    def spread_starts(self, count: int, seed: int = 0) -> list[np.ndarray]:
+        """``count`` starting points spread around the initial values (deterministic).
+
+        Constrained parameters move by up to ~2 of their constraint widths,
+        unconstrained ones (normfactors, the POI) across their range; all stay
+        inside the bounds.
+        """
+        rng = np.random.default_rng(seed)
+        n = self.n_hyp
+        sigma = np.asarray(self.t["normal_sigma"])[:n]
+        normal, pois = np.asarray(self.t["normal_mask"])[:n], np.asarray(self.t["pois_mask"])[:n]
+        tau = np.asarray(self.t["pois_tau"])[:n]
+        out = []
+        for _ in range(count):
+            z = rng.uniform(-2.0, 2.0, size=self.init.shape)
+            span = np.minimum(self.hi - self.lo, 2.0 * np.maximum(np.abs(self.init), 1.0))
+            step = np.where(normal, sigma, np.where(pois, 1.0 / np.sqrt(np.maximum(tau, 1e-12)), 0.25 * span))
+            x = np.clip(self.init + z * step, self.lo, self.hi)
+            out.append(np.where(self.base_free, x, self.init))
+        return out
+
+
+def _best(res: FitResult, n: int, k: int) -> Fits:
+    """Per hypothesis the lowest converged of its ``k`` runs (task q = run * n + h)."""
+    f = res.fval.reshape(k, n)
+    ok = res.converged.reshape(k, n)
+    score = np.where(ok, f, np.inf)
+    pick = np.argmin(score, axis=0)
+    pick = np.where(ok.any(axis=0), pick, 0)  # none converged: report the first run
+    cols = np.arange(n)
+    q = pick * n + cols
+    best = np.where(ok.any(axis=0), score[pick, cols], f[0])
+    multimodal = (ok & (f > best[None, :] + MULTIMODAL_TOL * (1 + np.abs(best[None, :])))).any(axis=0)
+    return Fits(res.x[q], res.fval[q], res.edm[q], res.converged[q], multimodal)
+
+
+def _merge(a: Fits, b: Fits) -> Fits:
+    """Per hypothesis the better of two fits of one role; multimodal where they ended apart."""
+    use_b = b.converged & (~a.converged | (b.nll < a.nll))
+    pick = lambda u, v: np.where(use_b.reshape(-1, *([1] * (u.ndim - 1))), v, u)  # noqa: E731
+    apart = a.converged & b.converged & (np.abs(a.nll - b.nll) > MULTIMODAL_TOL * (1 + np.abs(a.nll)))
+    return Fits(pick(a.x, b.x), pick(a.nll, b.nll), pick(a.edm, b.edm), a.converged | b.converged,
+                a.multimodal | b.multimodal | apart)
 
 
 @dataclass
 class HypoTestResult:
-    """Per-hypothesis arrays (leading axis H)."""
+    """Per-hypothesis results (leading axis H) and the fits they came from (pyhf's ``HypoTestFitResults``)."""
 
     cls_obs: np.ndarray
     cls_exp: np.ndarray  # [H, 5]
@@ -41,218 +255,182 @@ class HypoTestResult:
     nll_fixed: np.ndarray  # at the tested POI value
     converged: np.ndarray  # all fits of the hypothesis converged
     edm_max: np.ndarray
-    state: dict[str, Any]  # what upper limits reuse
+    multimodal: np.ndarray  # fits of one role ended in different minima (the best was kept)
+    free_fit_to_data: Fits
+    fixed_poi_fit_to_data: Fits
+    asimov_generator: Fits  # the fixed-POI fit whose parameters generate the Asimov data
+    fixed_poi_fit_to_asimov: Fits
+    asimov_data: dict[str, np.ndarray]
+    qa: np.ndarray
+    poi_test: float
+    test_stat: str
 
 
-def _with_poi(x: jax.Array, poi: int, value: jax.Array) -> jax.Array:
-    return x.at[..., poi].set(value)
-
-
-def _stack_data(datas: list[dict[str, jax.Array]]) -> dict[str, jax.Array]:
-    return {k: jnp.stack([d[k] for d in datas], axis=1) for k in datas[0]}
-
-
-@partial(jax.jit, static_argnames=("codes",))
-def _asimov(theta, t, codes):
-    return jax.vmap(lh.asimov_data, in_axes=(0, lh.in_axes(t), None))(theta, t, codes)
-
-
-@jax.jit
-def _observed(t):
-    return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
-
-
-@jax.jit
-def _constant(t, data):
-    return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
-
-
-#: Rows per hypothesis in one compiled fit call.  Every stage (hypothesis
-#: test, Asimov fits, limit scans) is cut into calls of this width, so one
-#: compiled function serves the whole scan.
-ROWS = 3
-
-
-def _fit(t: dict[str, jax.Array], poi: int, rows: list[tuple[dict[str, jax.Array], jax.Array, bool]], codes: tuple[str, str],
-         cancel: Callable[[], bool] | None = None):
-    """Fit ``rows`` = [(data, x0, fix_poi), ...] for every hypothesis.
-
-    Returns (x [H, n, P], fval [H, n], edm [H, n], converged [H, n]) as numpy.
-    ``cancel()`` is asked before each compiled call; True raises :class:`Cancelled`.
-    """
-    free_base = ~t["fixed"]
-    padded = rows + [rows[-1]] * (-len(rows) % ROWS)
-    out: list[Any] = []
-    for i in range(0, len(padded), ROWS):
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled")
-        part = padded[i : i + ROWS]
-        data = _stack_data([d for d, _, _ in part])
-        x0 = jnp.stack([x for _, x, _ in part], axis=1)
-        free = jnp.stack([free_base.at[:, poi].set(False) if fix else free_base for _, _, fix in part], axis=1)
-        out.append(fit_rows_jit(t, data, x0, free, codes))
-    x = jnp.concatenate([r.x for r in out], axis=1)[:, : len(rows)]
-    cat = lambda field: np.concatenate([np.asarray(getattr(r, field)) for r in out], axis=1)[:, : len(rows)]  # noqa: E731
-    return x, cat("fval"), cat("edm"), cat("converged")
-
-
-def _tmu(f_fixed, f_free, mu_hat, mu, test_stat):
-    """pyhf's q_mu / q_mu-tilde (POI bounded at 0 gives the tilde) and q0."""
-    t = np.clip(2.0 * (f_fixed - f_free), 0.0, None)
-    if test_stat == "q0":
-        return np.where(mu_hat < 0, 0.0, t)
-    return np.where(mu_hat > mu, 0.0, t)
-
-
-def _pvalues(q, qa, test_stat):
-    """CLsb, CLb, CLs for observed test statistic ``q`` and Asimov ``qa``."""
-    sq, sqa = np.sqrt(q), np.sqrt(qa)
-    if test_stat in ("q", "q0"):
-        ts = sq - sqa
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ts = np.where(sq <= sqa, sq - sqa, (q - qa) / (2 * sqa))
-    clsb = norm.cdf(-(ts + sqa))
-    clb = norm.cdf(-ts)
-    return clsb, clb, clsb / clb
-
-
-def _expected_cls(qa, test_stat):
-    """Expected band, pyhf order (n_sigma = 2, 1, 0, -1, -2); CLsb for q0."""
-    sqa = np.sqrt(qa)[..., None]
-    clsb = norm.cdf(-(_N_SIGMA + sqa))
-    clb = norm.cdf(-_N_SIGMA) * np.ones_like(clsb)
-    return clsb if test_stat == "q0" else clsb / clb
-
-
-def hypotest(t: dict[str, jax.Array], poi: int, poi_test: float, test_stat: str, codes: tuple[str, str],
-             cancel: Callable[[], bool] | None = None) -> HypoTestResult:
-    """Five fits per hypothesis, batched, as pyhf's ``AsymptoticCalculator``."""
+def hypotest(
+    engine: Engine, poi_test: float, test_stat: str, restarts: int = 0
+) -> HypoTestResult:
+    """CLs for every hypothesis, as pyhf's ``AsymptoticCalculator`` (four fits each, see module docstring)."""
     asimov_mu = 1.0 if test_stat == "q0" else 0.0
     mu = 0.0 if test_stat == "q0" else float(poi_test)
-    init = t["init"]
-    obs = _observed(t)
-    xa, fa, edm_a, ok_a = _fit(
-        t, poi, [(obs, _with_poi(init, poi, asimov_mu), True), (obs, init, False), (obs, _with_poi(init, poi, mu), True)], codes, cancel
-    )
-    gen = xa[:, 0]
-    asimov = _asimov(gen, t, codes)
-    xb, fb, edm_b, ok_b = _fit(t, poi, [(asimov, _with_poi(gen, poi, mu), True), (asimov, gen, False)], codes, cancel)
-    mu_hat = np.asarray(xa[:, 1, poi])
-    mu_hat_a = np.asarray(xb[:, 1, poi])
-    q = _tmu(fa[:, 2], fa[:, 1], mu_hat, mu, test_stat)
-    qa = _tmu(fb[:, 0], fb[:, 1], mu_hat_a, mu, test_stat)
-    clsb, clb, cls = _pvalues(q, qa, test_stat)
-    cls_exp = _expected_cls(qa, test_stat)
-    const = np.asarray(_constant(t, obs))
-    converged = ok_a.all(axis=1) & ok_b.all(axis=1)
-    edm = np.maximum(edm_a.max(axis=1), edm_b.max(axis=1))
+    n = engine.n_hyp
+    obs = engine.observed
+    starts = [engine.init] + engine.spread_starts(restarts)
+    free = engine.fit_role(obs, starts, None, cold=True)
+    warm = [free.x] + starts[1:]
+    fixed = engine.fit_role(obs, warm, np.full(n, mu))
+    gen_fit = fixed if mu == asimov_mu else engine.fit_role(obs, warm, np.full(n, asimov_mu))
+    # guard: a free fit above a fixed-POI fit to the same data is a local minimum
+    for other in (fixed, gen_fit):
+        stuck = other.converged & (other.nll < free.nll - 1e-9 * (1 + np.abs(free.nll)))
+        if stuck.any():
+            x0 = np.where(stuck[:, None], other.x, free.x)
+            again = engine.fit_role(obs, [x0], None)
+            again.multimodal |= stuck
+            free = _merge(free, again)
+    asimov = engine.asimov(gen_fit.x)
+    x0 = gen_fit.x.copy()
+    fixed_a = engine.fit_role(asimov, [x0], np.full(n, mu))
+    mu_hat = free.x[:, engine.poi]
+    q = test_statistic(test_stat, fixed.nll, free.nll, mu_hat, mu)
+    # the free fit to Asimov data is the generating point itself, NLL 0 (saturated)
+    qa = test_statistic(test_stat, fixed_a.nll, np.zeros(n), np.full(n, asimov_mu), mu)
+    clsb, clb, cls = pvalues(q, qa, test_stat)
+    const = np.asarray(_constant(engine.t, _observed(engine.t)))[:n]
+    roles = (free, fixed, gen_fit, fixed_a)
     return HypoTestResult(
         cls_obs=clsb if test_stat == "q0" else cls,
-        cls_exp=cls_exp,
+        cls_exp=expected_cls(qa, test_stat),
         clsb_obs=clsb,
         clb_obs=clb,
         mu_hat=mu_hat,
-        nll_free=fa[:, 1] + const,
-        nll_fixed=fa[:, 2] + const,
-        converged=converged,
-        edm_max=edm,
-        state={
-            "obs": obs,
-            "asimov": asimov,
-            "gen": gen,
-            "free_x": xa[:, 1],
-            "f_free": fa[:, 1],
-            "f_free_asimov": fb[:, 1],
-            "mu_hat_asimov": mu_hat_a,
-            "qa": qa,
-            "poi_test": mu,
-        },
+        nll_free=free.nll + const,
+        nll_fixed=fixed.nll + const,
+        converged=np.logical_and.reduce([r.converged for r in roles]),
+        edm_max=np.max([r.edm for r in roles], axis=0),
+        multimodal=np.logical_or.reduce([r.multimodal for r in roles]),
+        free_fit_to_data=free,
+        fixed_poi_fit_to_data=fixed,
+        asimov_generator=gen_fit,
+        fixed_poi_fit_to_asimov=fixed_a,
+        asimov_data=asimov,
+        qa=qa,
+        poi_test=mu,
+        test_stat=test_stat,
     )
+
+
+# --------------------------------------------------------------------------
+# upper limits
 
 
 @dataclass
 class UpperLimits:
-    obs: np.ndarray  # [H]
-    exp: np.ndarray  # [H, 5], pyhf's band order
-    converged: np.ndarray  # [H] root finding and every fit converged
+    """Per hypothesis six limits (column 0 observed, 1..5 the expected band in pyhf's order)."""
+
+    limits: np.ndarray  # [H, 6], NaN where not found
+    above: np.ndarray  # [H, 6]: the limit lies above the searched maximum (value: that maximum), else NaN
+    converged: np.ndarray  # [H, 6]: found, or bounded, with every fit converged
+
+    @property
+    def obs(self) -> np.ndarray:
+        return self.limits[:, 0]
+
+    @property
+    def exp(self) -> np.ndarray:
+        return self.limits[:, 1:]
 
 
 def upper_limits(
-    t: dict[str, jax.Array],
-    poi: int,
+    engine: Engine,
     ht: HypoTestResult,
-    test_stat: str,
-    codes: tuple[str, str],
     cl: float = 0.95,
     rtol: float = 1e-3,
-    cancel: Callable[[], bool] | None = None,
+    search_max: float | None = None,
 ) -> UpperLimits:
-    """Observed and expected upper limits on the POI by bracketing root finding."""
-    if test_stat == "q0":
-        raise ValueError("upper limits need the qtilde or q test statistic")
-    H = t["init"].shape[0]
-    st = ht.state
-    alpha = 1.0 - cl
-    lo_b = float(np.max(np.asarray(t["lo"][:, poi])))
-    hi_b = float(np.min(np.asarray(t["hi"][:, poi])))
-    lo_b = max(lo_b, 0.0)
-    fits_ok = np.ones((H, 6), dtype=bool)
-    warm = [st["free_x"]] + [st["gen"]] * 6
+    """Observed and expected upper limits on the POI, each edge by its own bracketing root search.
 
-    def cls_grid(mu: np.ndarray) -> np.ndarray:
-        """CLs for mu [H, 6]: column 0 observed, columns 1..5 the expected band."""
-        mu_j = jnp.asarray(mu)
-        # warm start: each row from its previous solution (root finding moves mu a little)
-        rows = [(st["obs"], _with_poi(warm[0], poi, mu_j[:, 0]), True)]
-        rows += [(st["asimov"], _with_poi(warm[k + 1], poi, mu_j[:, k]), True) for k in range(6)]
-        x, f, _, ok = _fit(t, poi, rows, codes, cancel)
-        for k in range(7):
-            warm[k] = jnp.where(jnp.asarray(ok[:, k])[:, None], x[:, k], warm[k])
-        q = _tmu(f[:, 0], st["f_free"], ht.mu_hat, mu[:, 0], test_stat)
-        qa = _tmu(f[:, 1:], st["f_free_asimov"][:, None], st["mu_hat_asimov"][:, None], mu, test_stat)
-        out = np.empty_like(mu)
-        out[:, 0] = _pvalues(q, qa[:, 0], test_stat)[2]
-        exp = _expected_cls(qa[:, 1:], test_stat)  # [H, 5, 5]: (column, n_sigma)
-        out[:, 1:] = exp[:, np.arange(5), np.arange(5)]
-        fits_ok[:] &= np.concatenate([(ok[:, 0] & ok[:, 1])[:, None], ok[:, 2:]], axis=1)
+    The search runs from the POI's lower bound (at least 0) to ``search_max``
+    (default :data:`LIMIT_WIDEN` times the POI's upper bound: fixed-POI fits
+    may sit beyond the bound).  An edge whose CLs is still above ``1 - cl``
+    there is reported in ``above``, not as a failure.
+    """
+    if ht.test_stat == "q0":
+        raise ValueError("upper limits need the qtilde or q test statistic")
+    n, poi = engine.n_hyp, engine.poi
+    alpha = 1.0 - cl
+    lo_b = max(float(np.max(engine.lo[:, poi])), 0.0)
+    hi_poi = float(np.min(engine.hi[:, poi]))
+    hi_b = float(search_max) if search_max is not None else LIMIT_WIDEN * hi_poi
+    hi_b = max(hi_b, lo_b + 1e-6)
+    obs, asimov = engine.observed, ht.asimov_data
+    free, fixed_obs = ht.free_fit_to_data, ht.fixed_poi_fit_to_data
+    f_free, mu_hat = free.nll, ht.mu_hat
+    # warm starts per (hypothesis, column): observed-data fit and Asimov fit
+    warm_obs = np.repeat(fixed_obs.x[:, None], 6, axis=1)
+    warm_a = np.repeat(ht.fixed_poi_fit_to_asimov.x[:, None], 6, axis=1)
+    fits_ok = np.ones((n, 6), dtype=bool)
+
+    def cls_at(h: np.ndarray, col: np.ndarray, mu: np.ndarray) -> np.ndarray:
+        """CLs at ``mu`` for elements (h, col): col 0 observed (data + Asimov fit), 1..5 band edges (Asimov fit)."""
+        is_obs = col == 0
+        ho = h[is_obs]
+        q_h = np.concatenate([ho, h])
+        data = {k: np.concatenate([obs[k][ho], asimov[k][h]]) for k in obs}
+        x0 = np.concatenate([warm_obs[ho, 0], warm_a[h, col]])
+        mus = np.concatenate([mu[is_obs], mu])
+        x0[:, poi] = mus
+        free = engine.free_mask(True)[q_h]
+        res = engine.run(q_h, data, x0, free)
+        no = len(ho)
+        ok_a = res.converged[no:]
+        warm_a[h, col] = np.where(ok_a[:, None], res.x[no:], warm_a[h, col])
+        qa = test_statistic(ht.test_stat, res.fval[no:], 0.0, 0.0, mu)
+        out = np.empty(len(h))
+        if no:
+            warm_obs[ho, 0] = np.where(res.converged[:no, None], res.x[:no], warm_obs[ho, 0])
+            q = test_statistic(ht.test_stat, res.fval[:no], f_free[ho], mu_hat[ho], mu[is_obs])
+            out[is_obs] = pvalues(q, qa[is_obs], ht.test_stat)[2]
+            fits_ok[ho, 0] &= res.converged[:no] & ok_a[is_obs]
+        edge = ~is_obs
+        if edge.any():
+            band = expected_cls(qa[edge], ht.test_stat)  # [m, 5]
+            out[edge] = band[np.arange(edge.sum()), col[edge] - 1]
+            fits_ok[h[edge], col[edge]] &= ok_a[edge]
         return out
 
-    last_mu = np.full((H, 6), 1.0)
-
     def objective(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        # scipy passes only unfinished elements, sometimes two points per element
-        # (both bracket ends): evaluate full, fixed-shape [H, 6] grids, one per round
+        # scipy passes the unfinished elements, sometimes both bracket ends at once
         x, idx = np.broadcast_arrays(np.asarray(x, dtype=float), np.asarray(idx))
         xf, kf = x.reshape(-1), idx.reshape(-1)
-        out = np.empty_like(xf)
-        pending = np.arange(xf.size)
-        while pending.size:
-            _, first = np.unique(kf[pending], return_index=True)
-            now = pending[first]
-            flat = last_mu.reshape(-1).copy()
-            flat[kf[now]] = xf[now]
-            with np.errstate(divide="ignore"):
-                val = np.log(np.maximum(cls_grid(flat.reshape(H, 6)), 1e-300)) - np.log(alpha)
-            out[now] = val.reshape(-1)[kf[now]]
-            last_mu.reshape(-1)[kf[now]] = xf[now]
-            pending = np.setdiff1d(pending, now)
-        return out.reshape(x.shape)
+        with np.errstate(divide="ignore"):
+            val = np.log(np.maximum(cls_at(kf // 6, kf % 6, xf), 1e-300)) - np.log(alpha)
+        return val.reshape(x.shape)
 
-    idx = np.arange(H * 6)
+    idx = np.arange(n * 6)
     # Start from the asymptotic formulae (sigma from the Asimov test statistic at
     # the tested POI value, arXiv:1007.1727), so that bracketing needs few steps.
-    sqa = np.sqrt(np.maximum(st["qa"], 0.0))
-    sigma = np.where(sqa > 0, st["poi_test"] / np.where(sqa > 0, sqa, 1.0), hi_b)
-    guess = np.empty((H, 6))
-    guess[:, 0] = np.maximum(ht.mu_hat, 0.0) + sigma * norm.ppf(1 - alpha / 2)
+    sqa = np.sqrt(np.maximum(ht.qa, 0.0))
+    sigma = np.where(sqa > 0, ht.poi_test / np.where(sqa > 0, sqa, 1.0), hi_poi)
+    guess = np.empty((n, 6))
+    guess[:, 0] = np.maximum(mu_hat, 0.0) + sigma * norm.ppf(1 - alpha / 2)
     guess[:, 1:] = sigma[:, None] * (norm.ppf(1 - alpha * norm.cdf(-_N_SIGMA)) - _N_SIGMA)
     span = hi_b - lo_b
     xl0 = np.clip(lo_b + 0.6 * (guess - lo_b), lo_b + 1e-6 * span, hi_b - 2e-6 * span).reshape(-1)
     xr0 = np.clip(lo_b + 1.4 * (guess.reshape(-1) - lo_b), xl0 + 1e-6 * span, hi_b)
-    bracket = elementwise.bracket_root(objective, xl0, xr0, xmin=lo_b, xmax=hi_b, args=(idx,), maxiter=12)
+    bracket = elementwise.bracket_root(objective, xl0, xr0, xmin=lo_b, xmax=hi_b, args=(idx,), maxiter=20)
     found = np.asarray(bracket.success)
-    root = elementwise.find_root(objective, (bracket.bracket[0], bracket.bracket[1]), args=(idx,), tolerances={"xrtol": rtol})
-    limits = np.where(found & np.asarray(root.success), np.asarray(root.x), np.nan).reshape(H, 6)
-    ok = np.isfinite(limits).all(axis=1) & fits_ok.all(axis=1) & ht.converged
-    return UpperLimits(obs=limits[:, 0], exp=limits[:, 1:], converged=ok)
+    limits = np.full(n * 6, np.nan)
+    if found.any():
+        sel = idx[found]
+        root = elementwise.find_root(objective, (bracket.bracket[0][found], bracket.bracket[1][found]), args=(sel,),
+                                     tolerances={"xrtol": rtol})
+        limits[sel] = np.where(np.asarray(root.success), np.asarray(root.x), np.nan)
+    # where no crossing was bracketed: is CLs still above 1 - CL at the top of the search?
+    above = np.full(n * 6, np.nan)
+    missing = idx[~found]
+    if missing.size:
+        top = objective(np.full(missing.size, hi_b), missing)
+        above[missing[top > 0]] = hi_b
+    limits, above = limits.reshape(n, 6), above.reshape(n, 6)
+    ok = (np.isfinite(limits) | np.isfinite(above)) & fits_ok & ht.converged[:, None]
+    return UpperLimits(limits=limits, above=above, converged=ok)

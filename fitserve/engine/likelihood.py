@@ -27,12 +27,17 @@ jax.config.update("jax_enable_x64", True)
 Arrays = Mapping[str, jax.Array]
 
 #: Index tables shared by every hypothesis of a batch (no leading H axis).
-SHARED = frozenset({"ns_par", "hs_par", "sb_slot", "sb_bin", "mult"})
+SHARED = frozenset({"sb_slot", "sb_bin", "mult"})
 
 
 def in_axes(t: Arrays) -> dict[str, int | None]:
     """``vmap`` axes for a model dict: per-hypothesis arrays 0, shared tables None."""
     return {k: (None if k in SHARED else 0) for k in t}
+
+
+def n_alpha(t: Arrays) -> int:
+    """Number of interpolated parameters (normsys/histosys): the first ``nA`` of theta."""
+    return (t["ns_hi"] if "ns_hi" in t else t["ns_log_hi"]).shape[-1]
 
 # pyhf's code4 polynomial for |alpha| < 1 (alpha0 = 1): inverse of the 6x6
 # system in pyhf.interpolators.code4 (``_slow_code4`` docstring).
@@ -49,35 +54,82 @@ _CODE4_AINV = np.array(
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def _normsys(alpha: jax.Array, hi: jax.Array, lo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Normsys factor ``f`` with ``g = f'/f`` and ``h = (log f)''`` per entry.
+def normsys_tables(hi: jax.Array, lo: jax.Array, code: str) -> dict[str, jax.Array]:
+    """What the normsys interpolation needs of ``hi``/``lo``, computed once per model.
 
-    Closed form (pyhf's code1 / code4 with alpha0 = 1), so that the Hessian
-    needs no automatic differentiation.
+    ``log_hi``, ``log_lo`` and, for code4, the six polynomial coefficients
+    (leading axis 6).  Evaluating the coefficients per fit iteration cost more
+    than the rest of the likelihood together.
     """
-    log_hi, log_lo = jnp.log(hi), jnp.log(lo)
-    up = jnp.exp(alpha * log_hi)
-    down = jnp.exp(-alpha * log_lo)
-    zero = jnp.zeros_like(alpha)
+    out = {"ns_log_hi": jnp.log(hi), "ns_log_lo": jnp.log(lo)}
+    if code == "code4":
+        log_hi, log_lo = out["ns_log_hi"], out["ns_log_lo"]
+        b = jnp.stack([hi - 1, lo - 1, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo], axis=0)
+        out["ns_coef"] = jnp.tensordot(jnp.asarray(_CODE4_AINV), b, axes=1)  # [6, ...] coefficients a1..a6
+    return out
+
+
+def _normsys_terms(alpha: jax.Array, tab: Arrays, code: str) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Normsys per entry from :func:`normsys_tables`: ``(log_lin, poly, g, h)``.
+
+    The factor is ``f = poly * exp(log_lin)``: ``log_lin`` is the log-linear
+    extrapolation where it applies (code1 everywhere, code4 for |alpha| >= 1)
+    and ``poly`` the code4 polynomial inside (|alpha| < 1), so a product over
+    entries needs one ``exp`` per slot, not per entry.  ``g = f'/f`` and
+    ``h = (log f)''``.  pyhf's code1 / code4 with alpha0 = 1, in closed form
+    so that the Hessian needs no automatic differentiation.
+    """
+    log_hi, log_lo = tab["ns_log_hi"], tab["ns_log_lo"]
+    pos = alpha >= 0
+    slope = jnp.where(pos, log_hi, -log_lo)
+    zero = jnp.zeros_like(log_hi)
     if code == "code1":
-        pos = alpha >= 0
-        return jnp.where(pos, up, down), jnp.where(pos, log_hi, -log_lo), zero
-    b = jnp.stack([hi - 1, lo - 1, log_hi * hi, -log_lo * lo, log_hi**2 * hi, log_lo**2 * lo], axis=-1)
-    c = b @ jnp.asarray(_CODE4_AINV).T  # [..., 6] coefficients a1..a6
+        return alpha * slope, jnp.ones_like(log_hi), slope, zero
+    c = tab["ns_coef"]
     a = jnp.clip(alpha, -1.0, 1.0)  # keeps the unused branch finite
     a2, a3, a4, a5 = a * a, a**3, a**4, a**5
-    poly = 1.0 + c[..., 0] * a + c[..., 1] * a2 + c[..., 2] * a3 + c[..., 3] * a4 + c[..., 4] * a5 + c[..., 5] * a**6
-    d1 = c[..., 0] + 2 * c[..., 1] * a + 3 * c[..., 2] * a2 + 4 * c[..., 3] * a3 + 5 * c[..., 4] * a4 + 6 * c[..., 5] * a5
-    d2 = 2 * c[..., 1] + 6 * c[..., 2] * a + 12 * c[..., 3] * a2 + 20 * c[..., 4] * a3 + 30 * c[..., 5] * a4
+    poly = 1.0 + c[0] * a + c[1] * a2 + c[2] * a3 + c[3] * a4 + c[4] * a5 + c[5] * a**6
+    d1 = c[0] + 2 * c[1] * a + 3 * c[2] * a2 + 4 * c[3] * a3 + 5 * c[4] * a4 + 6 * c[5] * a5
+    d2 = 2 * c[1] + 6 * c[2] * a + 12 * c[3] * a2 + 20 * c[4] * a3 + 30 * c[5] * a4
     # extreme hi/lo (e.g. 105 / 0.01 in the staus likelihood) can make the polynomial
     # cross zero as in pyhf; only an exact zero needs guarding
     safe = jnp.where(poly != 0, poly, jnp.finfo(poly.dtype).tiny)
     g_in, h_in = d1 / safe, d2 / safe - (d1 / safe) ** 2
-    up_region, inside = alpha >= 1, alpha > -1
-    f = jnp.where(up_region, up, jnp.where(inside, poly, down))
-    g = jnp.where(up_region, log_hi, jnp.where(inside, g_in, -log_lo))
-    h = jnp.where(up_region | ~inside, zero, h_in)
-    return f, g, h
+    inside = (alpha < 1) & (alpha > -1)
+    log_lin = jnp.where(inside, 0.0, alpha * slope)
+    return log_lin, jnp.where(inside, poly, 1.0), jnp.where(inside, g_in, slope), jnp.where(inside, h_in, zero)
+
+
+def prepare_batch(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
+    """:func:`prepare` for a batch of hypotheses (leading axis H; shared tables stay shared)."""
+    if "ns_log_hi" in t:
+        return dict(t)
+    out_axes = in_axes(_prepared_keys(t, codes))
+    return jax.vmap(prepare, in_axes=(in_axes(t), None), out_axes=out_axes)(t, codes)
+
+
+def _prepared_keys(t: Arrays, codes: tuple[str, str]) -> dict[str, None]:
+    keys = [k for k in t if k not in ("ns_hi", "ns_lo")] + ["ns_log_hi", "ns_log_lo"]
+    return dict.fromkeys(keys + (["ns_coef"] if codes[0] == "code4" else []))
+
+
+def _normsys(alpha: jax.Array, hi: jax.Array, lo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Normsys factor ``f`` with ``g = f'/f`` and ``h = (log f)''`` per entry (reference form)."""
+    log_lin, poly, g, h = _normsys_terms(alpha, normsys_tables(hi, lo, code), code)
+    return poly * jnp.exp(log_lin), g, h
+
+
+def prepare(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
+    """The model tensors with the normsys tables precomputed (see :func:`normsys_tables`).
+
+    Call once per model (outside the fit loop); every likelihood function
+    accepts raw or prepared tensors.  One hypothesis (``jax.vmap`` it for a batch).
+    """
+    if "ns_log_hi" in t:
+        return dict(t)
+    out = {k: v for k, v in t.items() if k not in ("ns_hi", "ns_lo")}
+    out.update(normsys_tables(t["ns_hi"], t["ns_lo"], codes[0]))
+    return out
 
 
 def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -110,22 +162,24 @@ def _sample_terms(theta: jax.Array, t: Arrays, codes: tuple[str, str]):
     ``A`` = nominal + histosys deltas, ``N`` = product of normsys factors of
     the slot, ``M`` = product of multiplicative parameters (normfactor, lumi,
     shapesys, staterror, shapefactor), with what their derivatives need.
+    The interpolation tables are dense over the alphas ``theta[:nA]``.
     """
-    slot = t["sb_slot"]
-    f, g, h = _normsys(theta[t["ns_par"]], t["ns_hi"], t["ns_lo"], codes[0])  # [S, Kn]
-    n_slot = jnp.prod(f, axis=-1)  # [S]
-    alpha_h = theta[t["hs_par"]][slot]  # [SB, Kh]
-    delta, d1, d2 = _histosys(alpha_h, t["hs_hi"], t["hs_lo"], codes[1])
+    tab = prepare(t, codes)
+    alpha = theta[: n_alpha(t)]
+    log_lin, poly, g, h = _normsys_terms(alpha[None, :], tab, codes[0])  # [S, nA]
+    n_slot = jnp.prod(poly, axis=-1) * jnp.exp(jnp.sum(log_lin, axis=-1))  # [S]
+    f = None
+    delta, d1, d2 = _histosys(alpha[None, :], t["hs_hi"], t["hs_lo"], codes[1])  # [SB, nA]
     a = t["nominal"] + jnp.sum(delta, axis=-1)  # [SB]
     x = jnp.where(t["mult_on"], jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])[t["mult"]], 1.0)  # [SB, Km]
     m = jnp.prod(x, axis=-1)
-    return slot, (f, g, h, n_slot), (alpha_h, d1, d2, a), (x, m)
+    return (f, g, h, n_slot), (d1, d2, a), (x, m)
 
 
 def expected_main(theta: jax.Array, t: Arrays, codes: tuple[str, str]) -> jax.Array:
     """Expected event counts per bin, ``[B]``."""
-    slot, (_, _, _, n_slot), (_, _, _, a), (_, m) = _sample_terms(theta, t, codes)
-    rates = a * n_slot[slot] * m
+    (_, _, _, n_slot), (_, _, a), (_, m) = _sample_terms(theta, t, codes)
+    rates = a * n_slot[t["sb_slot"]] * m
     return jax.ops.segment_sum(rates, t["sb_bin"], num_segments=t["observed"].shape[-1])
 
 
@@ -200,64 +254,73 @@ def _leave_out_products(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def value_grad_hess(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str]):
-    """``nll_variable`` with its exact gradient and Hessian in closed form.
+    """``nll_variable`` with its exact gradient and Hessian (see :func:`value_grad_hess_fisher`)."""
+    value, grad, hess, _ = value_grad_hess_fisher(theta, t, data, codes)
+    return value, grad, hess
 
-    The rate of each (slot, bin) is ``R = A N M``; the chain rule over the
-    three factors gives dense ``[SB, P]`` first-derivative matrices, and the
-    Hessian is a handful of ``[P, SB] @ [SB, P]`` products plus diagonal and
-    small scatter terms.  This is ~10x cheaper to compile and run than
-    ``jax.hessian`` of the same function (whose reverse pass is a chain of
-    scatter-adds).
+
+def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str]):
+    """``nll_variable`` with its exact gradient, Hessian and the Fisher matrix, in closed form.
+
+    The Fisher matrix (the Hessian's expectation over the main data,
+    ``J^T diag(1/lam) J`` plus the constraints) is positive semi-definite
+    everywhere; the optimiser steps with it where the Hessian is not positive
+    definite (far from the minimum, interpolation polynomials and bins with
+    more events than expected make the NLL locally non-convex).
+
+    The rate of each (slot, bin) is ``R = A N M``.  With the parameters
+    ordered ``[alphas | multiplicative]``, ``A'`` (histosys) and ``(log N)'``
+    (normsys) are dense ``[SB, nA]`` / ``[S, nA]`` tables straight from the
+    interpolation codes, and ``M'`` is a thin ``[SB, Pm]`` matrix.  The
+    Hessian of ``sum_b D(lam_b)`` is ``J^T D'' J`` plus ``sum_sb w_sb R''``,
+    whose cross terms are summed per slot before the matrix products (``N``
+    is constant over a slot's bins): a few ``[nA, S] @ [S, nA]`` products and
+    no scatters, ~10x cheaper than ``jax.hessian`` of the same function.
     """
     n_par = theta.shape[0]
+    n_a = n_alpha(t)
+    n_m = n_par - n_a
     n_bins = t["observed"].shape[-1]
-    slot, (f, g, h, n_slot), (_, d1, d2, a), (x, m) = _sample_terms(theta, t, codes)
+    slot, sbbin = t["sb_slot"], t["sb_bin"]
+    (_, g_n, h_n, n_slot), (d_a, dd_a, a), (x, m) = _sample_terms(theta, t, codes)
+    n_slots = n_slot.shape[0]
     n = n_slot[slot]  # [SB]
     r = a * n * m
-    lam = jax.ops.segment_sum(r, t["sb_bin"], num_segments=n_bins)
+    lam = jax.ops.segment_sum(r, sbbin, num_segments=n_bins)
 
-    # first derivatives of A, N, M per (slot, bin) as dense [SB, P]
-    sb = jnp.arange(slot.shape[0])
-    n_slots = n_slot.shape[0]
-    hs_par = t["hs_par"][slot]  # [SB, Kh]
-    d_a = jnp.zeros((sb.shape[0], n_par + 1)).at[sb[:, None], hs_par].add(d1)[:, :n_par]
-    g_n = jnp.zeros((n_slots, n_par + 1)).at[jnp.arange(n_slots)[:, None], t["ns_par"]].add(g)[:, :n_par][slot]
+    # M' on the multiplicative columns: leave-one-out products placed by a one-hot table
     loo, loo2 = _leave_out_products(x)
     on = t["mult_on"]
     loo = jnp.where(on, loo, 0.0)
     loo2 = jnp.where(on[:, :, None] & on[:, None, :], loo2, 0.0)
-    mult = t["mult"]
-    d_m = jnp.zeros((sb.shape[0], n_par + 1)).at[sb[:, None], mult].add(loo)[:, :n_par]
-    d_r = (n * m)[:, None] * d_a + r[:, None] * g_n + (a * n)[:, None] * d_m  # dR/dtheta
+    onehot = (t["mult"][:, :, None] == (n_a + jnp.arange(n_m))[None, None, :]).astype(theta.dtype)  # [SB, Km, Pm]
+    d_m = jnp.einsum("sk,skj->sj", loo, onehot)  # [SB, Pm]
 
     # main Poisson term D(lam; n) = lam - n - n log(lam / n)
     obs = data["main"]
     dev = jnp.sum(_poisson_dev(lam, obs))
     d_dev = 1.0 - jnp.where(obs > 0, obs / lam, 0.0)  # [B]
     dd_dev = jnp.where(obs > 0, obs / (lam * lam), 0.0)
-    jac = jax.ops.segment_sum(d_r, t["sb_bin"], num_segments=n_bins)  # [B, P]
-    w = d_dev[t["sb_bin"]]  # [SB]
+    g_n_sb = g_n[slot]  # [SB, nA]
+    d_r = jnp.concatenate([(n * m)[:, None] * d_a + r[:, None] * g_n_sb, (a * n)[:, None] * d_m], axis=1)  # dR/dtheta
+    jac = jax.ops.segment_sum(d_r, sbbin, num_segments=n_bins)  # [B, P]
     grad = jac.T @ d_dev
     hess = jac.T @ (dd_dev[:, None] * jac)
+    fisher = jac.T @ (jnp.where(lam > 0, 1.0 / jnp.where(lam > 0, lam, 1.0), 0.0)[:, None] * jac)
 
-    # second derivatives of sum_sb w R: cross terms of the three factors ...
-    wr = w * r
-    t1 = d_a.T @ ((w * m * n)[:, None] * g_n)  # A' x N'
-    t2 = d_a.T @ ((w * n)[:, None] * d_m)  # A' x M'
-    t3 = g_n.T @ ((w * a * n)[:, None] * d_m)  # N' x M'
-    cross = t1 + t2 + t3
-    hess = hess + cross + cross.T + g_n.T @ (wr[:, None] * g_n)  # ... N's own g g^T
-    # ... and the factors' own second derivatives: A'' and (log N)'' are diagonal
-    diag = jnp.zeros(n_par + 1).at[hs_par].add((w * n * m)[:, None] * d2)
-    wr_slot = jax.ops.segment_sum(wr, slot, num_segments=n_slots)
-    diag = diag.at[t["ns_par"]].add(wr_slot[:, None] * h)
-    hess = hess + jnp.diag(diag[:n_par])
-    # M'' pairs (k != l) of multiplicative factors
-    km = mult.shape[-1]
-    rows = jnp.broadcast_to(mult[:, :, None], mult.shape + (km,))
-    cols = jnp.broadcast_to(mult[:, None, :], mult.shape + (km,))
-    own_m = jnp.zeros((n_par + 1, n_par + 1)).at[rows, cols].add((w * a * n)[:, None, None] * loo2)
-    hess = hess + own_m[:n_par, :n_par]
+    # sum_sb w R'': cross terms of the three factors, summed per slot where N is constant
+    w = d_dev[sbbin]  # [SB]
+    wmn, wan, wr = w * m * n, w * a * n, w * r
+    u = jax.ops.segment_sum(wmn[:, None] * d_a, slot, num_segments=n_slots)  # [S, nA]
+    v = jax.ops.segment_sum(wan[:, None] * d_m, slot, num_segments=n_slots)  # [S, Pm]
+    wr_s = jax.ops.segment_sum(wr, slot, num_segments=n_slots)  # [S]
+    t1 = u.T @ g_n  # A' x N'
+    aa = t1 + t1.T + g_n.T @ (wr_s[:, None] * g_n)  # ... and N's own g g^T
+    aa = aa + jnp.diag(wmn @ dd_a + wr_s @ h_n)  # A'' and (log N)'' are diagonal
+    am = d_a.T @ ((w * n)[:, None] * d_m) + g_n.T @ v  # A' x M' and N' x M'
+    pair = jnp.einsum("skl,slj->skj", loo2, onehot)  # M'' pairs (k != l)
+    mm = jnp.einsum("ski,skj->ij", wan[:, None, None] * onehot, pair)
+    hess = hess + jnp.block([[aa, am], [am.T, mm]])
 
     # constraints (separable: diagonal Hessian)
     sig2 = t["normal_sigma"] ** 2
@@ -274,4 +337,4 @@ def value_grad_hess(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str,
     g_c = g_c + jnp.where(pm, tau - aux / gamma, 0.0)
     h_c = h_c + jnp.where(pm, aux / (gamma * gamma), 0.0)
     value = dev + val_n + val_p
-    return value, grad + g_c, hess + jnp.diag(h_c)
+    return value, grad + g_c, hess + jnp.diag(h_c), fisher + jnp.diag(h_c)

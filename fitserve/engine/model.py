@@ -43,7 +43,6 @@ _CONSTRAINT = {
     "normfactor": None,
     "shapefactor": None,
 }
-_MULTIPLICATIVE = ("normfactor", "shapefactor", "lumi", "staterror", "shapesys")
 
 
 @dataclass
@@ -378,8 +377,40 @@ class BatchedModel:
         )
 
 
-def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
-    """Pad a group of parsed hypotheses to their union structure and stack."""
+#: Shape buckets: every padded dimension is rounded up to the next of these, so that
+#: different workspaces of similar size compile to the same shapes and JAX's
+#: persistent cache serves them (index tables are inputs, not constants).  Steps
+#: of at most 25-33% keep the padding cost small.
+def bucket(n: int, floor: int = 1) -> int:
+    """The smallest bucket ``>= max(n, floor)``: 1, 2, 3, 4, 6, 8, then 2^k x {1, 1.25, 1.5, 1.75}."""
+    n = max(int(n), floor, 1)
+    for small in (1, 2, 3, 4, 6, 8):
+        if n <= small:
+            return small
+    k = 8
+    while True:
+        for step in (k, k * 5 // 4, k * 3 // 2, k * 7 // 4):
+            if n <= step:
+                return step
+        k *= 2
+
+
+def _is_alpha(kind: str) -> bool:
+    """normsys and histosys parameters (one per name, shared by both types) come first."""
+    return kind in ("normsys", "histosys")
+
+
+def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) -> BatchedModel:
+    """Pad a group of parsed hypotheses to their union structure and stack.
+
+    Parameters are ordered ``[alphas | multiplicative]``: the first ``nA``
+    (normsys/histosys) act through interpolation tables that are dense over
+    alphas (``ns_hi [S, nA]``, ``hs_hi [SB, nA]``), so the likelihood's
+    derivatives are plain matrix products with no scatters; the rest
+    (normfactor, lumi, staterror, shapesys, shapefactor) act through a short
+    per-(slot, bin) index table ``mult [SB, Km]``.  With ``pad`` every
+    dimension is rounded up to a :func:`bucket` (padding is exactly neutral).
+    """
     first = parsed[0]
     channels = first.channels
     offsets: dict[str, int] = {}
@@ -387,42 +418,35 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
     for ch, nb in channels:
         offsets[ch] = b
         b += nb
-    n_bins = b
+    n_bins_real = b
+    rnd = bucket if pad else (lambda n, floor=1: max(int(n), floor, 1))
 
-    # union of parameter keys: background names first, then role keys
+    # union of parameter keys: alphas, then multiplicative; background names before role keys
     union: dict[str, ParamSet] = {}
     for p in parsed:
         for k, ps in p.params.items():
             union.setdefault(k, ps)
-    keys = sorted(union, key=lambda k: (k.startswith("~"), k))
+    order = lambda k: (not _is_alpha(union[k].kind), k.startswith("~"), k)  # noqa: E731
+    keys = sorted(union, key=order)
     start: dict[str, int] = {}
     labels: list[str] = []
+    n_alpha_real = sum(1 for k in keys if _is_alpha(union[k].kind))
+    n_alpha = rnd(n_alpha_real)
     for k in keys:
+        if not _is_alpha(union[k].kind) and len(labels) < n_alpha:
+            labels.extend(f"~pad{j}" for j in range(len(labels), n_alpha))
         start[k] = len(labels)
         labels.extend([k] if union[k].n == 1 else [f"{k}[{i}]" for i in range(union[k].n)])
+    if len(labels) < n_alpha:
+        labels.extend(f"~pad{j}" for j in range(len(labels), n_alpha))
+    n_mult = rnd(len(labels) - n_alpha)
+    labels.extend(f"~pad{j}" for j in range(len(labels), n_alpha + n_mult))
     n_par = len(labels)
     poi_index = start[first.poi_key]
 
     slots = sorted({s for p in parsed for s in p.samples}, key=lambda s: ([c for c, _ in channels].index(s[0]), s[1].startswith("+"), s[1]))
     slot_index = {s: i for i, s in enumerate(slots)}
-    ns_keys = sorted({e for p in parsed for e in p.normsys}, key=lambda e: (slot_index[e[1]], e[0]))
-    hs_keys = sorted({e for p in parsed for e in p.histosys}, key=lambda e: (slot_index[e[1]], e[0]))
-
-    # per slot, its normsys / histosys entries (k-th column of a padded table)
-    def columns(entries: list[tuple[str, tuple[str, str]]]) -> tuple[dict[tuple[str, tuple[str, str]], int], np.ndarray]:
-        per_slot: list[list[str]] = [[] for _ in slots]
-        col: dict[tuple[str, tuple[str, str]], int] = {}
-        for key, slot in entries:
-            col[(key, slot)] = len(per_slot[slot_index[slot]])
-            per_slot[slot_index[slot]].append(key)
-        width = max([len(x) for x in per_slot] + [1])
-        par = np.zeros((len(slots), width), dtype=np.int32)  # padding: any index, neutral data
-        for si, ks in enumerate(per_slot):
-            par[si, : len(ks)] = [start[k] for k in ks]
-        return col, par
-
-    ns_col, ns_par = columns(ns_keys)
-    hs_col, hs_par = columns(hs_keys)
+    n_slots = rnd(len(slots))
 
     # compact (slot, bin) pairs: only the bins of each slot's own channel
     nb_of = dict(channels)
@@ -434,18 +458,18 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
         for i in range(nb_of[ch]):
             sb_slot.append(si)
             sb_bin.append(offsets[ch] + i)
-    SB = len(sb_slot)
+    n_sb = rnd(len(sb_slot))
+    n_bins = rnd(n_bins_real)
+    pad_sb = n_sb - len(sb_slot)
+    sb_slot += [0] * pad_sb  # zero yield and no modifiers: contributes nothing to bin 0
+    sb_bin += [0] * pad_sb
 
     H = len(parsed)
-    S = len(slots)
-    nominal = np.zeros((H, SB))
-    ns_hi = np.ones((H, S, ns_par.shape[1]))
-    ns_lo = np.ones((H, S, ns_par.shape[1]))
-    hs_hi = np.zeros((H, SB, hs_par.shape[1]))
-    hs_lo = np.zeros((H, SB, hs_par.shape[1]))
-
-    # multiplicative factors: per (slot, bin) a list of scalar parameter indices
-    mult_lists: list[list[list[int]]] = [[[] for _ in range(SB)] for _ in range(H)]
+    nominal = np.zeros((H, n_sb))
+    ns_hi = np.ones((H, n_slots, n_alpha))
+    ns_lo = np.ones((H, n_slots, n_alpha))
+    hs_hi = np.zeros((H, n_sb, n_alpha))
+    hs_lo = np.zeros((H, n_sb, n_alpha))
     init = np.zeros((H, n_par))
     lo = np.zeros((H, n_par))
     hi = np.ones((H, n_par))
@@ -457,61 +481,63 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
     pois_tau = np.ones((H, n_par))
     pois_aux = np.ones((H, n_par))
     observed = np.zeros((H, n_bins))
+    # padded parameters: fixed at a neutral value inside their bounds (alphas 0, factors 1)
+    init[:, n_alpha:] = 1.0
+    lo[:, :n_alpha], hi[:, :n_alpha] = -1.0, 1.0
+    lo[:, n_alpha:], hi[:, n_alpha:] = 0.0, 2.0
+    mult_lists: list[list[list[int]]] = [[[] for _ in range(n_sb)] for _ in range(H)]
     param_labels: list[list[str | None]] = []
 
     for h, p in enumerate(parsed):
-        observed[h] = p.observed
+        observed[h, :n_bins_real] = p.observed
         plabel: list[str | None] = [None] * n_par
         for k, ps in p.params.items():
             j0 = start[k]
-            for i in range(ps.n):
-                j = j0 + i
-                plabel[j] = ps.name if ps.n == 1 else f"{ps.name}[{i}]"
-                init[h, j] = ps.inits[i]
-                lo[h, j], hi[h, j] = ps.bounds[i]
-                fixed[h, j] = ps.fixed[i]
-                if ps.constraint == "normal":
-                    normal_mask[h, j] = True
-                    normal_aux[h, j] = ps.aux[i]
-                    normal_sigma[h, j] = ps.sigmas[i]
-                elif ps.constraint == "poisson":
-                    pois_mask[h, j] = True
-                    pois_tau[h, j] = ps.factors[i]
-                    pois_aux[h, j] = ps.aux[i]
-        # padded parameters: fixed at a neutral value inside their bounds
-        for j in range(n_par):
-            if plabel[j] is None:
-                k = labels[j].split("[")[0]
-                neutral = 0.0 if union[k].kind in ("normsys", "histosys") else 1.0
-                init[h, j], lo[h, j], hi[h, j] = neutral, neutral - 1.0, neutral + 1.0
+            sl = slice(j0, j0 + ps.n)
+            plabel[sl] = [ps.name] if ps.n == 1 else [f"{ps.name}[{i}]" for i in range(ps.n)]
+            init[h, sl] = ps.inits
+            lo[h, sl] = [b[0] for b in ps.bounds]
+            hi[h, sl] = [b[1] for b in ps.bounds]
+            fixed[h, sl] = ps.fixed
+            if ps.constraint == "normal":
+                normal_mask[h, sl] = True
+                normal_aux[h, sl] = ps.aux
+                normal_sigma[h, sl] = ps.sigmas
+            elif ps.constraint == "poisson":
+                pois_mask[h, sl] = True
+                pois_tau[h, sl] = ps.factors
+                pois_aux[h, sl] = ps.aux
         param_labels.append(plabel)
         for slot, nom in p.samples.items():
             o = sb_start[slot_index[slot]]
             nominal[h, o : o + len(nom)] = nom
-        for e, (vhi, vlo) in p.normsys.items():
-            si = slot_index[e[1]]
-            ns_hi[h, si, ns_col[e]], ns_lo[h, si, ns_col[e]] = vhi, vlo
-        for e, (dhi, dlo) in p.histosys.items():
-            o = sb_start[slot_index[e[1]]]
-            hs_hi[h, o : o + len(dhi), hs_col[e]] = dhi
-            hs_lo[h, o : o + len(dlo), hs_col[e]] = dlo
+        for (k, slot), (vhi, vlo) in p.normsys.items():
+            si, j = slot_index[slot], start[k]
+            ns_hi[h, si, j], ns_lo[h, si, j] = vhi, vlo
+        for (k, slot), (dhi, dlo) in p.histosys.items():
+            o, j = sb_start[slot_index[slot]], start[k]
+            hs_hi[h, o : o + len(dhi), j] = dhi
+            hs_lo[h, o : o + len(dlo), j] = dlo
         for k, slot in p.multiplicative:
             o = sb_start[slot_index[slot]]
-            ps = p.params[k]
+            per_bin = p.params[k].n > 1
             for i in range(nb_of[slot[0]]):
-                mult_lists[h][o + i].append(start[k] + (i if ps.n > 1 else 0))
+                mult_lists[h][o + i].append(start[k] + (i if per_bin else 0))
 
     # one shared index table (union over hypotheses) plus a per-hypothesis on/off mask:
-    # index arrays shared by the whole batch keep XLA's gathers and scatters cheap under vmap
-    union_lists = [list(dict.fromkeys(j for hh in mult_lists for j in hh[i])) for i in range(SB)]
-    width = max([len(x) for x in union_lists] + [1])
-    mult = np.full((SB, width), n_par, dtype=np.int32)  # n_par -> constant 1
-    mult_on = np.zeros((H, SB, width), dtype=bool)
+    # index arrays shared by the whole batch keep XLA's gathers cheap under vmap
+    union_lists = [list(dict.fromkeys(j for hh in mult_lists for j in hh[i])) for i in range(n_sb)]
+    width = rnd(max([len(x) for x in union_lists] + [1]))
+    mult = np.full((n_sb, width), n_par, dtype=np.int32)  # n_par -> constant 1
+    mult_on = np.zeros((H, n_sb, width), dtype=bool)
     for i, idx in enumerate(union_lists):
+        if not idx:
+            continue
         mult[i, : len(idx)] = idx
+        col = {j: c for c, j in enumerate(idx)}
         for h in range(H):
-            mine = set(mult_lists[h][i])
-            mult_on[h, i, : len(idx)] = [j in mine for j in idx]
+            for j in mult_lists[h][i]:
+                mult_on[h, i, col[j]] = True
 
     arrays = {
         "nominal": nominal,
@@ -533,8 +559,6 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis]) -> BatchedModel:
         "observed": observed,
     }
     structure = {
-        "ns_par": ns_par,
-        "hs_par": hs_par,
         "sb_slot": np.asarray(sb_slot, np.int32),
         "sb_bin": np.asarray(sb_bin, np.int32),
         "mult": mult,

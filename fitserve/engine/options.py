@@ -11,20 +11,31 @@ ATLAS_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
     "normsys": {"interpcode": "code4"},
     "histosys": {"interpcode": "code4p"},
 }
-#: pyhf's own default.
-PYHF_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
+#: The legacy HistFactory codes (pyhf's default before 0.7; since 0.7 pyhf defaults to code4/code4p too).
+LEGACY_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
     "normsys": {"interpcode": "code1"},
     "histosys": {"interpcode": "code0"},
 }
-NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "pyhf": PYHF_MODIFIER_SETTINGS}
+#: ``"pyhf"`` is kept as an alias of ``"legacy"`` for options written before the rename.
+NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "legacy": LEGACY_MODIFIER_SETTINGS, "pyhf": LEGACY_MODIFIER_SETTINGS}
+PYHF_MODIFIER_SETTINGS = LEGACY_MODIFIER_SETTINGS  # old name
 
 
 class ScanOptions(BaseModel):
     """How each hypothesis is tested.
 
     ``modifier_settings`` is ``"atlas"`` (normsys code4, histosys code4p; the
-    default), ``"pyhf"`` (code1 / code0, pyhf's default) or an explicit pyhf
-    ``modifier_settings`` mapping.
+    default, and pyhf's default since 0.7), ``"legacy"`` (code1 / code0, pyhf's
+    default before 0.7; ``"pyhf"`` is an old alias) or an explicit pyhf
+    ``modifier_settings`` mapping such as ``{"normsys": {"interpcode": "code4"}}``.
+
+    ``restarts``: extra free and fixed-POI fits per hypothesis from spread
+    starting points (the lowest minimum is kept; disagreeing fits flag the
+    hypothesis ``multimodal``).  ``limit_rtol``: relative tolerance of the
+    upper-limit root finding.  ``limit_max``: how far the limit search goes
+    (default: 10x the POI's upper bound).  ``widen_poi_bounds``: accept a
+    ``poi_test`` outside the POI's bounds by widening them (pyhf refuses it,
+    and so do we unless asked).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -36,12 +47,16 @@ class ScanOptions(BaseModel):
     confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
     modifier_settings: str | dict[str, dict[str, str]] = "atlas"
     measurement: str | None = None
+    restarts: int = Field(0, ge=0, le=16)
+    limit_rtol: float = Field(1e-3, gt=0.0, le=0.1)
+    limit_max: float | None = Field(None, gt=0.0, allow_inf_nan=False)
+    widen_poi_bounds: bool = False
 
     @field_validator("modifier_settings")
     @classmethod
     def _known_settings(cls, value: Any) -> Any:
         if isinstance(value, str) and value not in NAMED_MODIFIER_SETTINGS:
-            raise ValueError(f"unknown modifier_settings {value!r}: use 'atlas', 'pyhf' or a mapping")
+            raise ValueError(f"unknown modifier_settings {value!r}: use 'atlas', 'legacy' or a mapping")
         if isinstance(value, dict):
             resolve_interpcodes(value)
         return value

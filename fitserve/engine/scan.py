@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import jax
+import numpy as np
 
 from fitserve import __version__
 from fitserve.engine import infer
@@ -30,8 +31,11 @@ from fitserve.engine.inputs import expand_hypotheses, validate_workspace
 from fitserve.engine.model import BatchedModel, compile_hypotheses
 from fitserve.engine.options import ScanOptions
 
-#: Hypotheses fitted together in one vectorised batch (at most).
-MAX_BATCH = 64
+#: Hypotheses whose tensors sit together on the device (at most).  Fits run on
+#: a pool of lanes (:mod:`fitserve.engine.fit`) whose cost per hypothesis does
+#: not grow with the batch, so a batch only needs to hold enough hypotheses to
+#: keep the lanes busy; its width is a power of two so that few shapes compile.
+MAX_BATCH = 128
 
 
 def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path:
@@ -61,13 +65,17 @@ def _as_options(options: ScanOptions | dict[str, Any] | None) -> ScanOptions:
 
 
 def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
-    """One fixed batch size for ``n`` hypotheses: few batches, little padding.
+    """One fixed batch width for ``n`` hypotheses: a power of two, few batches.
 
-    All batches of a scan share it, so the fit compiles once per structure.
+    All batches of a scan share it, so the fit compiles once per structure;
+    padding hypotheses are never fitted (they only fill the device arrays).
     """
     n_batches = max(1, math.ceil(n / max_batch))
     per = math.ceil(n / n_batches)
-    return min(max_batch, 8 * math.ceil(per / 8)) if per > 4 else per
+    width = 1
+    while width < per:
+        width *= 2
+    return min(width, max(max_batch, 1))
 
 
 def _finite(x: Any) -> float | None:
@@ -75,7 +83,18 @@ def _finite(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.UpperLimits | None, opts: ScanOptions) -> dict[str, dict[str, Any]]:
+def _limit_record(ul: infer.UpperLimits, i: int) -> dict[str, Any]:
+    """Six limits kept separately; an edge beyond the search is ``None`` with its bound in ``above``."""
+    vals = [_finite(v) if ok else None for v, ok in zip(ul.limits[i], ul.converged[i])]
+    above = [_finite(a) if ok else None for a, ok in zip(ul.above[i], ul.converged[i])]
+    rec: dict[str, Any] = {"obs": vals[0], "exp": vals[1:]}
+    if any(a is not None for a in above):
+        rec["above"] = above
+    return rec
+
+
+def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.UpperLimits | None, opts: ScanOptions,
+             codes: tuple[str, str]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for i in range(n):
         ok = bool(ht.converged[i])
@@ -91,31 +110,105 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
             "converged": ok,
             "edm": _finite(ht.edm_max[i]),
             "upper_limit": None,
-            "error": None if ok else f"fit did not converge (max EDM {float(ht.edm_max[i]):.3g})",
+            "error": None if ok else diagnose(model, ht, i, codes),
         }
+        if ht.multimodal[i]:
+            rec["multimodal"] = True
+            rec["warning"] = ("fits of this hypothesis ended in different minima; the lowest was kept"
+                              + ("" if opts.restarts else " (try restarts for a wider search)"))
         if ul is not None and ok:
-            if ul.converged[i]:
-                rec["upper_limit"] = {"obs": _finite(ul.obs[i]), "exp": [_finite(v) for v in ul.exp[i]]}
-            else:
-                rec["error"] = "upper-limit search did not converge or found no crossing inside the POI bounds"
+            rec["upper_limit"] = _limit_record(ul, i)
+            missing = [k for k, c in enumerate(ul.converged[i]) if not c]
+            if missing:
+                names = ["observed"] + [f"expected {s}" for s in ("+2 sigma", "+1 sigma", "median", "-1 sigma", "-2 sigma")]
+                rec["warning"] = "upper-limit search did not converge for: " + ", ".join(names[k] for k in missing)
         if opts.cls_only:
             rec = {k: rec[k] for k in ("values", "CLs_obs", "converged", "error")}
         out[model.names[i]] = rec
     return out
 
 
-def _fit_batch(model: BatchedModel, opts: ScanOptions, cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
-    """Fit one padded batch; returns records of the real hypotheses and fit seconds."""
+def diagnose(model: BatchedModel, ht: infer.HypoTestResult, i: int, codes: tuple[str, str]) -> str:
+    """Why the fits of hypothesis ``i`` did not converge, in words."""
+    roles = (("free fit to data", ht.free_fit_to_data), ("fixed-POI fit to data", ht.fixed_poi_fit_to_data),
+             ("Asimov generating fit", ht.asimov_generator), ("fixed-POI fit to Asimov data", ht.fixed_poi_fit_to_asimov))
+    failed = [(name, r) for name, r in roles if not r.converged[i]]
+    if not failed:
+        return "fit did not converge"
+    name, r = failed[0]
+    edm = float(r.edm[i])
+    if not np.isfinite(edm):
+        pair = _degenerate(model, r.x[i], i, codes)
+        if pair:
+            return f"fit did not converge ({name}): the Hessian is singular there; parameters {pair} are not identifiable"
+        return f"fit did not converge ({name}): the Hessian is not positive definite at the last point"
+    return f"fit did not converge ({name}, EDM {edm:.3g})"
+
+
+def _degenerate(model: BatchedModel, x: np.ndarray, i: int, codes: tuple[str, str]) -> str | None:
+    """The parameters along the Hessian's flattest direction at ``x`` (one hypothesis, numpy)."""
+    import jax.numpy as jnp
+
+    from fitserve.engine import likelihood as lh
+
+    t = model.hypothesis(i)
+    try:
+        _, _, h = lh.value_grad_hess(jnp.asarray(x), t, lh.observed_data(t), codes)
+    except Exception:  # noqa: BLE001 -- a diagnosis must never fail the scan
+        return None
+    h = np.asarray(h)
+    free = ~np.asarray(t["fixed"])
+    idx = np.nonzero(free)[0]
+    if idx.size < 2 or not np.isfinite(h).all():
+        return None
+    sub = h[np.ix_(idx, idx)]
+    d = np.sqrt(np.maximum(np.abs(np.diag(sub)), 1e-300))
+    w, v = np.linalg.eigh(sub / np.outer(d, d))
+    vec = np.abs(v[:, 0])
+    top = idx[np.argsort(vec)[::-1][:2]]
+    labels = model.param_labels[i]
+    names = [labels[j] or model.param_names[j] for j in top]
+    return " and ".join(repr(n) for n in names)
+
+
+def _check_poi(model: BatchedModel, opts: ScanOptions) -> BatchedModel:
+    """pyhf's rules for the POI: the tested value inside its bounds, 0 inside them for qtilde/q0."""
+    from fitserve.engine.errors import InputError
+
+    lo = model.arrays["lo"][:, model.poi_index]
+    hi = model.arrays["hi"][:, model.poi_index]
+    name = next((lab for lab in model.param_labels[0] if lab is not None and lab == model.param_names[model.poi_index]),
+                model.param_names[model.poi_index])
+    mu = opts.poi_test if opts.test_stat != "q0" else 0.0
+    outside = (mu < lo) | (mu > hi)
+    if outside.any():
+        k = int(np.argmax(outside))
+        if not opts.widen_poi_bounds:
+            raise InputError(f"poi_test {mu:g} lies outside the bounds [{lo[k]:g}, {hi[k]:g}] of the POI {name!r} "
+                             f"(hypothesis {model.names[k]!r}); widen the bounds in the measurement, or set widen_poi_bounds",
+                             where="options.poi_test")
+        model.arrays["lo"][:, model.poi_index] = np.minimum(lo, mu)
+        model.arrays["hi"][:, model.poi_index] = np.maximum(hi, mu)
+    if opts.test_stat in ("qtilde", "q0") and ((lo > 0) | (hi < 0)).any():
+        k = int(np.argmax((lo > 0) | (hi < 0)))
+        raise InputError(f"the {opts.test_stat} test statistic needs 0 inside the POI bounds, but {name!r} has "
+                         f"[{lo[k]:g}, {hi[k]:g}] (hypothesis {model.names[k]!r})", where="options.test_stat")
+    return model
+
+
+def _fit_batch(model: BatchedModel, opts: ScanOptions, n_real: int,
+               cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+    """Fit the first ``n_real`` hypotheses of one padded batch; their records and the fit seconds."""
     codes = opts.interpcodes()
-    t = model.tensors()
     t0 = time.perf_counter()
-    ht = infer.hypotest(t, model.poi_index, opts.poi_test, opts.test_stat, codes, cancel=cancel)
+    engine = infer.Engine(model.tensors(), model.poi_index, codes, n_real=n_real, cancel=cancel)
+    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts)
     ul = (
-        infer.upper_limits(t, model.poi_index, ht, opts.test_stat, codes, cl=opts.confidence_level, cancel=cancel)
+        infer.upper_limits(engine, ht, cl=opts.confidence_level, rtol=opts.limit_rtol, search_max=opts.limit_max)
         if opts.limits
         else None
     )
-    return _records(model, model.n_hypotheses, ht, ul, opts), time.perf_counter() - t0
+    return _records(model, n_real, ht, ul, opts, codes), time.perf_counter() - t0
 
 
 def scan(
@@ -163,6 +256,7 @@ def scan(
     if progress:
         progress(0, total)
     for model in models:
+        _check_poi(model, opts)
         size = batch_size(model.n_hypotheses)
         if on_event is not None and (model.structure_key, size) not in _FITTED:
             on_event("compile", {"structure": model.structure_key, "n_params": model.n_params,
@@ -173,7 +267,7 @@ def scan(
             n_real = len(idx)
             batch = model.take(idx + [idx[0]] * (size - n_real))  # pad with copies: fixed shapes
             c0 = _COMPILE_SECONDS[0]
-            records, seconds = _fit_batch(batch, opts, cancel)
+            records, seconds = _fit_batch(batch, opts, n_real, cancel)
             compiled = _COMPILE_SECONDS[0] - c0
             compile_s += compiled
             fit_s += max(seconds - compiled, 0.0)
