@@ -25,7 +25,7 @@ stacked per hypothesis; only the index structure is shared.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,6 +76,8 @@ class ParsedHypothesis:
     normsys: dict[tuple[str, tuple[str, str]], tuple[float, float]]  # (param key, slot) -> (hi, lo)
     histosys: dict[tuple[str, tuple[str, str]], tuple[np.ndarray, np.ndarray]]  # -> (hi_data, lo_data)
     multiplicative: list[tuple[str, tuple[str, str]]]  # (param key, slot)
+    #: the parsed background this hypothesis extends (its dicts hold the background's entries by identity)
+    base: "_Parser | None" = None
 
     def layout_key(self) -> tuple[Any, ...]:
         return (tuple(self.channels), self.poi_key)
@@ -98,25 +100,121 @@ def background_names(bkg: dict[str, Any] | None) -> tuple[set[tuple[str, str]], 
     return samples, params
 
 
-def parse_hypothesis(
-    hyp: Hypothesis, bkg: tuple[set[tuple[str, str]], set[str]] | None, measurement: str | None = None
-) -> ParsedHypothesis:
-    """Read one full workspace spec into role-keyed parameters and entries.
+@dataclass
+class _Parser:
+    """Parsing state of one workspace spec: slots, parameter sets and modifier entries.
 
-    ``bkg`` holds the names of the background-only workspace the hypothesis
-    was patched from (``background_names``; None for a standalone workspace): names present there are kept, names a
-    patch introduced are replaced by role keys.
+    A patched hypothesis shares every sample the patch did not touch with the
+    background workspace (copy-on-write patching, :func:`inputs.apply_patch`),
+    so it is parsed as *the parsed background plus the samples the patch
+    added*: ~100x less work per patch than reading the whole spec again.
     """
-    spec = hyp.spec
-    where = f"patch {hyp.name!r}" if bkg is not None else "workspace"
-    meas = _measurement(spec, measurement, where)
-    config = meas.get("config", {})
-    poi = config.get("poi")
 
-    bkg_samples, bkg_params = bkg if bkg is not None else (set(), set())
+    where: str
+    overrides: dict[str, dict[str, Any]]
+    samples: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    params: dict[str, ParamSet] = field(default_factory=dict)
+    normsys: dict[tuple[str, tuple[str, str]], tuple[float, float]] = field(default_factory=dict)
+    histosys: dict[tuple[str, tuple[str, str]], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    multiplicative: list[tuple[str, tuple[str, str]]] = field(default_factory=list)
+    staterror_parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict)
+    base: "_Parser | None" = None  # the parsed background this one extends
 
-    channels = [(ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"]]
-    nbins = dict(channels)
+    def copy(self, where: str) -> "_Parser":
+        return _Parser(where, self.overrides, dict(self.samples), dict(self.params), dict(self.normsys), dict(self.histosys),
+                       list(self.multiplicative), {k: list(v) for k, v in self.staterror_parts.items()})
+
+    def add(self, spec: dict[str, Any], todo: list[tuple[int, int, str]], keep: set[str]) -> None:
+        """Parse the samples ``todo`` = [(channel index, sample index, slot key)] of ``spec``.
+
+        Modifier names in ``keep`` keep their name; others (what a patch
+        introduced) get a role key: modifier type, the slots it acts on and
+        its order of appearance, so that the signal's MC-stat parameters of
+        different mass points share one slot.
+        """
+        where = self.where
+        nbins = {ch["name"]: len(ch["samples"][0]["data"]) for ch in spec["channels"]}
+        slot_of: dict[tuple[int, int], tuple[str, str]] = {}
+        where_used: dict[str, set[tuple[str, str]]] = {}
+        for ci, si, key in todo:
+            ch, smp = spec["channels"][ci], spec["channels"][ci]["samples"][si]
+            if len(smp["data"]) != nbins[ch["name"]]:
+                raise InputError(
+                    f"sample {smp['name']!r} has {len(smp['data'])} bins, channel {ch['name']!r} has {nbins[ch['name']]}",
+                    where=f"{where} /channels/{ci}/samples/{si}/data",
+                )
+            slot = (ch["name"], key)
+            self.samples[slot] = np.asarray(smp["data"], dtype=np.float64)
+            slot_of[(ci, si)] = slot
+            for m in smp["modifiers"]:
+                where_used.setdefault(m["name"], set()).add(slot)
+        key_of: dict[str, str] = {}
+        counters: dict[str, int] = {}
+        for ci, si, _ in todo:
+            for m in spec["channels"][ci]["samples"][si]["modifiers"]:
+                name = m["name"]
+                if name in key_of:
+                    continue
+                if name in keep:
+                    key_of[name] = name
+                else:
+                    # normsys and histosys of one name share one parameter in pyhf
+                    family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
+                    role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
+                    k = counters.get(role, 0)
+                    counters[role] = k + 1
+                    key_of[name] = f"{role}#{k}"
+        touched_staterror: set[str] = set()
+        for ci, si, _ in todo:
+            nb = nbins[spec["channels"][ci]["name"]]
+            smp = spec["channels"][ci]["samples"][si]
+            slot = slot_of[(ci, si)]
+            nom = self.samples[slot]
+            for mi, m in enumerate(smp["modifiers"]):
+                mtype, name, data = m["type"], m["name"], m.get("data")
+                key = key_of[name]
+                mwhere = f"{where} /channels/{ci}/samples/{si}/modifiers/{mi}"
+                n = nb if mtype in ("shapesys", "staterror", "shapefactor") else 1
+                ps = self.params.get(key)
+                if ps is None:
+                    ps = _default_paramset(key, name, mtype, n, nom, data, self.overrides.get(name), mwhere)
+                    self.params[key] = ps
+                elif ps.n != n or ps.constraint != _CONSTRAINT[mtype]:
+                    raise InputError(
+                        f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions", where=mwhere
+                    )
+                if mtype == "normsys":
+                    self.normsys[(key, slot)] = (float(data["hi"]), float(data["lo"]))
+                elif mtype == "histosys":
+                    hi = np.asarray(data["hi_data"], dtype=np.float64) - nom
+                    lo = np.asarray(data["lo_data"], dtype=np.float64) - nom
+                    if hi.shape != nom.shape or lo.shape != nom.shape:
+                        raise InputError("histosys data does not match the sample's bins", where=mwhere)
+                    self.histosys[(key, slot)] = (hi, lo)
+                else:
+                    self.multiplicative.append((key, slot))
+                    if mtype == "staterror":
+                        unc = np.asarray(data, dtype=np.float64)
+                        if unc.shape != nom.shape:
+                            raise InputError("staterror data does not match the sample's bins", where=mwhere)
+                        self.staterror_parts.setdefault(key, []).append((nom, unc))
+                        touched_staterror.add(key)
+                    elif mtype == "shapesys" and len(data) != nb:
+                        raise InputError("shapesys data does not match the sample's bins", where=mwhere)
+        # staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)
+        for key in touched_staterror:
+            parts = self.staterror_parts[key]
+            total = np.sum([nom for nom, _ in parts], axis=0)
+            rel2 = np.sum([np.where(total > 0, (unc / np.where(total > 0, total, 1.0)) ** 2, 0.0) for _, unc in parts], axis=0)
+            sig = np.sqrt(rel2)
+            ps = replace(self.params[key])  # the background's ParamSet may be shared
+            ps.fixed = [bool(s == 0) for s in sig]
+            ps.sigmas = [float(s) if s > 0 else 1.0 for s in sig]
+            _apply_override(ps, self.overrides.get(ps.name), where)
+            self.params[key] = ps
+
+
+def _observed(spec: dict[str, Any], channels: list[tuple[str, int]], where: str) -> np.ndarray:
     observed_by_channel = {o["name"]: o["data"] for o in spec.get("observations", [])}
     observed = []
     for ch, nb in channels:
@@ -126,119 +224,123 @@ def parse_hypothesis(
         if len(obs) != nb:
             raise InputError(f"observations of channel {ch!r} have {len(obs)} bins, samples have {nb}", where=where)
         observed.extend(obs)
+    return np.asarray(observed, dtype=np.float64)
 
-    # 1. sample slots, renaming samples the patch added by order of appearance
-    samples: dict[tuple[str, str], np.ndarray] = {}
-    slot_of: dict[tuple[str, int], tuple[str, str]] = {}
-    where_used: dict[str, set[tuple[str, str]]] = {}
-    for ci, ch in enumerate(spec["channels"]):
-        n_new = 0
-        for si, s in enumerate(ch["samples"]):
-            if len(s["data"]) != nbins[ch["name"]]:
-                raise InputError(
-                    f"sample {s['name']!r} has {len(s['data'])} bins, channel {ch['name']!r} has {nbins[ch['name']]}",
-                    where=f"{where} /channels/{ci}/samples/{si}/data",
-                )
-            if bkg is None or (ch["name"], s["name"]) in bkg_samples:
-                key = s["name"]
-            else:
-                key = f"+new{n_new}"
-                n_new += 1
-            slot = (ch["name"], key)
-            samples[slot] = np.asarray(s["data"], dtype=np.float64)
-            slot_of[(ci, si)] = slot
-            for m in s["modifiers"]:
-                where_used.setdefault(m["name"], set()).add(slot)
 
-    # 2. role keys for parameters the patch introduced
-    key_of: dict[str, str] = {}
-    counters: dict[str, int] = {}
-    for ci, ch in enumerate(spec["channels"]):
-        for si, s in enumerate(ch["samples"]):
-            for m in s["modifiers"]:
-                name = m["name"]
-                if name in key_of:
-                    continue
-                if bkg is None or name in bkg_params or name == poi:
-                    key_of[name] = name
-                else:
-                    # normsys and histosys of one name share one parameter in pyhf
-                    family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
-                    role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
-                    k = counters.get(role, 0)
-                    counters[role] = k + 1
-                    key_of[name] = f"{role}#{k}"
+@dataclass
+class ParsedBackground:
+    """A background workspace parsed once, for the incremental parse of its patched hypotheses."""
+
+    spec: dict[str, Any]
+    names: tuple[set[tuple[str, str]], set[str]]
+    parser: _Parser | None  # None: the background cannot be parsed alone (each hypothesis is parsed in full)
+    sample_ids: dict[int, tuple[int, int]]  # id(sample dict) -> (channel, sample) index in the background
+    measurement: str | None
+
+
+def parse_background(bkg: dict[str, Any], measurement: str | None = None) -> ParsedBackground:
+    names = background_names(bkg)
+    ids = {id(smp): (ci, si) for ci, ch in enumerate(bkg["channels"]) for si, smp in enumerate(ch["samples"])}
+    try:
+        meas = _measurement(bkg, measurement, "workspace")
+        overrides = {p["name"]: p for p in meas.get("config", {}).get("parameters", [])}
+        parser = _Parser("workspace", overrides)
+        todo = [(ci, si, smp["name"]) for ci, ch in enumerate(bkg["channels"]) for si, smp in enumerate(ch["samples"])]
+        parser.add(bkg, todo, names[1])
+    except InputError:
+        parser = None
+    return ParsedBackground(bkg, names, parser, ids, measurement)
+
+
+def parse_hypothesis(
+    hyp: Hypothesis, bkg: tuple[set[tuple[str, str]], set[str]] | ParsedBackground | None, measurement: str | None = None
+) -> ParsedHypothesis:
+    """Read one full workspace spec into role-keyed parameters and entries.
+
+    ``bkg`` describes the background-only workspace the hypothesis was
+    patched from (a :class:`ParsedBackground`, or just its
+    ``background_names``; None for a standalone workspace): names present
+    there are kept, names a patch introduced are replaced by role keys.
+    """
+    spec = hyp.spec
+    where = f"patch {hyp.name!r}" if bkg is not None else "workspace"
+    meas = _measurement(spec, measurement, where)
+    config = meas.get("config", {})
+    poi = config.get("poi")
     if poi is None:
         raise InputError("the measurement has no POI (config.poi)", where=where)
-    if poi not in key_of:
-        raise InputError(f"POI {poi!r} is not a parameter of the model", where=where)
+    names = bkg.names if isinstance(bkg, ParsedBackground) else bkg
+    bkg_samples, bkg_params = names if names is not None else (set(), set())
+    keep = bkg_params | {poi} if names is not None else None
 
-    # 3. parameter sets with pyhf's defaults, then measurement overrides
-    params: dict[str, ParamSet] = {}
-    normsys: dict[tuple[str, tuple[str, str]], tuple[float, float]] = {}
-    histosys: dict[tuple[str, tuple[str, str]], tuple[np.ndarray, np.ndarray]] = {}
-    multiplicative: list[tuple[str, tuple[str, str]]] = []
-    staterror_parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    overrides = {p["name"]: p for p in config.get("parameters", [])}
+    channels = [(ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"]]
+    observed = _observed(spec, channels, where)
 
-    for ci, ch in enumerate(spec["channels"]):
-        nb = nbins[ch["name"]]
-        for si, s in enumerate(ch["samples"]):
-            slot = slot_of[(ci, si)]
-            nom = samples[slot]
-            for mi, m in enumerate(s["modifiers"]):
-                mtype, name, data = m["type"], m["name"], m.get("data")
-                key = key_of[name]
-                mwhere = f"{where} /channels/{ci}/samples/{si}/modifiers/{mi}"
-                n = nb if mtype in ("shapesys", "staterror", "shapefactor") else 1
-                ps = params.get(key)
-                if ps is None:
-                    ps = _default_paramset(key, name, mtype, n, nom, data, overrides.get(name), mwhere)
-                    params[key] = ps
-                elif ps.n != n or ps.constraint != _CONSTRAINT[mtype]:
-                    raise InputError(
-                        f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions", where=mwhere
-                    )
-                if mtype == "normsys":
-                    normsys[(key, slot)] = (float(data["hi"]), float(data["lo"]))
-                elif mtype == "histosys":
-                    hi = np.asarray(data["hi_data"], dtype=np.float64) - nom
-                    lo = np.asarray(data["lo_data"], dtype=np.float64) - nom
-                    if hi.shape != nom.shape or lo.shape != nom.shape:
-                        raise InputError("histosys data does not match the sample's bins", where=mwhere)
-                    histosys[(key, slot)] = (hi, lo)
+    parser = _incremental(spec, bkg, where) if isinstance(bkg, ParsedBackground) else None
+    if parser is None:
+        parser = _Parser(where, {p["name"]: p for p in config.get("parameters", [])})
+        todo = []
+        for ci, ch in enumerate(spec["channels"]):
+            n_new = 0
+            for si, smp in enumerate(ch["samples"]):
+                if names is None or (ch["name"], smp["name"]) in bkg_samples:
+                    key = smp["name"]
                 else:
-                    multiplicative.append((key, slot))
-                    if mtype == "staterror":
-                        unc = np.asarray(data, dtype=np.float64)
-                        if unc.shape != nom.shape:
-                            raise InputError("staterror data does not match the sample's bins", where=mwhere)
-                        staterror_parts.setdefault(key, []).append((nom, unc))
-                    elif mtype == "shapesys" and len(data) != nb:
-                        raise InputError("shapesys data does not match the sample's bins", where=mwhere)
-
-    # staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)
-    for key, parts in staterror_parts.items():
-        total = np.sum([nom for nom, _ in parts], axis=0)
-        rel2 = np.sum([np.where(total > 0, (unc / np.where(total > 0, total, 1.0)) ** 2, 0.0) for _, unc in parts], axis=0)
-        sig = np.sqrt(rel2)
-        ps = params[key]
-        ps.fixed = [bool(f) or bool(s == 0) for f, s in zip(ps.fixed, sig)]
-        ps.sigmas = [float(s) if s > 0 else 1.0 for s in sig]
-        _apply_override(ps, overrides.get(ps.name), where)
+                    key = f"+new{n_new}"
+                    n_new += 1
+                todo.append((ci, si, key))
+        all_names = {m["name"] for ch in spec["channels"] for smp in ch["samples"] for m in smp["modifiers"]}
+        parser.add(spec, todo, all_names if keep is None else keep)
+    poi_key = poi  # the POI always keeps its name
+    if poi_key not in parser.params:
+        raise InputError(f"POI {poi!r} is not a parameter of the model", where=where)
 
     return ParsedHypothesis(
         name=hyp.name,
         values=list(hyp.values),
         channels=channels,
-        poi_key=key_of[poi],
-        observed=np.asarray(observed, dtype=np.float64),
-        samples=samples,
-        params=params,
-        normsys=normsys,
-        histosys=histosys,
-        multiplicative=multiplicative,
+        poi_key=poi_key,
+        observed=observed,
+        samples=parser.samples,
+        params=parser.params,
+        normsys=parser.normsys,
+        histosys=parser.histosys,
+        multiplicative=parser.multiplicative,
+        base=parser.base,
     )
+
+
+def _incremental(spec: dict[str, Any], bkg: ParsedBackground, where: str) -> _Parser | None:
+    """The parsed background plus the samples a patch added, or None where that does not apply.
+
+    Applies when the patch only added samples to the background's channels:
+    same channels in the same order, every background sample still there (the
+    very same object), the measurements untouched.
+    """
+    base = bkg.spec
+    if bkg.parser is None or spec.get("measurements") is not base.get("measurements"):
+        return None
+    if len(spec["channels"]) != len(base["channels"]):
+        return None
+    seen = 0
+    todo = []
+    for ci, (ch, bch) in enumerate(zip(spec["channels"], base["channels"])):
+        if ch.get("name") != bch.get("name"):
+            return None
+        n_new = 0
+        for si, smp in enumerate(ch["samples"]):
+            if bkg.sample_ids.get(id(smp), (None,))[0] == ci:
+                seen += 1
+            else:
+                todo.append((ci, si, f"+new{n_new}"))
+                n_new += 1
+    if seen != len(bkg.sample_ids):
+        return None  # a background sample was removed or replaced
+    parser = bkg.parser.copy(where)
+    parser.base = bkg.parser
+    poi = (_measurement(spec, bkg.measurement, where).get("config") or {}).get("poi")
+    parser.add(spec, todo, bkg.names[1] | {poi})
+    return parser
 
 
 def _measurement(spec: dict[str, Any], name: str | None, where: str) -> dict[str, Any]:
@@ -488,10 +590,10 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
     mult_lists: list[list[list[int]]] = [[[] for _ in range(n_sb)] for _ in range(H)]
     param_labels: list[list[str | None]] = []
 
-    for h, p in enumerate(parsed):
-        observed[h, :n_bins_real] = p.observed
-        plabel: list[str | None] = [None] * n_par
-        for k, ps in p.params.items():
+    def fill(h: int, params: Any, samples: Any, normsys: Any, histosys: Any, multiplicative: Any,
+             plabel: list[str | None], lists: list[list[int]], all_params: dict[str, ParamSet]) -> None:
+        """Write entries of one hypothesis into row ``h`` (all of them, or what differs from a template row)."""
+        for k, ps in params:
             j0 = start[k]
             sl = slice(j0, j0 + ps.n)
             plabel[sl] = [ps.name] if ps.n == 1 else [f"{ps.name}[{i}]" for i in range(ps.n)]
@@ -507,22 +609,52 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
                 pois_mask[h, sl] = True
                 pois_tau[h, sl] = ps.factors
                 pois_aux[h, sl] = ps.aux
-        param_labels.append(plabel)
-        for slot, nom in p.samples.items():
+        for slot, nom in samples:
             o = sb_start[slot_index[slot]]
             nominal[h, o : o + len(nom)] = nom
-        for (k, slot), (vhi, vlo) in p.normsys.items():
+        for (k, slot), (vhi, vlo) in normsys:
             si, j = slot_index[slot], start[k]
             ns_hi[h, si, j], ns_lo[h, si, j] = vhi, vlo
-        for (k, slot), (dhi, dlo) in p.histosys.items():
+        for (k, slot), (dhi, dlo) in histosys:
             o, j = sb_start[slot_index[slot]], start[k]
             hs_hi[h, o : o + len(dhi), j] = dhi
             hs_lo[h, o : o + len(dlo), j] = dlo
-        for k, slot in p.multiplicative:
+        for k, slot in multiplicative:
             o = sb_start[slot_index[slot]]
-            per_bin = p.params[k].n > 1
+            per_bin = all_params[k].n > 1
             for i in range(nb_of[slot[0]]):
-                mult_lists[h][o + i].append(start[k] + (i if per_bin else 0))
+                lists[o + i].append(start[k] + (i if per_bin else 0))
+
+    # Hypotheses patched from one background share its entries (by identity): write those
+    # once into a template row and copy it, then only what each patch changed.
+    base = parsed[0].base
+    if base is None or any(p.base is not base for p in parsed):
+        base = None
+    template_label: list[str | None] = [None] * n_par
+    template_lists: list[list[int]] = [[] for _ in range(n_sb)]
+    if base is not None:
+        fill(0, base.params.items(), base.samples.items(), base.normsys.items(), base.histosys.items(), base.multiplicative,
+             template_label, template_lists, base.params)
+        for arr in (init, lo, hi, fixed, normal_mask, normal_aux, normal_sigma, pois_mask, pois_tau, pois_aux,
+                    nominal, ns_hi, ns_lo, hs_hi, hs_lo):
+            arr[1:] = arr[0]
+
+    def changed(entries: dict[Any, Any], known: dict[Any, Any] | None) -> Any:
+        if known is None:
+            return entries.items()
+        return [(k, v) for k, v in entries.items() if known.get(k) is not v]
+
+    for h, p in enumerate(parsed):
+        observed[h, :n_bins_real] = p.observed
+        plabel = list(template_label)
+        lists = mult_lists[h]
+        for i, row in enumerate(template_lists):
+            lists[i].extend(row)
+        fill(h, changed(p.params, base and base.params), changed(p.samples, base and base.samples),
+             changed(p.normsys, base and base.normsys), changed(p.histosys, base and base.histosys),
+             p.multiplicative[len(base.multiplicative):] if base is not None else p.multiplicative,
+             plabel, lists, p.params)
+        param_labels.append(plabel)
 
     # one shared index table (union over hypotheses) plus a per-hypothesis on/off mask:
     # index arrays shared by the whole batch keep XLA's gathers cheap under vmap
@@ -582,6 +714,6 @@ def compile_hypotheses(
     hypotheses: Sequence[Hypothesis], bkg: dict[str, Any] | None, measurement: str | None = None
 ) -> list[BatchedModel]:
     """Parse, group and pad: one ``BatchedModel`` per structure group."""
-    names = background_names(bkg)
-    parsed = [parse_hypothesis(h, names, measurement) for h in hypotheses]
+    base = parse_background(bkg, measurement) if bkg is not None else None
+    parsed = [parse_hypothesis(h, base, measurement) for h in hypotheses]
     return [build_batched_model([parsed[i] for i in group]) for group in group_hypotheses(parsed)]

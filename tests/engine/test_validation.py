@@ -74,18 +74,19 @@ def _set(doc, path, value):
 
 @pytest.mark.parametrize(("path", "value", "where", "message"), [
     (("channels", 0, "samples", 0, "data", 1), float("nan"), "workspace /channels/0/samples/0/data/1", "non-finite"),
-    (("channels", 0, "samples", 0, "data", 1), -1.0, "workspace /channels/0/samples/0/data/1", "negative"),
+    # a negative yield is fine (negative-weight Monte Carlo), a negative expected rate is not
+    (("channels", 0, "samples", 0, "data", 1), -1.0, "workspace /channels/0/samples", "expected rate of bin 1"),
     (("channels", 0, "samples", 0, "data", 1), 10**400, "workspace /channels/0/samples/0/data/1", "too large"),
     (("channels", 0, "samples", 0, "data", 1), True, "workspace /channels/0/samples/0/data/1", "numbers"),
     (("observations", 1, "data", 0), float("inf"), "workspace /observations/1/data/0", "non-finite"),
     (("observations", 1, "data", 0), -3, "workspace /observations/1/data/0", "negative"),
     (("channels", 0, "samples", 0, "modifiers", 0, "data", "lo"), 0.0, "workspace /channels/0/samples/0/modifiers/0/data/lo", "> 0"),
     (("channels", 0, "samples", 0, "modifiers", 0, "data", "hi"), -1.1, "workspace /channels/0/samples/0/modifiers/0/data/hi", "> 0"),
-    (("channels", 0, "samples", 0, "modifiers", 1, "data", "hi_data", 0), -42.0,
-     "workspace /channels/0/samples/0/modifiers/1/data/hi_data/0", "negative"),
+    (("channels", 0, "samples", 0, "modifiers", 1, "data", "hi_data", 0), float("nan"),
+     "workspace /channels/0/samples/0/modifiers/1/data/hi_data/0", "non-finite"),
     (("channels", 0, "samples", 0, "modifiers", 1, "data", "lo_data"), [38.0], "workspace /channels/0/samples/0/modifiers/1/data/lo_data",
      "bins"),
-    (("channels", 0, "samples", 0, "modifiers", 2, "data", 1), -1.5, "workspace /channels/0/samples/0/modifiers/2/data/1", "negative"),
+    (("channels", 0, "samples", 0, "modifiers", 2, "data", 1), float("inf"), "workspace /channels/0/samples/0/modifiers/2/data/1", "non-finite"),
     (("channels", 1, "samples", 0, "modifiers", 0, "data", 0), float("-inf"), "workspace /channels/1/samples/0/modifiers/0/data/0",
      "non-finite"),
     (("observations", 0, "data"), [43.0], "workspace /observations/0/data", "bins"),
@@ -129,8 +130,8 @@ def test_patchset_errors_name_the_patch():
 
 
 @pytest.mark.parametrize(("ops", "where", "message"), [
-    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "data": [5.0, -2.0]}}],
-     "P /channels/0/samples/1/data/1", "negative yields of sample 'signal'"),
+    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "data": [5.0, -1e6]}}],
+     "P /channels/0/samples", "expected rate of bin 1"),
     ([{"op": "add", "path": "/channels/0/samples/1", "value": {**SIGNAL, "data": [5.0]}}], "P /channels/0/samples/1/data",
      "has 1 bins, its channel has 2"),
     ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "name": "bkg"}}], "P /channels/0/samples/1/name",
