@@ -74,6 +74,15 @@ class PoolStats(NamedTuple):
     task_iterations: int  # iterations spent on fits (the rest idled)
 
 
+#: Task kinds.  A HYPOTEST task is the chain of fits of one asymptotic
+#: hypothesis test, run in one lane without returning to the host: (0) free fit
+#: to the data, (1) fixed-POI fit at mu from its minimum, (2) fixed-POI fit at
+#: the Asimov generating value from the same minimum (skipped when the two POI
+#: values are equal), (3) fixed-POI fit at mu to the Asimov data generated at
+#: the minimum of (2) or (1).  Each stage reports a result.
+SINGLE, HYPOTEST = 0, 1
+STAGES = 4
+
 #: Counters of the last ``fit_tasks`` calls of this process (benchmarks print them).
 STATS = {"lane_iterations": 0, "task_iterations": 0, "fits": 0}
 
@@ -96,6 +105,11 @@ class _Lanes(NamedTuple):
     lam: jax.Array  # [L]
     it: jax.Array  # [L]
     final: jax.Array  # [L] bool: take no more steps, report at the next undamped check
+    model: dict  # the lanes' own copies of their hypotheses' tensors [L, ...] (shared tables excluded)
+    kind: jax.Array  # [L] SINGLE or HYPOTEST (a chain of four fits, see :data:`HYPOTEST`)
+    stage: jax.Array  # [L] position in the chain
+    anchor: jax.Array  # [L, P] the chain's free-fit minimum (start of its second fixed-POI fit)
+    mu: jax.Array  # [L, 2] the chain's tested and Asimov-generating POI values
 
 
 class _Out(NamedTuple):
@@ -104,6 +118,7 @@ class _Out(NamedTuple):
     edm: jax.Array
     converged: jax.Array
     it: jax.Array
+    main: jax.Array  # [L + R, B] the main data the fit used (Asimov data generated in a lane)
     done: jax.Array  # [L + R] bool: this slot finished in the block
 
 
@@ -131,10 +146,6 @@ def _chol_solve(a, b):
     c = jnp.where(ok, c, jnp.eye(a.shape[0], dtype=a.dtype))
     y = jax.scipy.linalg.cho_solve((c, True), b)
     return y, ok
-
-
-def _hypothesis(t, h):
-    return {k: (v if k in lh.SHARED else v[h]) for k, v in t.items()}
 
 
 def _step(x, f, g, hess, fisher, use_fisher, lam, lo, hi, free):
@@ -189,11 +200,17 @@ def _accept(f, f_new, pred, ok, lam, use_fisher):
     return accept, jnp.where(lam < 1e-7, 0.0, lam), use_fisher
 
 
-@partial(jax.jit, static_argnames=("codes", "block", "max_iter"))
-def _run_block(t, s: _Lanes, queue, n_queue, codes, block=BLOCK, max_iter=MAX_ITER):
-    """Up to ``block`` iterations of every lane, refilling finished lanes from ``queue``."""
+@partial(jax.jit, static_argnames=("codes", "poi", "block", "max_iter"))
+def _run_block(t, s: _Lanes, queue, n_queue, codes, poi=0, block=BLOCK, max_iter=MAX_ITER):
+    """Up to ``block`` iterations of every lane, refilling finished lanes from ``queue``.
+
+    On entry a lane that is still fitting owns output slot ``lane`` (its task
+    came from an earlier block); a task taken from the queue's entry ``j``
+    owns slot ``n_lanes + j``.
+    """
     n_lanes = s.x.shape[0]
-    n_slots = n_lanes + queue["h"].shape[0]
+    s = s._replace(slot=jnp.where(s.slot >= 0, jnp.arange(n_lanes, dtype=jnp.int32), -1))
+    n_slots = (n_lanes + queue["h"].shape[0]) * STAGES  # a result per stage of each task
     p = s.x.shape[1]
     out = _Out(
         x=jnp.zeros((n_slots, p), s.x.dtype),
@@ -201,13 +218,27 @@ def _run_block(t, s: _Lanes, queue, n_queue, codes, block=BLOCK, max_iter=MAX_IT
         edm=jnp.full(n_slots, jnp.inf, s.x.dtype),
         converged=jnp.zeros(n_slots, bool),
         it=jnp.zeros(n_slots, jnp.int32),
+        main=jnp.zeros((n_slots, s.main.shape[1]), s.x.dtype),
         done=jnp.zeros(n_slots, bool),
     )
     lo_all, hi_all = t["lo"], t["hi"]
+    shared = {k: v for k, v in t.items() if k in lh.SHARED}
 
-    def vgh(x, h, main, aux_n, aux_p):
-        th = _hypothesis(t, h)
-        return lh.value_grad_hess_fisher(x, th, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes)
+    def vgh(x, th, main, aux_n, aux_p):
+        return lh.value_grad_hess_fisher(x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes)
+
+    def load(model, refill, new_h):
+        """Copy the tensors of the refilled lanes' hypotheses into the lanes (in place, only those lanes).
+
+        A gather of every lane's tensors in every iteration cost more than the likelihood itself.
+        """
+        order = jnp.argsort(~refill, stable=True).astype(jnp.int32)
+
+        def one(j, model):
+            i = order[j]
+            return {k: jax.lax.dynamic_update_index_in_dim(v, t[k][new_h[i]], i, 0) for k, v in model.items()}
+
+        return jax.lax.fori_loop(0, jnp.sum(refill, dtype=jnp.int32), one, model)
 
     def body(carry):
         s, out, used, k = carry
@@ -218,42 +249,63 @@ def _run_block(t, s: _Lanes, queue, n_queue, codes, block=BLOCK, max_iter=MAX_IT
         reached = ok & (edm < EDM_TARGET)
         finish = active & (reached | s.final)
         conv = ok & (edm < EDM_CONVERGED)
-        idx = jnp.where(finish, s.slot, n_slots)  # out of range: dropped
+        idx = jnp.where(finish, s.slot * STAGES + s.stage, n_slots)  # out of range: dropped
         out = _Out(
             x=out.x.at[idx].set(s.x, mode="drop"),
             f=out.f.at[idx].set(s.f, mode="drop"),
             edm=out.edm.at[idx].set(edm, mode="drop"),
             converged=out.converged.at[idx].set(conv, mode="drop"),
             it=out.it.at[idx].set(s.it, mode="drop"),
+            main=out.main.at[idx].set(s.main, mode="drop"),
             done=out.done.at[idx].set(True, mode="drop"),
         )
-        # lanes that are idle or just finished take the next queued tasks
-        want = ~active | finish
+        # a chain goes on in its lane; lanes that are idle or done take the next queued tasks
+        cont = finish & (s.kind == HYPOTEST) & (s.stage < STAGES - 1)
+        same_mu = s.mu[:, 0] == s.mu[:, 1]
+        next_stage = jnp.where(s.stage == 0, 1, jnp.where((s.stage == 1) & ~same_mu, 2, 3))
+        anchor = jnp.where((finish & (s.stage == 0))[:, None], s.x, s.anchor)
+        want = (~active | finish) & ~cont
         q = used + jnp.cumsum(want, dtype=jnp.int32) - 1
         refill = want & (q < n_queue)
         qi = jnp.clip(q, 0, queue["h"].shape[0] - 1)
+        start = refill | cont
         take = lambda new, old: jnp.where(refill.reshape(refill.shape + (1,) * (old.ndim - 1)), new[qi], old)  # noqa: E731
         h = take(queue["h"], s.h)
         main, aux_n, aux_p = take(queue["main"], s.main), take(queue["aux_normal"], s.aux_normal), take(queue["aux_pois"], s.aux_pois)
-        free = take(queue["free"], s.free)
-        x0 = jnp.where(free, jnp.clip(queue["x0"][qi], lo_all[queue["h"][qi]], hi_all[queue["h"][qi]]), queue["x0"][qi])
-        point = jnp.where(refill[:, None], x0, x_new)
-        f_new, g_new, h_new, fi_new = jax.vmap(vgh)(point, h, main, aux_n, aux_p)
+        kind, mu = take(queue["kind"], s.kind), take(queue["mu"], s.mu)
+        stage = jnp.where(refill, 0, jnp.where(cont, next_stage, s.stage)).astype(jnp.int32)
+        poi_only = jnp.arange(p) == poi
+        free = jnp.where(refill[:, None], queue["free"][qi], jnp.where(cont[:, None], s.free & ~poi_only, s.free))
+        model = load(s.model, refill, h)
+        # start points: a queued task's own, or the chain's next (from the anchor for stage 2, else from here)
+        gen = jnp.where(refill[:, None], queue["x0"][qi], jnp.where((next_stage == 2)[:, None], anchor, s.x))
+        # Asimov data generated in the lane at the start point (the generating fit's minimum)
+        regen = jnp.where(refill, queue["regen"][qi], cont & (next_stage == 3))
+        asimov_main = jax.vmap(lambda x, th: lh.expected_main(x, {**th, **shared}, codes))(gen, model)
+        main = jnp.where(regen[:, None], asimov_main, main)
+        aux_n = jnp.where(regen[:, None], gen, aux_n)
+        aux_p = jnp.where(regen[:, None], gen * model["pois_tau"], aux_p)
+        poi_value = jnp.where(refill, queue["poi_value"][qi], jnp.where(next_stage == 2, mu[:, 1], mu[:, 0]))
+        x0 = jnp.where(jnp.isnan(poi_value)[:, None], gen, gen.at[:, poi].set(poi_value))
+        x0 = jnp.where(free, jnp.clip(x0, lo_all[h], hi_all[h]), x0)
+        point = jnp.where(start[:, None], x0, x_new)
+        f_new, g_new, h_new, fi_new = jax.vmap(vgh)(point, model, main, aux_n, aux_p)
         stepping = active & ~finish
         accept, lam_new, use_f = jax.vmap(_accept)(s.f, f_new, pred, ok, lam, s.use_fisher)
         accept = stepping & accept
         keep = lambda new, old, m: jnp.where(m.reshape(m.shape + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
-        x = keep(point, s.x, refill | accept)
-        f = keep(f_new, s.f, refill | accept)
-        g = keep(g_new, s.g, refill | accept)
-        hess = keep(h_new, s.hess, refill | accept)
-        fisher = keep(fi_new, s.fisher, refill | accept)
-        use_f = jnp.where(refill, queue["cold"][qi], use_f)
-        it = jnp.where(refill, 0, jnp.where(stepping, s.it + 1, s.it)).astype(jnp.int32)
-        lam_next = jnp.where(refill, 0.0, lam_new)
-        final = jnp.where(refill, False, stepping & ((it >= max_iter) | (lam_next > LAM_STALLED)))
-        slot = jnp.where(refill, n_lanes + qi, jnp.where(finish, -1, s.slot)).astype(jnp.int32)
-        s = _Lanes(slot, h, main, aux_n, aux_p, free, x, f, g, hess, fisher, use_f, lam_next, it, final)
+        x = keep(point, s.x, start | accept)
+        f = keep(f_new, s.f, start | accept)
+        g = keep(g_new, s.g, start | accept)
+        hess = keep(h_new, s.hess, start | accept)
+        fisher = keep(fi_new, s.fisher, start | accept)
+        use_f = jnp.where(refill, queue["cold"][qi], jnp.where(cont, False, use_f))
+        it = jnp.where(start, 0, jnp.where(stepping, s.it + 1, s.it)).astype(jnp.int32)
+        lam_next = jnp.where(start, 0.0, lam_new)
+        final = jnp.where(start, False, stepping & ((it >= max_iter) | (lam_next > LAM_STALLED)))
+        slot = jnp.where(refill, n_lanes + qi, jnp.where(finish & ~cont, -1, s.slot)).astype(jnp.int32)
+        s = _Lanes(slot, h, main, aux_n, aux_p, free, x, f, g, hess, fisher, use_f, lam_next, it, final, model,
+                   kind, stage, anchor, mu)
         return s, out, used + jnp.sum(refill, dtype=jnp.int32), k + 1
 
     def cond(carry):
@@ -264,14 +316,17 @@ def _run_block(t, s: _Lanes, queue, n_queue, codes, block=BLOCK, max_iter=MAX_IT
     return s, out, used, k
 
 
-def _empty_lanes(n_lanes: int, n_par: int, n_bins: int) -> _Lanes:
+@partial(jax.jit, static_argnames=("n_lanes", "n_par", "n_bins"))
+def _empty_lanes(t: dict[str, jax.Array], n_lanes: int, n_par: int, n_bins: int) -> _Lanes:
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
+    model = {k: jnp.repeat(v[:1], n_lanes, axis=0) for k, v in t.items() if k not in lh.SHARED}
     return _Lanes(
         slot=jnp.full(n_lanes, -1, jnp.int32), h=jnp.zeros(n_lanes, jnp.int32), main=z(n_lanes, n_bins),
         aux_normal=z(n_lanes, n_par), aux_pois=jnp.ones((n_lanes, n_par)), free=jnp.zeros((n_lanes, n_par), bool),
         x=z(n_lanes, n_par), f=z(n_lanes), g=z(n_lanes, n_par), hess=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
         fisher=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0, use_fisher=jnp.zeros(n_lanes, bool),
-        lam=z(n_lanes), it=jnp.zeros(n_lanes, jnp.int32), final=jnp.zeros(n_lanes, bool),
+        lam=z(n_lanes), it=jnp.zeros(n_lanes, jnp.int32), final=jnp.zeros(n_lanes, bool), model=model,
+        kind=jnp.zeros(n_lanes, jnp.int32), stage=jnp.zeros(n_lanes, jnp.int32), anchor=z(n_lanes, n_par), mu=z(n_lanes, 2),
     )
 
 
@@ -283,61 +338,111 @@ def lanes_for(n_tasks: int, max_lanes: int = 32) -> int:
     return min(n, max(4, max_lanes))
 
 
+class Pool:
+    """A queue of fit tasks run on ``lanes`` lanes.
+
+    ``add`` queues one fit, ``add_hypotest`` the chain of four fits of an
+    asymptotic hypothesis test (see :data:`HYPOTEST`: the later fits start
+    from the earlier minima in the same lane, no barrier between the stages
+    of different hypotheses).  ``run`` works until nothing is left;
+    ``result(ids, stage)`` gives the minima found.
+    """
+
+    def __init__(self, t: dict[str, jax.Array], codes: tuple[str, str], lanes: int, poi: int,
+                 cancel: Callable[[], bool] | None = None) -> None:
+        self.t, self.codes, self.lanes, self.poi, self.cancel = t, codes, lanes, poi, cancel
+        self.n_par = int(t["init"].shape[1])
+        self.n_bins = int(t["observed"].shape[1])
+        self._spec: list[tuple] = []
+        self._pending: deque[int] = deque()
+        self._res: dict[tuple[int, int], tuple[np.ndarray, float, float, bool, int, np.ndarray]] = {}
+
+    def add(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray] | None, x0: np.ndarray, free: np.ndarray,
+            cold: bool = False, poi_value: float = float("nan")) -> int:
+        """Queue a fit of hypothesis ``h`` from ``x0``; ``data`` (main, aux_normal, aux_pois), or None:
+        Asimov data generated at ``x0``.  ``poi_value`` (not NaN) sets the POI of the start."""
+        return self._add(h, data, x0, free, cold, poi_value, SINGLE, (np.nan, np.nan))
+
+    def add_hypotest(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray], x0: np.ndarray, free: np.ndarray,
+                     mu: float, asimov_mu: float) -> int:
+        """Queue the four fits of a hypothesis test of ``h`` at ``mu`` (free fit from ``x0``, cold)."""
+        return self._add(h, data, x0, free, True, float("nan"), HYPOTEST, (mu, asimov_mu))
+
+    def _add(self, h, data, x0, free, cold, poi_value, kind, mu) -> int:
+        tid = len(self._spec)
+        regen = data is None
+        if regen:
+            data = (np.zeros(self.n_bins), np.zeros(self.n_par), np.ones(self.n_par))
+        self._spec.append((h, data[0], data[1], data[2], x0, free, cold, regen, poi_value, kind, mu))
+        self._pending.append(tid)
+        return tid
+
+    def _queue(self, chosen: list[int], size: int) -> dict[str, np.ndarray]:
+        specs = [self._spec[i] for i in chosen] + [self._spec[chosen[0] if chosen else 0]] * (size - len(chosen))
+        cols = list(zip(*specs))
+        # numpy arrays straight into the compiled call (jnp.asarray would compile a copy per shape)
+        return {
+            "h": np.asarray(cols[0], np.int32), "main": np.stack(cols[1]), "aux_normal": np.stack(cols[2]),
+            "aux_pois": np.stack(cols[3]), "x0": np.stack(cols[4]), "free": np.stack(cols[5]),
+            "cold": np.asarray(cols[6], bool), "regen": np.asarray(cols[7], bool), "poi_value": np.asarray(cols[8], float),
+            "kind": np.asarray(cols[9], np.int32), "mu": np.asarray(cols[10], float),
+        }
+
+    def run(self) -> None:
+        lanes, queue_len = self.lanes, 2 * self.lanes
+        if not self._pending:
+            return
+        lane_task = np.full(lanes, -1)
+        state = _empty_lanes(self.t, lanes, self.n_par, self.n_bins)
+        lane_iters = done_iters = 0
+        while self._pending or (lane_task >= 0).any():
+            if self.cancel is not None and self.cancel():
+                raise Cancelled("cancelled")
+            chosen = [self._pending.popleft() for _ in range(min(queue_len, len(self._pending)))]
+            queue = self._queue(chosen, queue_len)
+            state, out, used, k = _run_block(self.t, state, queue, np.int32(len(chosen)), self.codes, poi=self.poi)
+            used, k = int(used), int(k)
+            lane_iters += lanes * k
+            slot_task = np.concatenate([lane_task, np.asarray(chosen + [-1] * (queue_len - len(chosen)))])
+            self._pending.extendleft(reversed(chosen[used:]))
+            slots = np.asarray(state.slot)
+            lane_task = np.where(slots >= 0, slot_task[np.maximum(slots, 0)], -1)
+            done = np.nonzero(np.asarray(out.done))[0]
+            if done.size:
+                xs, fs, es = np.asarray(out.x), np.asarray(out.f), np.asarray(out.edm)
+                oks, its, mains = np.asarray(out.converged), np.asarray(out.it), np.asarray(out.main)
+                for row in done:
+                    key = (int(slot_task[row // STAGES]), int(row % STAGES))
+                    self._res[key] = (xs[row], float(fs[row]), float(es[row]), bool(oks[row]), int(its[row]), mains[row])
+                    done_iters += int(its[row]) + 1
+        STATS["lane_iterations"] += lane_iters
+        STATS["task_iterations"] += done_iters
+        STATS["fits"] += len(self._res)
+
+    def result(self, ids: list[int] | np.ndarray, stage: int = 0) -> FitResult:
+        rows = [self._res[(int(i), stage)] for i in ids]
+        if not rows:
+            return FitResult(np.zeros((0, self.n_par)), np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int32))
+        return FitResult(np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows]), np.asarray([r[2] for r in rows]),
+                         np.asarray([r[3] for r in rows], bool), np.asarray([r[4] for r in rows]))
+
+    def main_data(self, ids: list[int] | np.ndarray, stage: int = 0) -> np.ndarray:
+        """The main data each fit used (``[Q, B]``): Asimov data generated in the lanes."""
+        return np.stack([self._res[(int(i), stage)][5] for i in ids])
+
+
 def fit_tasks(
     t: dict[str, jax.Array],
     tasks: Tasks,
     codes: tuple[str, str],
     lanes: int,
     cancel: Callable[[], bool] | None = None,
+    poi: int = 0,
 ) -> FitResult:
-    """Minimise every task on ``lanes`` lanes; results in task order.
-
-    ``t``: prepared model tensors (:func:`likelihood.prepare_batch`) of the
-    hypotheses the tasks index.  ``cancel()`` is asked between blocks of
-    ``BLOCK`` iterations; True raises :class:`Cancelled`.
-    """
-    n_tasks, n_par = tasks.x0.shape
-    n_bins = tasks.main.shape[1]
-    queue_len = 2 * lanes
-    res_x = np.zeros((n_tasks, n_par))
-    res_f = np.zeros(n_tasks)
-    res_edm = np.full(n_tasks, np.inf)
-    res_ok = np.zeros(n_tasks, bool)
-    res_it = np.zeros(n_tasks, np.int32)
-    cold = np.ones(n_tasks, bool) if tasks.cold is None else np.asarray(tasks.cold, bool)
-    pending = deque(range(n_tasks))
-    lane_task = np.full(lanes, -1)
-    state = _empty_lanes(lanes, n_par, n_bins)
-    lane_iters = 0
-    while pending or (lane_task >= 0).any():
-        if cancel is not None and cancel():
-            raise Cancelled("cancelled")
-        chosen = [pending.popleft() for _ in range(min(queue_len, len(pending)))]
-        idx = np.asarray(chosen + [chosen[0] if chosen else 0] * (queue_len - len(chosen)), dtype=np.int64)
-        queue = {
-            "h": jnp.asarray(tasks.h[idx], jnp.int32), "main": jnp.asarray(tasks.main[idx]),
-            "aux_normal": jnp.asarray(tasks.aux_normal[idx]), "aux_pois": jnp.asarray(tasks.aux_pois[idx]),
-            "x0": jnp.asarray(tasks.x0[idx]), "free": jnp.asarray(tasks.free[idx]),
-            "cold": jnp.asarray(cold[idx]),
-        }
-        state, out, used, k = _run_block(t, state, queue, jnp.asarray(len(chosen), jnp.int32), codes)
-        used, k = int(used), int(k)
-        lane_iters += lanes * k
-        slot_task = np.concatenate([lane_task, np.asarray(chosen + [-1] * (queue_len - len(chosen)))])
-        done = np.asarray(out.done)
-        if done.any():
-            rows = np.nonzero(done)[0]
-            where = slot_task[rows]
-            res_x[where] = np.asarray(out.x)[rows]
-            res_f[where] = np.asarray(out.f)[rows]
-            res_edm[where] = np.asarray(out.edm)[rows]
-            res_ok[where] = np.asarray(out.converged)[rows]
-            res_it[where] = np.asarray(out.it)[rows]
-        pending.extendleft(reversed(chosen[used:]))
-        slots = np.asarray(state.slot)
-        lane_task = np.where(slots >= 0, slot_task[np.maximum(slots, 0)], -1)
-        state = state._replace(slot=jnp.where(state.slot >= 0, jnp.arange(lanes, dtype=jnp.int32), -1))
-    STATS["lane_iterations"] += lane_iters
-    STATS["task_iterations"] += int(res_it.sum()) + n_tasks
-    STATS["fits"] += n_tasks
-    return FitResult(res_x, res_f, res_edm, res_ok, res_it)
+    """Minimise every task on ``lanes`` lanes; results in task order (see :class:`Pool`)."""
+    pool = Pool(t, codes, lanes, poi, cancel)
+    cold = np.ones(len(tasks.h), bool) if tasks.cold is None else np.asarray(tasks.cold, bool)
+    ids = [pool.add(int(tasks.h[i]), (tasks.main[i], tasks.aux_normal[i], tasks.aux_pois[i]), tasks.x0[i], tasks.free[i],
+                    cold=bool(cold[i])) for i in range(len(tasks.h))]
+    pool.run()
+    return pool.result(ids)

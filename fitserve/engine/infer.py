@@ -37,7 +37,7 @@ from scipy.optimize import elementwise
 from scipy.stats import norm
 
 from fitserve.engine import likelihood as lh
-from fitserve.engine.fit import FitResult, Tasks, fit_tasks, lanes_for
+from fitserve.engine.fit import FitResult, Pool, Tasks, fit_tasks, lanes_for
 
 # pyhf's expected band: test statistic values for n_sigma in [2, 1, 0, -1, -2]
 _N_SIGMA = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
@@ -175,7 +175,10 @@ class Engine:
         """
         tasks = Tasks(h=np.asarray(h), main=data["main"], aux_normal=data["aux_normal"], aux_pois=data["aux_pois"],
                       x0=np.asarray(x0), free=np.asarray(free), cold=np.full(len(h), cold))
-        return fit_tasks(self.t, tasks, self.codes, self.lanes, self.cancel)
+        return fit_tasks(self.t, tasks, self.codes, self.lanes, self.cancel, poi=self.poi)
+
+    def pool(self) -> Pool:
+        return Pool(self.t, self.codes, self.lanes, self.poi, self.cancel)
 
     def fit_role(self, data: dict[str, np.ndarray], starts: list[np.ndarray], poi_value: np.ndarray | None,
                  cold: bool = False) -> Fits:
@@ -195,7 +198,7 @@ class Engine:
         """Asimov data at ``gen`` [n, P] (padded to the batch width for one compiled shape)."""
         width = int(self.t["init"].shape[0])
         full = np.concatenate([gen, np.repeat(gen[:1], width - len(gen), axis=0)])
-        return {k: v[: len(gen)] for k, v in _np(_asimov(jnp.asarray(full), self.t, self.codes)).items()}
+        return {k: v[: len(gen)] for k, v in _np(_asimov(full, self.t, self.codes)).items()}
 
     def spread_starts(self, count: int, seed: int = 0) -> list[np.ndarray]:
         """``count`` starting points spread around the initial values (deterministic).
@@ -269,27 +272,40 @@ class HypoTestResult:
 def hypotest(
     engine: Engine, poi_test: float, test_stat: str, restarts: int = 0
 ) -> HypoTestResult:
-    """CLs for every hypothesis, as pyhf's ``AsymptoticCalculator`` (four fits each, see module docstring)."""
+    """CLs for every hypothesis, as pyhf's ``AsymptoticCalculator`` (four fits each, see module docstring).
+
+    All fits go through one :class:`~fitserve.engine.fit.Pool`: when the free
+    fit of a hypothesis is done, its fixed-POI fits start from its minimum;
+    when the generating fit is done, its Asimov fit starts, while other
+    hypotheses are still at their first fit.
+    """
     asimov_mu = 1.0 if test_stat == "q0" else 0.0
     mu = 0.0 if test_stat == "q0" else float(poi_test)
     n = engine.n_hyp
     obs = engine.observed
-    starts = [engine.init] + engine.spread_starts(restarts)
-    free = engine.fit_role(obs, starts, None, cold=True)
-    warm = [free.x] + starts[1:]
-    fixed = engine.fit_role(obs, warm, np.full(n, mu))
-    gen_fit = fixed if mu == asimov_mu else engine.fit_role(obs, warm, np.full(n, asimov_mu))
+    data = [(obs["main"][h], obs["aux_normal"][h], obs["aux_pois"][h]) for h in range(n)]
+    free_all, free_fix = engine.free_mask(False), engine.free_mask(True)
+    pool = engine.pool()
+    chains = [pool.add_hypotest(h, data[h], engine.init[h], free_all[h], mu, asimov_mu) for h in range(n)]
+    spread = [([pool.add(h, data[h], x0[h], free_all[h], cold=True) for h in range(n)],
+               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=mu) for h in range(n)])
+              for x0 in engine.spread_starts(restarts)]
+    pool.run()
+    gen_stage = 1 if mu == asimov_mu else 2
+    free = _best(_stack([pool.result(chains, 0)] + [pool.result(f) for f, _ in spread]), n, 1 + len(spread))
+    fixed = _best(_stack([pool.result(chains, 1)] + [pool.result(x) for _, x in spread]), n, 1 + len(spread))
+    first_gen = pool.result(chains, gen_stage)
+    gen_fit = _best(first_gen, n, 1)
     # guard: a free fit above a fixed-POI fit to the same data is a local minimum
     for other in (fixed, gen_fit):
         stuck = other.converged & (other.nll < free.nll - 1e-9 * (1 + np.abs(free.nll)))
         if stuck.any():
-            x0 = np.where(stuck[:, None], other.x, free.x)
-            again = engine.fit_role(obs, [x0], None)
+            again = engine.fit_role(obs, [np.where(stuck[:, None], other.x, free.x)], None)
             again.multimodal |= stuck
             free = _merge(free, again)
-    asimov = engine.asimov(gen_fit.x)
-    x0 = gen_fit.x.copy()
-    fixed_a = engine.fit_role(asimov, [x0], np.full(n, mu))
+    fixed_a = _best(pool.result(chains, 3), n, 1)
+    tau = np.asarray(engine.t["pois_tau"])[:n]
+    asimov = {"main": pool.main_data(chains, 3), "aux_normal": gen_fit.x, "aux_pois": gen_fit.x * tau}
     mu_hat = free.x[:, engine.poi]
     q = test_statistic(test_stat, fixed.nll, free.nll, mu_hat, mu)
     # the free fit to Asimov data is the generating point itself, NLL 0 (saturated)
@@ -317,6 +333,11 @@ def hypotest(
         poi_test=mu,
         test_stat=test_stat,
     )
+
+
+def _stack(results: list[FitResult]) -> FitResult:
+    """Runs of one role, run-major (task q = run * n + h)."""
+    return FitResult(*(np.concatenate([getattr(r, f) for r in results]) for f in FitResult._fields))
 
 
 # --------------------------------------------------------------------------

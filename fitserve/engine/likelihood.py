@@ -16,6 +16,7 @@ the NLL accurate to ~1e-14, which the optimiser's acceptance test relies on.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Mapping
 
 import jax
@@ -104,6 +105,11 @@ def prepare_batch(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
     """:func:`prepare` for a batch of hypotheses (leading axis H; shared tables stay shared)."""
     if "ns_log_hi" in t:
         return dict(t)
+    return _prepare_batch(dict(t), codes)
+
+
+@partial(jax.jit, static_argnames=("codes",))
+def _prepare_batch(t: dict[str, jax.Array], codes: tuple[str, str]) -> dict[str, jax.Array]:
     out_axes = in_axes(_prepared_keys(t, codes))
     return jax.vmap(prepare, in_axes=(in_axes(t), None), out_axes=out_axes)(t, codes)
 
@@ -314,8 +320,10 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     u = jax.ops.segment_sum(wmn[:, None] * d_a, slot, num_segments=n_slots)  # [S, nA]
     v = jax.ops.segment_sum(wan[:, None] * d_m, slot, num_segments=n_slots)  # [S, Pm]
     wr_s = jax.ops.segment_sum(wr, slot, num_segments=n_slots)  # [S]
-    t1 = u.T @ g_n  # A' x N'
-    aa = t1 + t1.T + g_n.T @ (wr_s[:, None] * g_n)  # ... and N's own g g^T
+    # A' x N' (both orders) and N's own g g^T in one product:
+    # u^T g + g^T u + g^T W g = c + c^T with c = (u + W g / 2)^T g
+    c = (u + 0.5 * wr_s[:, None] * g_n).T @ g_n
+    aa = c + c.T
     aa = aa + jnp.diag(wmn @ dd_a + wr_s @ h_n)  # A'' and (log N)'' are diagonal
     am = d_a.T @ ((w * n)[:, None] * d_m) + g_n.T @ v  # A' x M' and N' x M'
     pair = jnp.einsum("skl,slj->skj", loo2, onehot)  # M'' pairs (k != l)

@@ -453,9 +453,9 @@ class BatchedModel:
 
     def tensors(self) -> dict[str, Any]:
         """Arrays and structure as one dict of JAX arrays (see ``likelihood.in_axes``)."""
-        import jax.numpy as jnp
+        import jax
 
-        return {k: jnp.asarray(v) for k, v in {**self.arrays, **self.structure}.items()}
+        return {k: jax.device_put(v) for k, v in {**self.arrays, **self.structure}.items()}
 
     def hypothesis(self, h: int) -> dict[str, Any]:
         """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""

@@ -38,22 +38,9 @@ from fitserve.engine.options import ScanOptions
 MAX_BATCH = 128
 
 
-def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> Path:
-    """Turn on JAX's persistent compilation cache (``FITSERVE_JAX_CACHE``).
+from fitserve.engine.runtime import configure, enable_compilation_cache  # noqa: E402,F401  (re-exported)
 
-    A new process fitting a structure it has seen before then loads the
-    compiled fit instead of compiling it again.
-    """
-    cache = Path(path or os.environ.get("FITSERVE_JAX_CACHE") or Path.home() / ".cache" / "fitserve" / "jax")
-    cache.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return cache
-
-
-if os.environ.get("FITSERVE_JAX_CACHE", "1") != "0":
-    enable_compilation_cache()
+configure()
 
 
 def _as_options(options: ScanOptions | dict[str, Any] | None) -> ScanOptions:
