@@ -316,6 +316,58 @@ def example_workspace(n_channels: int = 3, n_bins: int = 3, seed: int = 0) -> Sp
     }
 
 
+def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, n_systematics: int = 60,
+                    seed: int = 0) -> Spec:
+    """A background-only workspace of a chosen size, for benchmarks at both ends of the size range.
+
+    ``n_channels`` channels (the first half named ``SR*``) of ``n_bins`` bins,
+    ``n_samples`` samples each.  Every sample carries ``lumi``; sample 0 a
+    normfactor; each sample a random third of the ``n_systematics`` shared
+    systematics as normsys and another third as histosys; each channel one
+    ``staterror`` (a gamma per bin).  The defaults give ~185 parameters and 120
+    bins (~250 with :func:`signal_patchset`'s signal).  ``sized_workspace(1, 1,
+    1, 1)`` is a simplified likelihood with 3 parameters with signal (POI,
+    lumi, one systematic): a workspace reinterpretation tools evaluate by the
+    thousand.
+    """
+    rng = np.random.default_rng(seed)
+    n_sr = max(1, n_channels // 2)
+    channels, observations = [], []
+    systs = [f"syst_{k}" for k in range(n_systematics)]
+    for c in range(n_channels):
+        name = f"SR_{c}" if c < n_sr else f"CR_{c}"
+        base = rng.uniform(20, 200) * np.exp(-np.linspace(0, 2, n_bins))
+        samples, total = [], np.zeros(n_bins)
+        for k in range(n_samples):
+            nom = np.clip(base * rng.uniform(0.2, 1.0) * np.exp(rng.normal(0, 0.1, n_bins)), 0.5, None)
+            total += nom
+            mods: list[Spec] = [{"name": "lumi", "type": "lumi", "data": None}]
+            if k == 0:
+                mods.append({"name": "mu_bkg", "type": "normfactor", "data": None})
+            chosen = rng.permutation(n_systematics)
+            third = max(1, n_systematics // 3)
+            for j in chosen[:third]:
+                up = rng.uniform(0.01, 0.08)
+                mods.append({"name": systs[j], "type": "normsys", "data": {"hi": _r(1 + up), "lo": _r(1 - up * rng.uniform(0.7, 1.3))}})
+            for j in chosen[third : 2 * third] if n_systematics > 1 else []:
+                shift = rng.uniform(0.01, 0.06) * np.linspace(-1, 1, n_bins) * nom
+                mods.append({"name": systs[j], "type": "histosys",
+                             "data": {"hi_data": [_r(v) for v in nom + shift], "lo_data": [_r(v) for v in nom - 0.9 * shift]}})
+            if n_bins > 1 or n_samples > 1:
+                mods.append({"name": f"staterror_{name}", "type": "staterror", "data": [_r(v) for v in 0.05 * nom]})
+            samples.append({"name": f"bkg_{k}", "data": [_r(v) for v in nom], "modifiers": mods})
+        channels.append({"name": name, "samples": samples})
+        observations.append({"name": name, "data": [float(v) for v in rng.poisson(total)]})
+    return {
+        "version": "1.0.0",
+        "channels": channels,
+        "observations": observations,
+        "measurements": [{"name": "meas", "config": {"poi": "mu_SIG", "parameters": [
+            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.915, 1.085]], "inits": [1.0]},
+            {"name": "mu_SIG", "bounds": [[0.0, 10.0]], "inits": [1.0]}]}}],
+    }
+
+
 def full_workspace(bkg_spec: Spec, patchset: Spec, name: str) -> Spec:
     """The full workspace of one hypothesis, as pyhf's PatchSet applies it."""
     return dict(pyhf.PatchSet(patchset).apply(pyhf.Workspace(bkg_spec), name))

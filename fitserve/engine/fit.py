@@ -200,9 +200,12 @@ def _accept(f, f_new, pred, ok, lam, use_fisher):
     return accept, jnp.where(lam < 1e-7, 0.0, lam), use_fisher
 
 
-@partial(jax.jit, static_argnames=("codes", "poi", "block", "max_iter"))
-def _run_block(t, s: _Lanes, queue, n_queue, codes, poi=0, block=BLOCK, max_iter=MAX_ITER):
+@partial(jax.jit, static_argnames=("codes", "block", "max_iter"))
+def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=MAX_ITER):
     """Up to ``block`` iterations of every lane, refilling finished lanes from ``queue``.
+
+    ``poi`` (the POI's index) is an argument, not a constant, so that models
+    of one shape bucket share the compiled code whatever their POI's place.
 
     On entry a lane that is still fitting owns output slot ``lane`` (its task
     came from an earlier block); a task taken from the queue's entry ``j``
@@ -400,7 +403,7 @@ class Pool:
                 raise Cancelled("cancelled")
             chosen = [self._pending.popleft() for _ in range(min(queue_len, len(self._pending)))]
             queue = self._queue(chosen, queue_len)
-            state, out, used, k = _run_block(self.t, state, queue, np.int32(len(chosen)), self.codes, poi=self.poi)
+            state, out, used, k = _run_block(self.t, state, queue, np.int32(len(chosen)), np.int32(self.poi), self.codes)
             used, k = int(used), int(k)
             lane_iters += lanes * k
             slot_task = np.concatenate([lane_task, np.asarray(chosen + [-1] * (queue_len - len(chosen)))])

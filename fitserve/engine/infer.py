@@ -33,8 +33,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import elementwise
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 from fitserve.engine import likelihood as lh
 from fitserve.engine.fit import FitResult, Pool, Tasks, fit_tasks, lanes_for
@@ -91,8 +90,8 @@ def pvalues(q: np.ndarray, qa: np.ndarray, name: str) -> tuple[np.ndarray, np.nd
     else:
         flat = (sq <= sqa) | (sqa == 0)
         ts = np.where(flat, sq - sqa, (q - qa) / (2 * np.where(flat, 1.0, sqa)))
-    clsb = norm.cdf(-(ts + sqa))
-    clb = norm.cdf(-ts)
+    clsb = ndtr(-(ts + sqa))
+    clb = ndtr(-ts)
     with np.errstate(divide="ignore", invalid="ignore"):
         return clsb, clb, np.where(clb > 0, clsb / np.where(clb > 0, clb, 1.0), 1.0)
 
@@ -100,8 +99,8 @@ def pvalues(q: np.ndarray, qa: np.ndarray, name: str) -> tuple[np.ndarray, np.nd
 def expected_cls(qa: np.ndarray, name: str) -> np.ndarray:
     """Expected band, pyhf order (n_sigma = 2, 1, 0, -1, -2); CLsb for q0."""
     sqa = np.sqrt(qa)[..., None]
-    clsb = norm.cdf(-(_N_SIGMA + sqa))
-    clb = norm.cdf(-_N_SIGMA) * np.ones_like(clsb)
+    clsb = ndtr(-(_N_SIGMA + sqa))
+    clb = ndtr(-_N_SIGMA) * np.ones_like(clsb)
     return clsb if name == "q0" else clsb / clb
 
 
@@ -375,6 +374,8 @@ def upper_limits(
     may sit beyond the bound).  An edge whose CLs is still above ``1 - cl``
     there is reported in ``above``, not as a failure.
     """
+    from scipy.optimize import elementwise  # imported here: 0.3 s that a CLs-only scan does not need
+
     if ht.test_stat == "q0":
         raise ValueError("upper limits need the qtilde or q test statistic")
     n, poi = engine.n_hyp, engine.poi
@@ -433,8 +434,8 @@ def upper_limits(
     sqa = np.sqrt(np.maximum(ht.qa, 0.0))
     sigma = np.where(sqa > 0, ht.poi_test / np.where(sqa > 0, sqa, 1.0), hi_poi)
     guess = np.empty((n, 6))
-    guess[:, 0] = np.maximum(mu_hat, 0.0) + sigma * norm.ppf(1 - alpha / 2)
-    guess[:, 1:] = sigma[:, None] * (norm.ppf(1 - alpha * norm.cdf(-_N_SIGMA)) - _N_SIGMA)
+    guess[:, 0] = np.maximum(mu_hat, 0.0) + sigma * ndtri(1 - alpha / 2)
+    guess[:, 1:] = sigma[:, None] * (ndtri(1 - alpha * ndtr(-_N_SIGMA)) - _N_SIGMA)
     span = hi_b - lo_b
     xl0 = np.clip(lo_b + 0.6 * (guess - lo_b), lo_b + 1e-6 * span, hi_b - 2e-6 * span).reshape(-1)
     xr0 = np.clip(lo_b + 1.4 * (guess.reshape(-1) - lo_b), xl0 + 1e-6 * span, hi_b)
