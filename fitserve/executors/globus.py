@@ -123,7 +123,7 @@ class RequestLimiter:
             self.acquire()
             return fn(*args, **kwargs)
 
-        limited.__wrapped__ = fn  # type: ignore[attr-defined]
+        limited._fitserve_limited = True  # type: ignore[attr-defined]
         return limited
 
 
@@ -305,7 +305,7 @@ class GlobusComputeExecutor(Executor):
             client = Client()
         for name in ("batch_run", "register_function"):
             fn = getattr(client, name, None)
-            if fn is not None and not hasattr(fn, "__wrapped__"):
+            if fn is not None and not getattr(fn, "_fitserve_limited", False):
                 setattr(client, name, self.limiter.wrap(fn))
         return client
 

@@ -110,6 +110,7 @@ class LimitedCloud(BaseAdapter):
 
     def sdk_factory(self, **kwargs: Any) -> SDKExecutor:
         """For ``GlobusComputeExecutor(sdk_factory=...)``: the SDK's Executor, results from here."""
+        kwargs.setdefault("task_group_id", uuid.uuid4())  # its own result queue, not the process-wide default
         return _StandInSDKExecutor(self, **kwargs)
 
     # HTTP ------------------------------------------------------------------------
@@ -224,7 +225,7 @@ class _StandInSDKExecutor(SDKExecutor):
 
     def _get_result_watcher(self) -> _ResultWatcher:
         rw = _RESULT_WATCHERS.get(self.task_group_id)
-        if rw is None or not rw.is_alive():
+        if rw is None or not rw.is_alive() or getattr(rw, "cloud", None) is not self._cloud or rw._time_to_stop:
             rw = _QueueResultWatcher(self._cloud, self.task_group_id, self.client)
             self._cloud.watchers.append(rw)
             rw.start()
