@@ -127,7 +127,8 @@ class LimitedCloud(BaseAdapter):
         data = json.loads(body) if body else {}
         tasks = data.get("tasks") or {}
         self.ledger.requests.append({"path": path, "bytes": size, "t": now,
-                                     "tasks": sum(len(v) for v in tasks.values()) if isinstance(tasks, dict) else 0})
+                                     "tasks": sum(len(v) for v in tasks.values()) if isinstance(tasks, dict) else 0,
+                                     "user_endpoint_config": data.get("user_endpoint_config")})
         if too_many:
             self.ledger.refused.append(f"{path}: more than {self.limits.max_requests} requests in {self.limits.window_s} s")
             return _Reply.make(request, 429, {"code": "TOO_MANY_REQUESTS", "error": "rate limit exceeded"})

@@ -212,3 +212,29 @@ def test_request_limiter_keeps_the_window():
         stamps.append(time.monotonic() - t0)
     for i in range(3, 7):
         assert stamps[i] - stamps[i - 3] >= 0.5
+
+
+@pytest.mark.slow
+def test_user_endpoint_config_from_the_site_file_reaches_the_template(tiny, cloud, tmp_path):
+    """globus.user_endpoint_config in the site file travels with every batch request; the multi-user
+    endpoint renders its template with it (here: the template `fitserve endpoint init --multi-user` wrote)."""
+    from typer.testing import CliRunner
+
+    from fitserve.cli import app
+    from fitserve.endpoint_commands import check_multi_user
+
+    ws, ps = tiny
+    site = tmp_path / "globus.yaml"
+    site.write_text(f"globus:\n  endpoint_id: {uuid.uuid4()}\n  user_endpoint_config:\n    ACCOUNT_ID: atlas42\n"
+                    f"    NODES_PER_BLOCK: 2\n    WALLTIME: '00:30:00'\n    PARTITION: short\n")
+    gx = GlobusComputeExecutor(site=site, client=cloud.client(), sdk_factory=cloud.sdk_factory)
+    try:
+        gx.submit(ws, ps["patches"][:1], {}).result(timeout=120)
+    finally:
+        gx.shutdown()
+    sent = [r["user_endpoint_config"] for r in cloud.ledger.requests if r["path"].endswith("/submit")]
+    assert sent == [{"ACCOUNT_ID": "atlas42", "NODES_PER_BLOCK": 2, "WALLTIME": "00:30:00", "PARTITION": "short"}]
+    mep = tmp_path / "mep"
+    assert CliRunner().invoke(app, ["endpoint", "init", "--multi-user", str(mep), "--site", "slurm", "--no-check"]).exit_code == 0
+    summary = check_multi_user(mep, sent[0])
+    assert "account=atlas42, partition=short, nodes_per_block=2, walltime=00:30:00" in summary
