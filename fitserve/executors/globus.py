@@ -53,7 +53,7 @@ import uuid
 import zlib
 from collections import deque
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -190,7 +190,6 @@ class GlobusStats:
     workspace_sent: int = 0
     workspace_misses: int = 0
     single_lane_tasks: int = 0
-    task_sizes: list[int] = field(default_factory=list, repr=False)
 
 
 class _Chunk:
@@ -423,7 +422,6 @@ class GlobusComputeExecutor(Executor):
         with self._lock:
             self.stats.tasks += 1
             self.stats.largest_task_bytes = max(self.stats.largest_task_bytes, size)
-            self.stats.task_sizes.append(size)
             if single:
                 self.stats.single_lane_tasks += 1
         lane = self._single_lane() if single else self._sdk

@@ -238,3 +238,21 @@ def test_user_endpoint_config_from_the_site_file_reaches_the_template(tiny, clou
     assert CliRunner().invoke(app, ["endpoint", "init", "--multi-user", str(mep), "--site", "slurm", "--no-check"]).exit_code == 0
     summary = check_multi_user(mep, sent[0])
     assert "account=atlas42, partition=short, nodes_per_block=2, walltime=00:30:00" in summary
+
+
+@pytest.mark.slow
+def test_request_rate_stays_under_the_limit(tiny, local_engine):
+    """With the service's rate limit set to 3 requests per 2 s (stand-in and executor alike), seven
+    requests in a row are spread out by the executor's limiter and none is refused."""
+    ws, ps = tiny
+    limits = CloudLimits(max_requests=3, window_s=2.0)
+    cloud = LimitedCloud(local_engine, limits)
+    gx = _executor(cloud, limits=limits)
+    try:
+        for i in range(6):
+            gx.submit(ws, ps["patches"][i % 3:i % 3 + 1], {"poi_test": 1.0 + i}).result(timeout=120)
+    finally:
+        gx.shutdown()
+        cloud.stop()
+    assert len(cloud.ledger.requests) == 7 and cloud.ledger.refused == []
+    assert cloud.ledger.max_requests_in_window(2.0) <= 3 and gx.limiter.waited_s > 0
