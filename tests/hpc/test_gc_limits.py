@@ -256,3 +256,17 @@ def test_request_rate_stays_under_the_limit(tiny, local_engine):
         cloud.stop()
     assert len(cloud.ledger.requests) == 7 and cloud.ledger.refused == []
     assert cloud.ledger.max_requests_in_window(2.0) <= 3 and gx.limiter.waited_s > 0
+
+
+@pytest.mark.slow
+def test_a_result_over_the_limit_fails_with_its_size(tiny, cloud):
+    """The task measures its compressed records against the result limit the client sent and
+    refuses, naming the sizes, rather than letting the endpoint drop the result."""
+    ws, ps = tiny
+    gx = _executor(cloud, limits=CloudLimits(max_result_bytes=400))
+    try:
+        with pytest.raises(RuntimeError, match=r"1 records compress to [\d,]+ bytes, over half the result limit of 400 bytes"):
+            gx.submit(ws, ps["patches"][:1], {}).result(timeout=120)
+    finally:
+        gx.shutdown()
+    assert cloud.ledger.refused == []
