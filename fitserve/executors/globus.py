@@ -20,8 +20,9 @@ by construction:
   envelope) / batch_size``; so a full batch request stays under the limit;
 * a task that fits one request but not that share (a large background sent
   inline) goes through a second SDK executor with ``batch_size=1``;
-* a hypothesis that cannot fit even one request alone is refused before
-  anything is submitted (:class:`PayloadTooLarge`, naming the sizes);
+* a hypothesis that cannot fit even one request alone is marked failed
+  before anything is submitted, with a :class:`PayloadTooLarge` message naming
+  the sizes; the rest of its chunk is sent;
 * results travel compressed; the task refuses to return more than half the
   result limit, and patches per task are capped so that records fit;
 * requests (batch submissions and function registrations) go through a
@@ -57,7 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, register_executor
+from fitserve.executors.base import Executor, _error_record, register_executor
 from fitserve.executors.globus_task import PROTOCOL, run_globus_task, versions, workspace_sha
 
 ENV_ENDPOINT_ID = "FITSERVE_GLOBUS_ENDPOINT_ID"
@@ -334,26 +335,28 @@ class GlobusComputeExecutor(Executor):
                 "options": options, "max_result_bytes": self.limits.max_result_bytes}
 
     def plan(self, sha: str, ws: bytes | None, patches: list[bytes] | None, names: list[str],
-             options: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
-        """Split one chunk into ``(request, task_bytes)``: the first carries ``ws`` if given.
+             options: dict[str, Any], refused: dict[int, str] | None = None) -> list[tuple[dict[str, Any], int]]:
+        """Split one chunk into ``(request, task_bytes)``; one of them carries ``ws`` if given.
 
-        Each task fits :attr:`task_budget` where it can (so a batch of ``batch_size``
-        fits one request); one that cannot even alone goes to the single lane if it fits
-        :attr:`single_budget`; otherwise :class:`PayloadTooLarge`.
+        Tasks are grouped to fit :attr:`task_budget` (so a batch of ``batch_size`` fits one
+        request); the workspace rides with the first task it fits with.  A task that cannot
+        fit its share goes to the single lane if it fits :attr:`single_budget`.  A patch that
+        cannot fit one request even alone is put into ``refused`` (index -> message) or, if
+        ``refused`` is None, raises :class:`PayloadTooLarge`; so does a workspace that fits
+        with no task.
         """
         if patches is None:
             req = self._request(sha, ws, None, options)
             return [(req, self._fit_alone(req, names[:1], ws))]
         out: list[tuple[dict[str, Any], int]] = []
         base = self._sizer.task_bytes(self._request(sha, None, [], options))
-        ws_cost = self._sizer.task_bytes(self._request(sha, ws, [], options)) - base if ws is not None else 0
         group: list[int] = []
-        used = base + ws_cost
+        used = base
 
         def flush() -> None:
             nonlocal group, used
             if group:
-                out.extend(self._exact(sha, ws if not out else None, patches, names, group, options))
+                out.extend(self._exact(sha, patches, names, group, options, refused))
             group, used = [], base
 
         for i, p in enumerate(patches):
@@ -363,19 +366,38 @@ class GlobusComputeExecutor(Executor):
             group.append(i)
             used += cost
         flush()
-        return out
+        if ws is None or not out:
+            return out
+        for budget in (self.task_budget, self.single_budget):
+            for k, (req, _) in enumerate(out):
+                with_ws = dict(req, ws=ws)
+                size = self._sizer.task_bytes(with_ws)
+                if size <= budget:
+                    out[k] = (with_ws, size)
+                    return out
+        smallest = min(self._sizer.task_bytes(dict(r, ws=ws)) for r, _ in out)
+        raise PayloadTooLarge(
+            f"the background workspace ({len(ws):,} bytes compressed) does not fit one Globus Compute request "
+            f"with any task of this chunk (smallest: {smallest:,} bytes, limit {self.limits.max_request_bytes:,} "
+            f"less {self._sizer.envelope:,} bytes of envelope): use the parsl executor for this likelihood")
 
-    def _exact(self, sha: str, ws: bytes | None, patches: list[bytes], names: list[str], idx: list[int],
-               options: dict[str, Any]) -> list[tuple[dict[str, Any], int]]:
-        req = self._request(sha, ws, [patches[i] for i in idx], options)
+    def _exact(self, sha: str, patches: list[bytes], names: list[str], idx: list[int], options: dict[str, Any],
+               refused: dict[int, str] | None) -> list[tuple[dict[str, Any], int]]:
+        req = self._request(sha, None, [patches[i] for i in idx], options)
         size = self._sizer.task_bytes(req)
         if size <= self.task_budget:
             return [(req, size)]
         if len(idx) == 1:
-            return [(req, self._fit_alone(req, [names[idx[0]]], ws, size))]
+            try:
+                return [(req, self._fit_alone(req, [names[idx[0]]], None, size))]
+            except PayloadTooLarge as exc:
+                if refused is None:
+                    raise
+                refused[idx[0]] = str(exc)
+                return []
         half = len(idx) // 2
-        return (self._exact(sha, ws, patches, names, idx[:half], options)
-                + self._exact(sha, None, patches, names, idx[half:], options))
+        return (self._exact(sha, patches, names, idx[:half], options, refused)
+                + self._exact(sha, patches, names, idx[half:], options, refused))
 
     def _fit_alone(self, req: dict[str, Any], names: list[str], ws: bytes | None, size: int | None = None) -> int:
         size = size if size is not None else self._sizer.task_bytes(req)
@@ -406,13 +428,18 @@ class GlobusComputeExecutor(Executor):
             self._workspaces[sha] = ws
             if len(self._workspaces) > 8:
                 self._workspaces.pop(next(iter(self._workspaces)))
-        parts = self.plan(sha, ws if inline else None, pz, names, dict(options))  # may raise PayloadTooLarge
+        refused: dict[int, str] = {}
+        parts = self.plan(sha, ws if inline else None, pz, names, dict(options), refused)  # may raise PayloadTooLarge
         with self._lock:
-            self._sent.add(sha)
+            if not inline or any(r["ws"] is not None for r, _ in parts):
+                self._sent.add(sha)
             self.stats.chunks += 1
-            if inline:
+            if inline and parts:
                 self.stats.workspace_sent += 1
         chunk = _Chunk(len(parts))
+        chunk.records.update({names[i]: _error_record(plist[i], msg) for i, msg in refused.items()})  # type: ignore[index]
+        if not parts:
+            chunk.future.set_result(chunk.records)
         for req, size in parts:
             self._send(req, size, chunk)
         return chunk.future
@@ -451,13 +478,20 @@ class GlobusComputeExecutor(Executor):
             if ws is None:
                 chunk.fail(RuntimeError(f"workspace {req['ws_sha'][:12]} asked for again but no longer held here"))
                 return
+            plist = None if req["patches"] is None else [json.loads(zlib.decompress(p)) for p in req["patches"]]
+            names = [p.get("metadata", {}).get("name", "") for p in plist] if plist is not None else [""]
+            refused: dict[int, str] = {}
             try:
-                names = [json.loads(zlib.decompress(p)).get("metadata", {}).get("name", "") for p in req["patches"] or []]
-                parts = self.plan(req["ws_sha"], ws, req["patches"], names or [""], req["options"])
+                parts = self.plan(req["ws_sha"], ws, req["patches"], names, req["options"], refused)
             except PayloadTooLarge as exc:
                 chunk.fail(exc)
                 return
+            errors = {names[i]: _error_record(plist[i], msg) for i, msg in refused.items()}  # type: ignore[index]
+            if not parts:
+                chunk.add(errors)
+                return
             with chunk.lock:
+                chunk.records.update(errors)
                 chunk.pending += len(parts) - 1
             for r, size in parts:
                 self._send(r, size, chunk)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 import zlib
 
@@ -110,7 +111,7 @@ def test_1lbb_through_the_service_within_the_limits(lbb, cloud, service):
 
 @pytest.mark.shared
 def test_planning_keeps_a_full_batch_under_the_limit(lbb, local_engine):
-    """Chunks of 1Lbb (16 patches, ~2 MB as JSON) become tasks whose batch of ``batch_size`` fits 10 MB,
+    """Chunks of 1Lbb (16 patches, 1.5 MB as JSON) become tasks whose batch of ``batch_size`` fits 10 MB,
     measured with the SDK's serializer; with a tight limit the inline background takes the single lane."""
     ws, ps = lbb
     cloud = LimitedCloud(local_engine)
@@ -133,19 +134,25 @@ def test_planning_keeps_a_full_batch_under_the_limit(lbb, local_engine):
         gx.shutdown()
 
 
-def test_a_hypothesis_that_cannot_fit_is_refused_before_submission(tiny, local_engine):
+def test_a_hypothesis_that_cannot_fit_fails_alone_before_submission(tiny, local_engine):
+    """With a 40,000-byte request limit, an incompressible 40 kB patch cannot travel: it is marked
+    failed with the sizes before anything is sent; the other hypothesis of its chunk is fitted."""
     ws, ps = tiny
-    cloud = LimitedCloud(local_engine)
+    cloud = LimitedCloud(local_engine, CloudLimits(max_request_bytes=40_000))
     gx = _executor(cloud, limits=CloudLimits(max_request_bytes=40_000))
-    big = dict(ps["patches"][0])
-    big["metadata"] = {"name": "huge", "values": [1.0]}
-    big["patch"] = [{"op": "add", "path": "/x", "value": os.urandom(40_000).hex()}]  # incompressible
+    big = {"metadata": {"name": "huge", "values": [1.0]},
+           "patch": [{"op": "add", "path": "/x", "value": os.urandom(40_000).hex()}]}
     try:
-        with pytest.raises(PayloadTooLarge, match=r"hypothesis 'huge': one task is [\d,]+ bytes .* over the 40,000-byte"):
-            gx.submit(ws, [ps["patches"][1], big], {})
-        assert cloud.ledger.requests == []
+        got = gx.submit(ws, [ps["patches"][1], big], {}).result(timeout=120)
     finally:
         gx.shutdown()
+        cloud.stop()
+    assert re.match(r"hypothesis 'huge': one task is [\d,]+ bytes .* over the 40,000-byte request limit", got["huge"]["error"])
+    assert got["huge"]["converged"] is False and got["sig_1"]["converged"] is True
+    assert gx.stats.tasks == 1 and cloud.ledger.refused == []
+    assert max(r["bytes"] for r in cloud.ledger.requests) < 40_000
+    with pytest.raises(PayloadTooLarge, match="hypothesis 'huge'"):
+        gx.plan("0" * 64, None, [zlib.compress(json.dumps(big).encode())], ["huge"], {})
 
 
 @pytest.mark.slow
