@@ -256,6 +256,7 @@ class GlobusComputeExecutor(Executor):
     ) -> None:
         from fitserve.executors.sites import load_site
 
+        sdk_class = self._sdk_class()  # a clear error first if the SDK is missing (the sizes need its serializer)
         source = str(site) if site is not None and not isinstance(site, dict) else "settings"
         data = load_site(site) if site is not None else {}
         globus = dict(data.get("globus") or {})
@@ -284,7 +285,7 @@ class GlobusComputeExecutor(Executor):
             self._sdk = self._single = sdk_executor
             self._factory = None
         else:
-            self._factory = sdk_factory or self._sdk_class()
+            self._factory = sdk_factory or sdk_class
             self._client = self._limited(client)
             self._sdk = self._new_sdk(self.batch_size)
             self._single = None
