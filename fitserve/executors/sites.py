@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 TOP_LEVEL_KEYS = {"description", "capacity", "executor", "provider", "globus"}
-GLOBUS_KEYS = {"endpoint_id", "capacity", "resource_specification", "user_endpoint_config", "amqp_port", "batch_size"}
+GLOBUS_KEYS = {"endpoint_id", "capacity", "resource_specification", "user_endpoint_config", "amqp_port", "batch_size",
+               # the cloud service's limits (fitserve.executors.globus.CloudLimits) and the client-side request rate
+               "max_request_bytes", "max_result_bytes", "max_requests", "window_s", "client_max_requests"}
 #: HighThroughputExecutor arguments fitserve sets itself
 RESERVED_EXECUTOR_KEYS = {"label", "provider"}
 

@@ -82,3 +82,43 @@ def slurm_jobs(marker: str) -> list[dict[str, str]]:
         if marker in fields.get("StdOut", "") or marker in fields.get("Command", ""):
             jobs.append(fields)
     return jobs
+
+
+def engine_from_template(site: str, overrides: dict, provider_overrides: dict) -> Any:
+    """The GlobusComputeEngine of endpoints/globus-compute/<site>/config.yaml with test values, via the endpoint's loader."""
+    from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
+
+    from fitserve.endpoint_commands import render_template
+    from fitserve.executors.parsl import _venv_on_path
+
+    _venv_on_path()  # the engine starts `globus-compute-endpoint python-exec ...` through PATH, as an endpoint does
+    data = yaml.safe_load(render_template(site))
+    data["engine"].update(overrides)
+    data["engine"]["provider"].update(provider_overrides)
+    return load_config_yaml(yaml.safe_dump(data)).engine
+
+
+@pytest.fixture(scope="session")
+def workspace_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workers' workspace cache (FITSERVE_WORKSPACE_CACHE), set before any engine starts its workers."""
+    path = tmp_path_factory.mktemp("ws-cache")
+    os.environ["FITSERVE_WORKSPACE_CACHE"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_engine(tmp_path_factory: pytest.TempPathFactory, workspace_cache: Path) -> Any:
+    """GlobusComputeEngine + LocalProvider from endpoints/globus-compute/local (2 workers), started as an endpoint starts it."""
+    pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'")
+    import uuid
+
+    engine = engine_from_template(
+        "local",
+        {"max_workers_per_node": 2, "heartbeat_period": 2, "heartbeat_threshold": 10},
+        {"worker_init": TEST_WORKER_INIT, "init_blocks": 1, "min_blocks": 1},
+    )
+    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path_factory.mktemp("gce-local")))
+    try:
+        yield engine
+    finally:
+        engine.shutdown()

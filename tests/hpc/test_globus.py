@@ -28,7 +28,7 @@ from fitserve.endpoint_commands import SITES, render_template  # noqa: E402
 from fitserve.executors import get_executor, run_chunk_task  # noqa: E402
 from fitserve.executors.globus import GlobusComputeExecutor  # noqa: E402
 
-from .conftest import ENDPOINTS, TEST_WORKER_INIT, slurm_jobs, wait_until  # noqa: E402
+from .conftest import ENDPOINTS, TEST_WORKER_INIT, engine_from_template, slurm_jobs, wait_until  # noqa: E402
 from .gc_loopback import LoopbackSDKExecutor, pack_task, run_on_engine  # noqa: E402
 
 PROVIDERS = {"slurm": "SlurmProvider", "pbs": "PBSProProvider", "kubernetes": "KubernetesProvider", "local": "LocalProvider"}
@@ -90,32 +90,6 @@ def test_task_function_travels_by_reference(tiny):
     assert pickle.loads(base64.b64decode(body)) is run_chunk_task
 
 
-def _engine_from_template(site: str, overrides: dict, provider_overrides: dict):
-    from fitserve.executors.parsl import _venv_on_path
-
-    _venv_on_path()  # the engine starts `globus-compute-endpoint python-exec ...` through PATH, as an endpoint does
-    data = yaml.safe_load(render_template(site))
-    data["engine"].update(overrides)
-    data["engine"]["provider"].update(provider_overrides)
-    return load_config_yaml(yaml.safe_dump(data)).engine
-
-
-@pytest.fixture(scope="module")
-def local_engine(tmp_path_factory):
-    """GlobusComputeEngine + LocalProvider from endpoints/globus-compute/local, started as an endpoint starts it."""
-    engine = _engine_from_template(
-        "local",
-        {"max_workers_per_node": 2, "heartbeat_period": 2, "heartbeat_threshold": 10},
-        {"worker_init": TEST_WORKER_INIT, "init_blocks": 1, "min_blocks": 1},
-    )
-    run_dir = tmp_path_factory.mktemp("gce-local")
-    engine.start(endpoint_id=uuid.uuid4(), run_dir=str(run_dir))
-    try:
-        yield engine
-    finally:
-        engine.shutdown()
-
-
 @pytest.mark.slow
 def test_local_engine_runs_the_task(local_engine, tiny):
     ws, ps = tiny
@@ -151,7 +125,8 @@ def test_globus_executor_through_the_service(local_engine, service, tiny):
     finally:
         service.stop_workers()
         gx.shutdown()
-    assert loopback.submitted == 2  # 3 hypotheses in chunks of 2
+    # 3 hypotheses in chunks of 2: two tasks, plus one sent again with the workspace for each worker that missed it
+    assert loopback.submitted == 2 + gx.stats.workspace_misses and gx.stats.workspace_sent == 1
     for name in want:
         assert got[name]["CLs_obs"] == pytest.approx(want[name]["CLs_obs"], rel=1e-9)
         assert got[name]["CLs_exp"] == pytest.approx(want[name]["CLs_exp"], rel=1e-9)
@@ -171,7 +146,8 @@ def test_globus_executor_builds_the_sdk_executor(monkeypatch, tmp_path):
     try:
         assert isinstance(gx, GlobusComputeExecutor) and isinstance(gx._sdk, globus_compute_sdk.Executor)
         assert str(gx._sdk.endpoint_id) == ep and gx._sdk.batch_size == 32 and gx.capacity == 7
-        assert gx.describe() == {"executor": "globus", "capacity": 7, "endpoint_id": ep, "site": str(site)}
+        d = gx.describe()
+        assert (d["executor"], d["capacity"], d["endpoint_id"], d["site"], d["batch_size"]) == ("globus", 7, ep, str(site), 32)
     finally:
         gx.shutdown()
     monkeypatch.setenv("FITSERVE_GLOBUS_ENDPOINT_ID", "not-a-uuid")
@@ -183,7 +159,7 @@ def test_globus_executor_builds_the_sdk_executor(monkeypatch, tmp_path):
 def test_slurm_engine_runs_the_task(slurm, tiny, tmp_path):
     """GlobusComputeEngine + SlurmProvider (endpoints/globus-compute/slurm) on the real Slurm cluster."""
     ws, ps = tiny
-    engine = _engine_from_template(
+    engine = engine_from_template(
         "slurm",
         {"max_workers_per_node": 1, "cores_per_worker": 1, "address": "127.0.0.1", "heartbeat_period": 2,
          "heartbeat_threshold": 10, "encrypted": False},
