@@ -94,7 +94,10 @@ def register(app: typer.Typer) -> None:
 
         from fitserve.service.api import create_app
 
+        from fitserve.service.joblog import log_to_stderr
+
         settings = _auth_for(_settings(redis_url=redis_url, auth=auth), host)
+        log_to_stderr()
         typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
@@ -207,7 +210,10 @@ def _run_up(settings: Any, host: str, port: int, sock: Any, embedded: Any) -> No
     import uvicorn
 
     from fitserve.service.api import create_app
+    from fitserve.service.joblog import log_to_stderr
     from fitserve.service.redis_server import die_with_parent
+
+    log_to_stderr()
 
     env = _venv_path_env({**os.environ, **_settings_env(settings)})
     worker_proc = subprocess.Popen(

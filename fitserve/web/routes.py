@@ -277,7 +277,10 @@ async def full_submit(request: Request) -> Response:
         else:
             store, queue = request.app.state.store, request.app.state.queue
             try:
-                job_id, _ = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
+                job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
+                joblog = getattr(request.app.state, "joblog", None)
+                if joblog is not None:
+                    joblog.submitted(job_id, who.user, len(job.names), n_todo, job.options)
             except LimitExceeded as exc:
                 errors["form"] = exc.message
             else:

@@ -98,11 +98,16 @@ def test_two_services_on_one_machine_do_not_see_each_other(tmp_path: Path) -> No
         assert len(workers_a) == len(workers_b) == 1 and not workers_a & workers_b
         # nothing listens on TCP for their Redis: each is a Unix socket in its own data directory
         assert (tmp_path / "alice/var/redis/redis.sock").is_socket() and (tmp_path / "bob/var/redis/redis.sock").is_socket()
+        time.sleep(2)  # the job log polls once a second
     finally:
         rca, erra = a.stop()
         rcb, errb = b.stop()
     assert rca == rcb == 0, erra + errb
     assert "started a private Redis for this service" in erra and "6379" not in erra
+    # one line per job: submitted (with its options), and done with counts and times
+    assert f"job {ja} submitted by local: 2 hypotheses (0 cached, 2 to compute); qtilde mu=1 CL=95%" in erra, erra
+    assert f"job {ja} done: 2/2 hypotheses (2 computed, 0 cached, 0 errors" in erra, erra
+    assert ja not in errb and f"job {jb} done: 3/3" in errb
 
 
 def test_a_second_service_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
