@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 API = "/v1"
-PLOT_FORMATS = {".png": "png", ".svg": "svg"}
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 RESULT_FORMATS = {".json": "json", ".csv": "csv"}
 USER_AGENT = f"fitserve-client/{__version__}"
 

@@ -372,6 +372,11 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         """The exclusion plot as SVG."""
         return _plot(job_id, "svg", principal)
 
+    @app.get("/v1/jobs/{job_id}/plot.pdf", tags=["results"], response_class=Response)
+    def plot_pdf(job_id: str, principal: Principal = Depends(who)) -> Response:
+        """The exclusion plot as PDF (for papers)."""
+        return _plot(job_id, "pdf", principal)
+
     @app.get("/v1/health", tags=["service"])
     def health() -> JSONResponse:
         """Redis reachability, live workers, queue depth."""
