@@ -14,7 +14,7 @@ How a document becomes one bash script (``doc_script``):
 
 To keep other engineers' services and the repository out of it, the test runs in a
 temporary directory (the repository's ``workspaces`` and ``quickstart.sh`` linked into it),
-rewrites ``/tmp/guide`` to a temporary path and port 8000 to a free one. A ``fitserve up``
+rewrites ``/tmp/guide`` to a temporary path and port 8000 (``:8000``, ``--port 8000``) to a free one. A ``fitserve up``
 line starts in the background and is waited for; ``./quickstart.sh`` runs for real with
 ``QUICKSTART_NO_INSTALL=1`` (this environment's fitserve). Outputs are not compared (ids and
 timings differ); exit codes are.
@@ -123,7 +123,8 @@ def run_doc(doc: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
         (work / name).symlink_to(REPO / name)
     (work / ".venv").symlink_to(Path(sys.executable).parents[1])  # what the quickstart made: `source .venv/bin/activate`
     guide = tmp_path / "guide"
-    text = doc.read_text().replace("/tmp/guide", str(guide)).replace(":8000", f":{port}")
+    text = doc.read_text().replace("/tmp/guide", str(guide)).replace(":8000", f":{port}").replace("--port 8000", f"--port {port}")
+    assert "8000" not in "\n".join(line for _, body in blocks(text) for line in body), "a port 8000 the test did not rewrite"
     text = text.replace("./quickstart.sh", f"QUICKSTART_NO_INSTALL=1 PORT={port} ./quickstart.sh")
     script = PRELUDE + doc_script(text)
     (tmp_path / "doc.sh").write_text(script)
