@@ -141,6 +141,9 @@ def run_doc(doc: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
         os.killpg(proc.pid, signal.SIGTERM)  # fitserve up stops its worker and Redis
         out, err = proc.communicate(timeout=60)
         err += "\n::: timed out after 900 s"
+    transcript = REPO / "test-output" / "docs" / f"{doc.stem}.log"  # what ran and what it printed, to read
+    transcript.parent.mkdir(parents=True, exist_ok=True)
+    transcript.write_text(f"{out}\n--- stderr\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

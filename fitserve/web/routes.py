@@ -133,8 +133,7 @@ def quick_page(request: Request) -> HTMLResponse:
     viewer(request)
     params = dict(request.query_params)
     submitted = any(k in params for k in counting.FIELDS)
-    ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None,
-                           "compiled": counting.compiled_sizes()}
+    ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None}
     status = 200
     if warmup_mode() == "lazy":
         counting.Warmup.start()  # once per process
@@ -153,6 +152,7 @@ def quick_page(request: Request) -> HTMLResponse:
         status = 422 if inp.errors else 200
     ctx["warming"] = counting.Warmup._started and not counting.Warmup.done.is_set()
     ctx["warm_bins"] = counting.WARM_BINS
+    ctx["compiled"] = counting.compiled_sizes()  # after this request's own compilation
     return _page(request, "quick.html", ctx, status)
 
 

@@ -31,6 +31,8 @@ def test_job_list_and_job_page_show_options_and_cl_aware_exclusion(page, web, sh
     page.wait_for_url(f"**/jobs/{job_id}")
     page.wait_for_selector("[data-testid=job-state]:text('done')", timeout=600_000)
     page.get_by_test_id("results-table").wait_for(timeout=30_000)
+    plot = page.get_by_test_id("plot")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=plot.element_handle(), timeout=60_000)
     opts = page.get_by_test_id("job-options").inner_text()
     for text in ("test statistic", "qtilde", "POI value tested", "68%", "upper limits", "no", "calculator", "asymptotic"):
         assert text in opts, opts
