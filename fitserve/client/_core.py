@@ -351,8 +351,10 @@ class Waiter:
             if self._own_bar:
                 from tqdm.auto import tqdm
 
+                # smoothing=0: the average rate since the start; hypotheses land a chunk at a time, and
+                # tqdm's default (a burst over the last update) read millions of hyp/s
                 self._bar = tqdm(total=prog.get("total", 0), unit="hyp", desc=f"job {self.job_id[:12]}",
-                                 file=sys.stderr, dynamic_ncols=True, leave=True)
+                                 file=sys.stderr, dynamic_ncols=True, leave=True, smoothing=0)
             else:
                 self._bar = self.progress
                 self._bar.total = prog.get("total", 0)
