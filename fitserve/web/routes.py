@@ -340,7 +340,8 @@ def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[s
         cl = (meta or {}).get("options", {}).get("confidence_level", 0.95)
         ctx.update(rows=_rows(recs, cl), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
                    labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
-                   has_plot=st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()),
+                   has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
+                   or (st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())),
                    limits=any(r.get("upper_limit") for r in recs.values()), cl=cl)
     return ctx
 

@@ -49,3 +49,21 @@ def test_job_list_and_job_page_show_options_and_cl_aware_exclusion(page, web, sh
     scroll = page.eval_on_selector(".scroll", "d => [d.scrollWidth, d.clientWidth]")
     assert scroll[0] <= scroll[1], scroll
     shot(page, "job-options")
+
+
+def test_a_full_workspace_with_limits_gets_a_limit_plot(page, web, shot):
+    import json
+
+    web.start_worker()
+    ws = json.loads((EXAMPLE / "single.json").read_text())
+    r = httpx.post(web.url + "/v1/jobs", json={"workspace": ws, "options": {"limits": True}}, timeout=60)
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    page.goto(f"{web.url}/jobs/{job_id}")
+    page.wait_for_selector("[data-testid=job-state]:text('done')", timeout=600_000)
+    plot = page.get_by_test_id("plot")
+    plot.wait_for(timeout=30_000)
+    page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=plot.element_handle(), timeout=60_000)
+    pdf = httpx.get(f"{web.url}/v1/jobs/{job_id}/plot.pdf", timeout=60)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    shot(page, "job-single-workspace")
