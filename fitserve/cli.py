@@ -64,7 +64,7 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-MODIFIER_SETTINGS_HELP = ("'atlas' (normsys code4, histosys code4p; default), 'legacy' or 'pyhf' (code1, code0), "
+MODIFIER_SETTINGS_HELP = ("'atlas' (normsys code4, histosys code4p; default), 'legacy' (code1, code0; pyhf < 0.7's default; 'pyhf' is an alias), "
                           "or a pyhf-style JSON object, e.g. '{\"normsys\": {\"interpcode\": \"code4\"}, \"histosys\": {\"interpcode\": \"code0\"}}'.")
 
 
