@@ -145,7 +145,10 @@ def test_sigkill_of_fitserve_up_leaves_no_redis_worker_or_parsl_process(tmp_path
     up.proc.kill()
     up.proc.wait()
     try:
-        wait_until(lambda: not _alive(family), timeout=15, what="the children of a SIGKILLed fitserve up to exit")
+        try:
+            wait_until(lambda: not _alive(family), timeout=30, what="the children of a SIGKILLed fitserve up to exit")
+        except TimeoutError:
+            raise AssertionError(f"still running 30 s after the SIGKILL: {_alive(family)}\n{up.proc.stderr.read()[-3000:]}") from None
     finally:
         for p in family:  # never leave them behind on failure either
             try:
