@@ -71,12 +71,28 @@ def _start_executor_shielded(w: Any) -> None:
     and worker pool would die first and leave the DataFlowKernel waiting on them (the
     >40 s hang).  Ignored at their start, they live until the worker, which alone handles
     SIGINT, shuts them down in order.  (SIG_IGN survives exec; a Python child started with
-    it ignored installs no KeyboardInterrupt handler.)
+    it ignored installs no KeyboardInterrupt handler.)  The processes started meanwhile also get the
+    parent-death signal: if the worker dies without shutting Parsl down (killed), its interchange
+    exits too instead of living on (Parsl's pool then ends on its missed heartbeats).
     """
+    from fitserve.service.redis_server import die_with_parent
+
+    real_popen = subprocess.Popen
+
+    class _DiesWithWorker(real_popen):  # type: ignore[misc, valid-type]
+        """Popen for what the executor starts now (Parsl's interchange): it gets SIGTERM if the worker dies."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            own, theirs = die_with_parent(), kwargs.get("preexec_fn")
+            kwargs["preexec_fn"] = own if theirs is None else (lambda: (own(), theirs()))
+            super().__init__(*args, **kwargs)
+
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    subprocess.Popen = _DiesWithWorker  # type: ignore[misc]
     try:
         _ = w.executor
     finally:
+        subprocess.Popen = real_popen  # type: ignore[misc]
         signal.signal(signal.SIGINT, previous)
 
 
