@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -19,8 +19,42 @@ from fitserve.engine.errors import InputError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batched CLs fits of pyhf likelihoods, locally or as a service.")
 
 
+def _no_flag_placeholders() -> None:
+    """Help without ``<bool>`` after flags that take no value (``--limits``, ``--help``).
+
+    Typer's rich help prints every option's type; for a flag there is no value to type,
+    so the placeholder only misleads.  Options that take a value keep theirs.
+    """
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_fitserve", False):
+        return
+
+    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
+        if self.is_flag and self.metavar is None:
+            return None
+        return original(self, ctx)
+
+    display_type_rich._fitserve = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
+_no_flag_placeholders()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from fitserve import __version__
+
+        typer.echo(f"fitserve {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """Batched CLs fits of pyhf likelihoods, locally or as a service."""
 
 
@@ -30,17 +64,34 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+MODIFIER_SETTINGS_HELP = ("'atlas' (normsys code4, histosys code4p; default), 'legacy' (code1, code0; pyhf < 0.7's default; 'pyhf' is an alias), "
+                          "or a pyhf-style JSON object, e.g. '{\"normsys\": {\"interpcode\": \"code4\"}, \"histosys\": {\"interpcode\": \"code0\"}}'.")
+
+
+def parse_modifier_settings(value: Optional[str]) -> Any:
+    """A settings name as is, or a JSON object (the explicit pyhf ``modifier_settings`` mapping)."""
+    if value is None or not value.lstrip().startswith("{"):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})", param_hint="--modifier-settings")
+
+
 @app.command()
 def scan(
-    workspace: Path = typer.Argument(..., help="Background-only workspace (with PATCHSET) or one full workspace."),
-    patchset: Optional[Path] = typer.Argument(None, help="pyhf PatchSet JSON with one patch per signal hypothesis."),
+    workspace: Path = typer.Argument(..., metavar="WORKSPACE", help="Background-only workspace (with PATCHSET) or one full workspace."),
+    patchset: Optional[Path] = typer.Argument(None, metavar="[PATCHSET]", help="pyhf PatchSet JSON with one patch per signal hypothesis."),
     output: Path = typer.Option(Path("results.json"), "-o", "--output", help="Where to write the results JSON."),
-    limits: bool = typer.Option(False, "--limits", help="Also compute 95% CL upper limits on the POI (observed and expected band)."),
-    test_stat: str = typer.Option("qtilde", "--test-stat", help="qtilde, q or q0."),
+    limits: bool = typer.Option(False, "--limits", help="Also compute upper limits on the POI at --cl (observed and expected band)."),
+    test_stat: str = typer.Option("qtilde", "--test-stat", help="qtilde, q or q0 (discovery: p0 instead of CLs)."),
     poi_test: float = typer.Option(1.0, "--poi-test", help="POI value tested for CLs."),
-    patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only these patches (repeatable)."),
+    confidence_level: float = typer.Option(0.95, "--cl", help="Confidence level of the exclusion and the limits."),
+    measurement: Optional[str] = typer.Option(None, "--measurement", help="Measurement name in the workspace (default: the first)."),
+    patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the hypothesis of a single full workspace (default: the file name)."),
     cls_only: bool = typer.Option(False, "--cls-only", help="Print only the observed CLs per hypothesis."),
-    modifier_settings: str = typer.Option("atlas", "--modifier-settings", help="'atlas' (normsys code4, histosys code4p) or 'pyhf' (code1, code0)."),
+    modifier_settings: str = typer.Option("atlas", "--modifier-settings", help=MODIFIER_SETTINGS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
@@ -50,7 +101,8 @@ def scan(
 
     try:
         options = ScanOptions(
-            test_stat=test_stat, poi_test=poi_test, limits=limits, cls_only=cls_only, modifier_settings=modifier_settings
+            test_stat=test_stat, poi_test=poi_test, limits=limits, cls_only=cls_only, confidence_level=confidence_level,
+            modifier_settings=parse_modifier_settings(modifier_settings), measurement=measurement,
         )
     except ValueError as exc:
         fail(f"bad option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")
@@ -61,29 +113,70 @@ def scan(
             patches = validate_patchset(load_json(patchset), where=str(patchset))["patches"]
         bar = _progress_bar() if progress else None
         try:
-            result = run_scan(ws, patches, options, names=patch, progress=bar.update if bar else None, where=str(workspace))
+            result = run_scan(ws, patches, options, names=patch, progress=bar.update if bar else None,
+                              where=str(workspace), on_event=_compile_notice(bar))
         finally:
             if bar:
                 bar.close()
     except InputError as exc:
         fail(str(exc))
+    if patchset is None:
+        result["results"] = {name or workspace.stem: rec for rec in result["results"].values()}
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if cls_only:
-        for name, rec in result["results"].items():
-            typer.echo(f"{name}\t{rec['CLs_obs']}")
+        for key, rec in result["results"].items():
+            typer.echo(f"{key}\t{rec['CLs_obs']}")
     else:
-        n = len(result["results"])
-        bad = sum(not r["converged"] for r in result["results"].values())
-        excluded = sum(1 for r in result["results"].values() if r["converged"] and r["CLs_obs"] is not None and r["CLs_obs"] < 1 - options.confidence_level)
-        typer.echo(
-            f"{n} hypotheses, {excluded} excluded at {options.confidence_level:.0%} CL, {bad} not converged; "
-            f"compile {result['timing']['compile_s']:.1f} s, fit {result['timing']['fit_s']:.1f} s -> {output}",
-            err=True,
-        )
+        typer.echo(f"{scan_summary(result, options)}; compile {result['timing']['compile_s']:.1f} s, "
+                   f"fit {result['timing']['fit_s']:.1f} s -> {output}", err=True)
+
+
+#: One-sided p-values of 3 and 5 sigma (evidence, discovery).
+P_3SIGMA, P_5SIGMA = 1.3498980316301e-3, 2.866515718791939e-7
+
+
+def scan_summary(result: dict[str, Any], options: Any) -> str:
+    """One line: exclusions at the job's CL, or for q0 (discovery) the p0 values in significance terms."""
+    recs = [r for r in result["results"].values()]
+    ok = [r for r in recs if r.get("converged") and r.get("CLs_obs") is not None]
+    bad = len(recs) - len(ok)
+    if options.test_stat != "q0":
+        excluded = sum(r["CLs_obs"] < 1 - options.confidence_level for r in ok)
+        return f"{len(recs)} hypotheses, {excluded} excluded at {options.confidence_level:.0%} CL, {bad} not converged"
+    from scipy.stats import norm
+
+    text = f"{len(recs)} hypotheses (discovery, q0), {bad} not converged"
+    if ok:
+        best_name, best = min(((k, r) for k, r in result["results"].items() if r in ok), key=lambda kv: kv[1]["CLs_obs"])
+        p0 = best["CLs_obs"]
+        text += (f"; smallest p0 {p0:.3g} (Z = {norm.isf(p0):.2f} sigma) at {best_name}; "
+                 f"{sum(r['CLs_obs'] < P_3SIGMA for r in ok)} with p0 below 3 sigma, {sum(r['CLs_obs'] < P_5SIGMA for r in ok)} below 5 sigma")
+    return text
+
+
+def _compile_notice(bar: Optional["_progress_bar"]) -> Any:
+    """``on_event`` for the engine: one line when a model structure compiles (the slow first step)."""
+
+    def on_event(event: str, info: dict[str, Any]) -> None:
+        if event != "compile":
+            return
+        line = (f"compiling the fit for this model structure (first time: {info.get('n_params', '?')} parameters, "
+                f"{info.get('n_bins', '?')} bins; typically 5-20 s)...")
+        if bar is not None:
+            bar.write(line)
+        else:
+            typer.echo(line, err=True)
+
+    return on_event
 
 
 class _progress_bar:
-    """tqdm on stderr, driven by the engine's ``progress(done, total)`` callback."""
+    """tqdm on stderr, driven by the engine's ``progress(done, total)`` callback (first called with 0).
+
+    ``smoothing=0``: the rate is the average since the start, not a burst over the last
+    few milliseconds after a batch of fits lands at once.
+    """
 
     def __init__(self) -> None:
         self._bar = None
@@ -92,9 +185,14 @@ class _progress_bar:
         from tqdm import tqdm
 
         if self._bar is None:
-            self._bar = tqdm(total=total, unit="hyp", file=sys.stderr, disable=None)
+            self._bar = tqdm(total=total, unit="hyp", file=sys.stderr, disable=None, smoothing=0, mininterval=0.5)
         self._bar.n = done
         self._bar.refresh()
+
+    def write(self, line: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(line, file=sys.stderr)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 FINAL_STATES = frozenset({"done", "failed", "cancelled"})
 API = "/v1"
-PLOT_FORMATS = {".png": "png", ".svg": "svg"}
+PLOT_FORMATS = {".png": "png", ".svg": "svg", ".pdf": "pdf"}
 RESULT_FORMATS = {".json": "json", ".csv": "csv"}
 USER_AGENT = f"fitserve-client/{__version__}"
 
@@ -351,8 +351,10 @@ class Waiter:
             if self._own_bar:
                 from tqdm.auto import tqdm
 
+                # smoothing=0: the average rate since the start; hypotheses land a chunk at a time, and
+                # tqdm's default (a burst over the last update) read millions of hyp/s
                 self._bar = tqdm(total=prog.get("total", 0), unit="hyp", desc=f"job {self.job_id[:12]}",
-                                 file=sys.stderr, dynamic_ncols=True, leave=True)
+                                 file=sys.stderr, dynamic_ncols=True, leave=True, smoothing=0)
             else:
                 self._bar = self.progress
                 self._bar.total = prog.get("total", 0)

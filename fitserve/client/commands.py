@@ -54,6 +54,51 @@ def _summary(st: dict[str, Any]) -> str:
     return text
 
 
+def options_text(opts: dict[str, Any]) -> str:
+    """The options that tell jobs apart, short: ``qtilde mu=1 CL=95% limits atlas``.
+
+    Shown by ``fitserve jobs`` (and the web pages use the same words), so a mu=0.5 job,
+    a limits job and a default job no longer look the same.  All fits are asymptotic.
+    """
+    if not opts:
+        return "-"
+    parts = [str(opts.get("test_stat", "qtilde"))]
+    if opts.get("test_stat") != "q0":
+        parts.append(f"mu={opts.get('poi_test', 1.0):g}")
+    parts.append(f"CL={100 * float(opts.get('confidence_level', 0.95)):g}%")
+    if opts.get("limits"):
+        parts.append("limits")
+    if opts.get("cls_only"):
+        parts.append("cls-only")
+    ms = opts.get("modifier_settings", "atlas")
+    parts.append(ms if isinstance(ms, str) else "custom-interp")
+    if opts.get("measurement"):
+        parts.append(f"measurement={opts['measurement']}")
+    parts.append("asymptotic")
+    return " ".join(parts)
+
+
+def _settle(job: Any, before: dict[str, Any], timeout: float = 15.0) -> tuple[dict[str, Any], bool]:
+    """After a cancel: poll until chunks that were already running have stopped recording (2 s quiet).
+
+    The cancel answer is a snapshot; results of chunks in flight keep arriving for a
+    moment, so reporting that snapshot ("16/25") contradicted the next ``status`` (25/25).
+    Returns the last status and whether it had settled.
+    """
+    import time
+
+    st, last, stable_since = before, before["progress"]["done"], time.monotonic()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() - stable_since < 2.0:
+        if time.monotonic() > deadline:
+            return st, False
+        time.sleep(0.5)
+        st = job.status()
+        if st["progress"]["done"] != last:
+            last, stable_since = st["progress"]["done"], time.monotonic()
+    return st, True
+
+
 def _wait(job: Any, progress: Optional[bool], timeout: Optional[float]) -> dict[str, Any]:
     st = job.wait(progress=_progress(progress), timeout=timeout)
     typer.echo(_summary(st), err=True)
@@ -88,9 +133,9 @@ def register(app: typer.Typer) -> None:
         limits: bool = typer.Option(False, "--limits", help="Also compute upper limits on the POI."),
         cls_only: bool = typer.Option(False, "--cls-only", help="Only the observed CLs per hypothesis."),
         confidence_level: Optional[float] = typer.Option(None, "--cl", help="Confidence level (default 0.95)."),
-        modifier_settings: Optional[str] = typer.Option(None, "--modifier-settings", help="atlas (default) or pyhf."),
+        modifier_settings: Optional[str] = typer.Option(None, "--modifier-settings", help="atlas (default), legacy/pyhf, or a pyhf-style JSON object (as for scan)."),
         measurement: Optional[str] = typer.Option(None, "--measurement", help="Measurement name in the workspace."),
-        patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only these patches (repeatable)."),
+        patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."),
     ) -> None:
         """Submit a CLs scan to a fitserve server; prints the job id on stdout."""
         if output is not None and not wait:
@@ -99,9 +144,12 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             with _client(server, token):
                 _check_suffix(output, "output")
+        from fitserve.cli import parse_modifier_settings
+
         options = {
             "test_stat": test_stat, "poi_test": poi_test, "limits": limits or None, "cls_only": cls_only or None,
-            "confidence_level": confidence_level, "modifier_settings": modifier_settings, "measurement": measurement,
+            "confidence_level": confidence_level, "modifier_settings": parse_modifier_settings(modifier_settings),
+            "measurement": measurement,
             "patches": list(patch) if patch else None,
         }
         with _client(server, token) as client:
@@ -174,7 +222,7 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Client")
     def plot(
         job_id: str = typer.Argument(..., metavar="JOB", help="Job id."),
-        output: Path = typer.Option(Path("exclusion.png"), "-o", "--output", help="Where to write the plot: .png or .svg."),
+        output: Path = typer.Option(Path("exclusion.png"), "-o", "--output", help="Where to write the plot: .png, .svg or .pdf."),
         server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
         token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
         wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish first."),
@@ -196,7 +244,17 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Cancel a queued or running job."""
         with _client(server, token) as client:
-            typer.echo(_summary(client.job(job_id).cancel()))
+            job = client.job(job_id)
+            before = job.cancel()
+            after, settled = _settle(job, before)
+        done0, done, total = before["progress"]["done"], after["progress"]["done"], after["progress"]["total"]
+        text = f"cancelled job {job_id}: {done}/{total} hypotheses have results"
+        if done > done0:
+            text += f" ({done - done0} from chunks that were already running when it was cancelled)"
+        text += f", {total - done} not run"
+        if not settled:
+            text += "; chunks still running may add more (see: fitserve status JOB)"
+        typer.echo(text)
 
     @app.command(rich_help_panel="Client")
     def jobs(
@@ -213,4 +271,4 @@ def register(app: typer.Typer) -> None:
             st = job.info
             created = dt.datetime.fromtimestamp(st["timings"]["created"]).strftime("%Y-%m-%d %H:%M:%S")
             p = st["progress"]
-            typer.echo(f"{job.id}  {created}  {st['state']:<9}  {p['done']:>5}/{p['total']:<5}")
+            typer.echo(f"{job.id}  {created}  {st['state']:<9}  {p['done']:>5}/{p['total']:<5}  {options_text(st.get('options') or {})}")

@@ -367,6 +367,25 @@ def _check_model(spec: dict[str, Any], where: str) -> None:
         seen.add(meas["name"])
 
 
+#: Keys only a workspace has, and keys only a patchset has (pyhf's schemas).
+_WORKSPACE_KEYS, _PATCHSET_KEYS = {"channels", "observations", "measurements"}, {"patches"}
+
+
+def _not_swapped(spec: dict[str, Any], expected: str, where: str) -> None:
+    """Say "swapped" when a patchset is given as the workspace or the reverse.
+
+    The schema alone answers "Additional properties are not allowed ('metadata', 'patches')",
+    which does not tell a user that the two files are in the wrong order.
+    """
+    keys = set(spec)
+    if expected == "workspace" and keys & _PATCHSET_KEYS and not keys & _WORKSPACE_KEYS:
+        raise InputError("this is a pyhf patchset (it has 'patches'), not a workspace: are the two files swapped? "
+                         "Give the background-only workspace first, then the patchset", where=where)
+    if expected == "patchset" and keys & _WORKSPACE_KEYS and not keys & _PATCHSET_KEYS:
+        raise InputError("this is a pyhf workspace (it has 'channels'), not a patchset: are the two files swapped? "
+                         "Give the background-only workspace first, then the patchset", where=where)
+
+
 def validate_workspace(spec: Any, where: str = "workspace") -> dict[str, Any]:
     """Validate a workspace: pyhf's schema, then what the schema lets through.
 
@@ -377,6 +396,7 @@ def validate_workspace(spec: Any, where: str = "workspace") -> dict[str, Any]:
     """
     if not isinstance(spec, dict):
         raise InputError(f"a workspace must be a JSON object, not {_json_type(spec)}", where=where)
+    _not_swapped(spec, "workspace", where)
     _scan(spec, where)
     _schema_check(spec, "workspace.json", "workspace", where)
     _check_model(spec, where)
@@ -470,6 +490,7 @@ def validate_patchset(spec: Any, where: str = "patchset") -> dict[str, Any]:
     """
     if not isinstance(spec, dict):
         raise InputError(f"a patchset must be a JSON object, not {_json_type(spec)}", where=where)
+    _not_swapped(spec, "patchset", where)
 
     def locate(parts: list[Any]) -> str:
         if len(parts) >= 2 and parts[0] == "patches" and isinstance(parts[1], int):

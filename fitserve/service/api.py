@@ -21,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 
 from fitserve import __version__
@@ -29,6 +30,7 @@ from fitserve.engine.inputs import (apply_patch, check_measurement, check_values
                                     validate_patchset, validate_workspace)
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
+from fitserve.service.joblog import JobLog
 from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
 from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text, read_body, with_body
 from fitserve.service.queue import ChunkQueue
@@ -159,7 +161,9 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     queue = ChunkQueue(r, settings.key_prefix)
     tokens = TokenStore(r, settings.key_prefix)
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from the installed fastapi-offline package, not a CDN: /docs and
+    # /redoc work on HPC nodes without internet
+    app = FastAPIOffline(
         title="fitserve",
         version=__version__,
         description=(
@@ -168,6 +172,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         ),
     )
     app.state.settings, app.state.store, app.state.queue, app.state.tokens = settings, store, queue, tokens
+    app.state.joblog = JobLog(store)
     who = principal_of  # the FastAPI dependency of every /v1/jobs route: 401 without a valid token
 
     @app.exception_handler(InputError)
@@ -285,6 +290,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             raise HTTPProblem(415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type")
         job = await run_in_threadpool(prepare_job, workspace, patchset, options, settings)
         job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, principal.user)
+        app.state.joblog.submitted(job_id, principal.user, len(job.names), n_todo, job.options)
         st = await run_in_threadpool(_status, job_id, principal)
         body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - n_todo,
                 "to_compute": n_todo, "links": st["links"]}
@@ -365,6 +371,11 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     def plot_svg(job_id: str, principal: Principal = Depends(who)) -> Response:
         """The exclusion plot as SVG."""
         return _plot(job_id, "svg", principal)
+
+    @app.get("/v1/jobs/{job_id}/plot.pdf", tags=["results"], response_class=Response)
+    def plot_pdf(job_id: str, principal: Principal = Depends(who)) -> Response:
+        """The exclusion plot as PDF (for papers)."""
+        return _plot(job_id, "pdf", principal)
 
     @app.get("/v1/health", tags=["service"])
     def health() -> JSONResponse:

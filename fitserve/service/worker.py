@@ -89,8 +89,10 @@ class _LRU(OrderedDict):
 def redis_client(settings: Settings) -> redis.Redis:
     # Explicit timeouts (older redis-py has none): a Redis that hangs gives an error, not a hang.
     # The socket timeout exceeds the worker's longest XREADGROUP BLOCK (0.5 s).
+    # (TCP keepalive only for TCP: a Unix socket URL, the private Redis of `fitserve up`, refuses it)
+    keepalive = {} if settings.redis_url.startswith("unix:") else {"socket_keepalive": True}
     return redis.Redis.from_url(
-        settings.redis_url, health_check_interval=30, socket_keepalive=True, socket_connect_timeout=5, socket_timeout=15,
+        settings.redis_url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=15, **keepalive,
     )
 
 

@@ -114,6 +114,8 @@ def parse_form(form: Mapping[str, Any]) -> CountingInput:
         del values["signal"]
     # bin counts: the observed field sets the number of bins (even if one of its values is bad)
     n_ref = len([p for p in _SPLIT.split(raw["observed"]) if p]) or None
+    if n_ref and len(values.get("uncertainty", [])) == 1:  # one uncertainty (often "0.2" relative) for every bin
+        values["uncertainty"] = values["uncertainty"] * n_ref
     for name in FIELDS[1:]:
         if name in values and n_ref is not None and len(values[name]) != n_ref:
             inp.errors[name] = f"{len(values[name])} value(s) but {n_ref} observed bin(s): give one value per bin"
@@ -208,6 +210,14 @@ def _lock(n_bins: int) -> threading.Lock:
         return _locks.setdefault(n_bins, threading.Lock())
 
 
+#: Bin counts this process has compiled the fit for: the page warns before a first (slow) one.
+_compiled: set[int] = set()
+
+
+def compiled_sizes() -> list[int]:
+    return sorted(_compiled)
+
+
 def compute(inp: CountingInput) -> QuickLimit:
     """CLs at mu = 1 and the 95% CL upper limits (qtilde, asymptotics) with the engine."""
     from fitserve.engine.scan import scan
@@ -216,6 +226,7 @@ def compute(inp: CountingInput) -> QuickLimit:
     t0 = time.perf_counter()
     with _lock(inp.n_bins):
         out = scan(ws, None, {"limits": True})
+        _compiled.add(inp.n_bins)
     record = next(iter(out["results"].values()))
     return QuickLimit(workspace=ws, record=record, signal_total=sum(inp.signal), seconds=time.perf_counter() - t0)
 

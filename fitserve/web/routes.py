@@ -44,6 +44,16 @@ def fmt(x: Any, digits: int = 4) -> str:
 templates.env.filters["num"] = fmt
 
 
+def when(ts: float) -> str:
+    """A job's submission time, UTC, to the second (the same on every viewer's screen)."""
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(float(ts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+templates.env.filters["when"] = when
+
+
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     viewer = getattr(request.state, "viewer", None)
     context = {"version": __version__, "path": request.url.path, "viewer": viewer,
@@ -142,6 +152,7 @@ def quick_page(request: Request) -> HTMLResponse:
         status = 422 if inp.errors else 200
     ctx["warming"] = counting.Warmup._started and not counting.Warmup.done.is_set()
     ctx["warm_bins"] = counting.WARM_BINS
+    ctx["compiled"] = counting.compiled_sizes()  # after this request's own compilation
     return _page(request, "quick.html", ctx, status)
 
 
@@ -277,7 +288,10 @@ async def full_submit(request: Request) -> Response:
         else:
             store, queue = request.app.state.store, request.app.state.queue
             try:
-                job_id, _ = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
+                job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
+                joblog = getattr(request.app.state, "joblog", None)
+                if joblog is not None:
+                    joblog.submitted(job_id, who.user, len(job.names), n_todo, job.options)
             except LimitExceeded as exc:
                 errors["form"] = exc.message
             else:
@@ -292,7 +306,8 @@ async def full_submit(request: Request) -> Response:
 # --- job page -------------------------------------------------------------------------
 
 
-def _rows(recs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def _rows(recs: dict[str, dict[str, Any]], cl: float = 0.95) -> list[dict[str, Any]]:
+    """Table rows; "excluded" at the job's own confidence level (CLs_obs < 1 - CL), not a fixed 0.05."""
     rows = []
     for name, rec in list(recs.items())[:MAX_TABLE_ROWS]:
         exp = rec.get("CLs_exp") or [None] * 5
@@ -305,7 +320,7 @@ def _rows(recs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({
             "name": name, "values": rec.get("values") or [], "cls_obs": rec.get("CLs_obs"), "cls_exp": exp[2],
             "cls_m1": exp[1], "cls_p1": exp[3], "ul_obs": ul.get("obs"), "ul_exp": ul_exp[2],
-            "excluded": None if rec.get("CLs_obs") is None else rec["CLs_obs"] < 0.05,
+            "excluded": None if rec.get("CLs_obs") is None else rec["CLs_obs"] < 1.0 - cl,
             "status": status, "error": rec.get("error"),
         })
     return rows
@@ -316,16 +331,47 @@ def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[s
     st = store.status(job_id)
     if st is None or not who.owns(st["owner"]):  # another user's job: as if it did not exist
         return None
-    ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}"}
+    ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}",
+                           "options": option_items(st.get("options") or {}),
+                           "discovery": (st.get("options") or {}).get("test_stat") == "q0"}
     if ctx["terminal"]:
         meta = store.meta(job_id)
         recs = store.results(job_id, meta) if meta else {}
         cl = (meta or {}).get("options", {}).get("confidence_level", 0.95)
-        ctx.update(rows=_rows(recs), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
+        ctx.update(rows=_rows(recs, cl), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
                    labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
-                   has_plot=st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()),
+                   has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
+                   or (st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())),
                    limits=any(r.get("upper_limit") for r in recs.values()), cl=cl)
     return ctx
+
+
+def option_items(opts: dict[str, Any]) -> list[tuple[str, str]]:
+    """The options a job ran with, as (name, value) for the job page and the job list."""
+    ms = opts.get("modifier_settings", "atlas")
+    items = [
+        ("test statistic", str(opts.get("test_stat", "qtilde"))),
+        ("POI value tested", "-" if opts.get("test_stat") == "q0" else f"{opts.get('poi_test', 1.0):g}"),
+        ("confidence level", f"{100 * float(opts.get('confidence_level', 0.95)):g}%"),
+        ("upper limits", "yes" if opts.get("limits") else "no"),
+        ("interpolation", ms if isinstance(ms, str) else json.dumps(ms)),
+        ("calculator", "asymptotic"),
+    ]
+    if opts.get("measurement"):
+        items.append(("measurement", str(opts["measurement"])))
+    return items
+
+
+@router.get("/jobs", response_class=HTMLResponse)
+def jobs_page(request: Request) -> HTMLResponse:
+    """The signed-in user's jobs, newest first, so a closed tab does not lose one."""
+    from fitserve.client.commands import options_text
+
+    who = viewer(request)
+    store, settings = request.app.state.store, request.app.state.settings
+    jobs = store.list_jobs(min(200, settings.max_jobs_listed), user=None if who.admin else who.user)
+    rows = [{"job": st, "options": options_text(st.get("options") or {})} for st in jobs]
+    return _page(request, "jobs.html", {"rows": rows})
 
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)

@@ -51,22 +51,22 @@ def test_upload_3L_RJ_progress_plot_table_downloads(page, web, rj, shot):
 
     # the table: one row per hypothesis, grid columns named by the PatchSet labels, numbers as in the API
     heads = page.eval_on_selector_all("[data-testid=results-table] thead th", "ths => ths.map(t => t.textContent.trim())")
-    assert heads[:4] == ["hypothesis", "m_C1N2", "m_N1", "CLs obs"]
+    assert heads[:5] == ["hypothesis", "status", "m_C1N2", "m_N1", "CLs obs"]  # status next to the name: in view at 1280 px
     doc = page.request.get(f"{web.url}/v1/jobs/{job_id}/results").json()
     assert sorted(cells(page, 0)) == sorted(names)
-    for name, sort_value in zip(cells(page, 0), cells(page, 3)):
+    for name, sort_value in zip(cells(page, 0), cells(page, 4)):
         want = doc["results"][name]["CLs_obs"]
         assert (float(sort_value) if sort_value else None) == (pytest.approx(want, rel=1e-12) if want is not None else None)
 
     # sortable: CLs obs ascending, then descending (empty cells last)
-    page.click("[data-testid=results-table] thead th:nth-child(4)")
-    up = [float(v) for v in cells(page, 3) if v]
-    assert up == sorted(up) and page.get_attribute("[data-testid=results-table] thead th:nth-child(4)", "aria-sort") == "ascending"
-    page.click("[data-testid=results-table] thead th:nth-child(4)")
-    down = [float(v) for v in cells(page, 3) if v]
+    page.click("[data-testid=results-table] thead th:nth-child(5)")
+    up = [float(v) for v in cells(page, 4) if v]
+    assert up == sorted(up) and page.get_attribute("[data-testid=results-table] thead th:nth-child(5)", "aria-sort") == "ascending"
+    page.click("[data-testid=results-table] thead th:nth-child(5)")
+    down = [float(v) for v in cells(page, 4) if v]
     assert down == sorted(down, reverse=True)
-    page.click("[data-testid=results-table] thead th:nth-child(2)")  # by m_C1N2
-    xs = [float(v) for v in cells(page, 1)]
+    page.click("[data-testid=results-table] thead th:nth-child(3)")  # by m_C1N2
+    xs = [float(v) for v in cells(page, 2)]
     assert xs == sorted(xs)
     shot(page, "job-done")
 

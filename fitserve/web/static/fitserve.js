@@ -66,7 +66,26 @@
     });
   }
 
+  // The quick-limit form: say what happens while the page waits, and that a first size compiles (~10 s)
+  function quickForm(form) {
+    var note = document.getElementById("computing");
+    if (!note) return;
+    var compiled = (form.dataset.compiled || "").split(",").filter(Boolean);
+    form.addEventListener("submit", function () {
+      var bins = (form.elements.observed.value || "").split(/[\s,;]+/).filter(Boolean).length;
+      if (bins && compiled.indexOf(String(bins)) < 0) {
+        note.textContent = "Compiling the fit for " + bins + " bin" + (bins === 1 ? "" : "s") +
+          " (the first limit of this size takes about 10 s; later ones are instant)\u2026";
+      } else {
+        note.textContent = "Computing\u2026";
+      }
+      note.hidden = false;
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () {
+    var quick = document.getElementById("quick-form");
+    if (quick) quickForm(quick);
     var box = document.getElementById("progress");
     if (box && box.dataset.terminal === "false") pollJob(box);
     document.querySelectorAll("table.sortable").forEach(sortable);
