@@ -107,7 +107,7 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
             rec["upper_limit"] = _limit_record(ul, i)
             missing = [k for k, c in enumerate(ul.converged[i]) if not c]
             if missing:
-                names = ["observed"] + [f"expected {s}" for s in ("+2 sigma", "+1 sigma", "median", "-1 sigma", "-2 sigma")]
+                names = ["observed"] + [f"expected {s}" for s in ("-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma")]
                 rec["warning"] = "upper-limit search did not converge for: " + ", ".join(names[k] for k in missing)
         if opts.cls_only:
             rec = {k: rec[k] for k in ("values", "CLs_obs", "converged", "error")}

@@ -60,12 +60,12 @@ def test_limit_edge_beyond_the_poi_bound_is_a_bound_not_a_failure(example):
     capped = scan(bkg, [patch], {"limits": True, "limit_max": 10.0})["results"]["sig_1100_0"]
     assert capped["converged"] and capped["error"] is None
     ul = capped["upper_limit"]
-    assert ul["exp"][0] is None and ul["above"][1] == 10.0  # pyhf's order: the +2 sigma edge first
-    assert ul["obs"] is not None and all(v is not None for v in ul["exp"][1:])
+    assert ul["exp"][4] is None and ul["above"][5] == 10.0  # pyhf's order: the +2 sigma limit last
+    assert ul["obs"] is not None and all(v is not None for v in ul["exp"][:4])
     assert ul["obs"] == pytest.approx(7.99, rel=0.01) and ul["exp"][2] == pytest.approx(4.47, rel=0.01)
     wide = scan(bkg, [patch], {"limits": True})["results"]["sig_1100_0"]["upper_limit"]  # default: up to 10x the bound
-    assert "above" not in wide and wide["exp"][0] > 10.0
-    np.testing.assert_allclose(wide["exp"][1:], ul["exp"][1:], rtol=2e-3)
+    assert "above" not in wide and wide["exp"][4] > 10.0
+    np.testing.assert_allclose(wide["exp"][:4], ul["exp"][:4], rtol=2e-3)
 
 
 def test_poi_test_outside_the_bounds_is_refused_unless_widened(example):
