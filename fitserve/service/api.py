@@ -32,7 +32,8 @@ from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
 from fitserve.service.joblog import JobLog
 from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
-from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text, read_body, with_body
+from fitserve.service.limits import (LimitExceeded, check_job_size, check_model_size, check_plan, limit_text, read_body,
+                                     with_body)
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import JobStore, NewJob
@@ -115,6 +116,7 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     dims = {len(p["metadata"].get("values", [])) for p in patches}
     if len(dims) > 1:
         raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
+    check_built(workspace, patches, opts, settings)
     return NewJob(
         workspace=workspace,
         patches=patches,
@@ -123,6 +125,19 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
         options=opts,
         labels=list(patchset.get("metadata", {}).get("labels", [])),
     )
+
+
+def check_built(workspace: dict[str, Any], patches: list[dict[str, Any]], opts: dict[str, Any], settings: Settings) -> None:
+    """Refuse (422) a job whose padded models, batch memory or compilations exceed the limits.
+
+    The engine's own plan of the job (:func:`fitserve.engine.budget.plan`), chunked as the
+    workers will run it: nothing is allocated or fitted.
+    """
+    from fitserve.engine.budget import plan
+
+    names = [p["metadata"]["name"] for p in patches]
+    job_plan = plan(workspace, patches, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
+    check_plan(job_plan, names, settings.chunk_size, settings)
 
 
 def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
