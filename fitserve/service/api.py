@@ -157,11 +157,9 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
     size = settings.chunk_size
 
     def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
-        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe)
+        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe, user=owner)
 
-    job_id, todo, replies = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
-    if todo:  # only for cancelling (workers skip chunks of cancelled jobs anyway)
-        store.add_chunks(job_id, queue.entry_ids(replies))
+    job_id, todo, _ = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
     return job_id, len(todo)
 
 
@@ -173,7 +171,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     settings = settings or Settings()
     r = client or redis_client(settings)
     store = JobStore(r, settings.key_prefix)
-    queue = ChunkQueue(r, settings.key_prefix)
+    queue = ChunkQueue(r, settings.key_prefix, max_user_chunks=settings.max_user_chunks)
     tokens = TokenStore(r, settings.key_prefix)
 
     # Swagger UI and ReDoc from the installed fastapi-offline package, not a CDN: /docs and

@@ -108,7 +108,7 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.r = client or redis_client(settings)
         self.store = JobStore(self.r, settings.key_prefix)
-        self.queue = ChunkQueue(self.r, settings.key_prefix)
+        self.queue = ChunkQueue(self.r, settings.key_prefix, max_user_chunks=settings.max_user_chunks)
         self._executor = executor
         self._own_executor = executor is None
         self.stop_event = threading.Event()
