@@ -6,8 +6,9 @@ to the *union* of their parameters), and the engine narrows batches that would
 not fit a memory budget.  Both use the numbers here, so what is refused and
 what is run agree.
 
-:func:`plan` parses and groups the hypotheses as :func:`fitserve.engine.model.compile_hypotheses`
-does, but only counts the union structure (no padded arrays are built), then
+:func:`plan` assigns role keys and groups the hypotheses as :func:`fitserve.engine.model.compile_hypotheses`
+does (``_structure`` mirrors ``model.parse_hypothesis`` without reading any numbers; a test checks
+that both agree), counts the union structure (no padded arrays are built), then
 estimates the peak bytes of fitting one batch from the shapes the fit allocates.
 
 The estimate, per fitted row (one hypothesis x one of ``ROWS`` fits vmapped together)::
@@ -33,7 +34,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from fitserve.engine.model import background_names, group_hypotheses, parse_hypothesis
+from fitserve.engine.model import background_names
 
 #: fits vmapped per hypothesis in one compiled call (fitserve.engine.infer.ROWS)
 ROWS = 3
@@ -135,34 +136,122 @@ def width_for(n: int, n_params: int, n_bins: int, n_sb: int, budget_bytes: int |
     return max(1, min(size, max_width(n_params, n_bins, n_sb, budget_bytes, k_mult, k_histosys)))
 
 
-def _group_dims(parsed: Sequence[Any]) -> dict[str, Any]:
-    """Union dimensions of a group of parsed hypotheses, as build_batched_model pads them."""
-    channels = parsed[0].channels
+_CONSTRAINT = {"normsys": "normal", "histosys": "normal", "lumi": "normal", "staterror": "normal",
+               "shapesys": "poisson", "normfactor": None, "shapefactor": None}
+_PER_BIN = ("shapesys", "staterror", "shapefactor")
+_MULTIPLICATIVE = ("normfactor", "shapefactor", "lumi", "staterror", "shapesys")
+
+
+@dataclass
+class _Structure:
+    """What of a parsed hypothesis fixes the padded shapes: ``model.parse_hypothesis`` without the numbers."""
+
+    name: str
+    channels: tuple[tuple[str, int], ...]
+    poi_key: str
+    params: dict[str, tuple[int, str | None]]  # role key -> (entries, constraint)
+    slots: set[tuple[str, str]]
+    entries: dict[str, set[tuple[str, tuple[str, str]]]]  # "mult" / "normsys" / "histosys" -> (key, slot)
+
+
+def _modifiers(sample: dict[str, Any], cache: dict[int, tuple[tuple[str, str], ...]]) -> tuple[tuple[str, str], ...]:
+    """(name, type) of a sample's modifiers; cached by object: copy-on-write patching shares untouched samples."""
+    mods = cache.get(id(sample))
+    if mods is None:
+        mods = cache[id(sample)] = tuple((m["name"], m["type"]) for m in sample["modifiers"])
+    return mods
+
+
+def _structure(hyp: Any, bkg: tuple[set[tuple[str, str]], set[str]] | None, measurement: str | None,
+               cache: dict[int, Any]) -> _Structure:
+    """Role keys, slots and modifier entries of one hypothesis, exactly as ``parse_hypothesis`` assigns them."""
+    spec = hyp.spec
+    meas = _measurement(spec, measurement)
+    poi = meas.get("config", {}).get("poi")
+    bkg_samples, bkg_params = bkg if bkg is not None else (set(), set())
+    channels = tuple((ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"])
+    nbins = dict(channels)
+    slot_of: dict[tuple[int, int], tuple[str, str]] = {}
+    where_used: dict[str, set[tuple[str, str]]] = {}
+    for ci, ch in enumerate(spec["channels"]):
+        n_new = 0
+        for si, smp in enumerate(ch["samples"]):
+            if bkg is None or (ch["name"], smp["name"]) in bkg_samples:
+                key = smp["name"]
+            else:
+                key, n_new = f"+new{n_new}", n_new + 1
+            slot_of[(ci, si)] = (ch["name"], key)
+            for name, _ in _modifiers(smp, cache):
+                where_used.setdefault(name, set()).add((ch["name"], key))
+    key_of: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    params: dict[str, tuple[int, str | None]] = {}
+    entries: dict[str, set[tuple[str, tuple[str, str]]]] = {"mult": set(), "normsys": set(), "histosys": set()}
+    for ci, ch in enumerate(spec["channels"]):
+        for si, smp in enumerate(ch["samples"]):
+            slot = slot_of[(ci, si)]
+            for name, mtype in _modifiers(smp, cache):
+                key = key_of.get(name)
+                if key is None:
+                    if bkg is None or name in bkg_params or name == poi:
+                        key = name
+                    else:
+                        family = "alpha" if mtype in ("normsys", "histosys") else mtype
+                        role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
+                        k = counters.get(role, 0)
+                        counters[role] = k + 1
+                        key = f"{role}#{k}"
+                    key_of[name] = key
+                params.setdefault(key, (nbins[ch["name"]] if mtype in _PER_BIN else 1, _CONSTRAINT.get(mtype)))
+                kind = "mult" if mtype in _MULTIPLICATIVE else mtype
+                if kind in entries:
+                    entries[kind].add((key, slot))
+    return _Structure(hyp.name, channels, key_of.get(poi, str(poi)), params, set(slot_of.values()), entries)
+
+
+def _measurement(spec: dict[str, Any], name: str | None) -> dict[str, Any]:
+    measurements = spec.get("measurements") or [{}]
+    return next((m for m in measurements if m.get("name") == name), measurements[0]) if name else measurements[0]
+
+
+def _groups(structs: Sequence[_Structure]) -> list[list[int]]:
+    """``model.group_hypotheses`` on structures: same layout and POI, no key defined two ways."""
+    groups: list[tuple[tuple[Any, ...], dict[str, tuple[int, str | None]], list[int]]] = []
+    for i, st in enumerate(structs):
+        layout = (st.channels, st.poi_key)
+        for lay, known, members in groups:
+            if lay == layout and all(known.get(k, v) == v for k, v in st.params.items()):
+                known.update(st.params)
+                members.append(i)
+                break
+        else:
+            groups.append((layout, dict(st.params), [i]))
+    return [members for _, _, members in groups]
+
+
+def _group_dims(structs: Sequence[_Structure]) -> dict[str, Any]:
+    """Union dimensions of a group, as ``model.build_batched_model`` pads them."""
+    channels = structs[0].channels
     nb_of = dict(channels)
     union: dict[str, int] = {}
-    for p in parsed:
-        for k, ps in p.params.items():
-            union.setdefault(k, ps.n)
-    slots = sorted({s for p in parsed for s in p.samples})
-    mult: dict[tuple[str, str], set[str]] = {}
-    hs: dict[tuple[str, str], set[str]] = {}
-    ns: dict[tuple[str, str], set[str]] = {}
-    for p in parsed:
-        for key, slot in p.multiplicative:
-            mult.setdefault(slot, set()).add(key)
-        for key, slot in p.histosys:
-            hs.setdefault(slot, set()).add(key)
-        for key, slot in p.normsys:
-            ns.setdefault(slot, set()).add(key)
-    width = lambda table: max([len(v) for v in table.values()] + [1])  # noqa: E731
-    sig = repr((channels, sorted(union.items()), slots, sorted((s, sorted(v)) for s, v in mult.items()),
-                sorted((s, sorted(v)) for s, v in hs.items()), sorted((s, sorted(v)) for s, v in ns.items())))
+    slots: set[tuple[str, str]] = set()
+    per_slot: dict[str, dict[tuple[str, str], set[str]]] = {"mult": {}, "normsys": {}, "histosys": {}}
+    for st in structs:
+        for k, (n, _) in st.params.items():
+            union.setdefault(k, n)
+        slots |= st.slots
+        for kind, table in per_slot.items():
+            for key, slot in st.entries[kind]:
+                table.setdefault(slot, set()).add(key)
+    width = lambda kind: max([len(v) for v in per_slot[kind].values()] + [1])  # noqa: E731
+    sig = repr((channels, sorted(union.items()), sorted(slots),
+                {kind: sorted((s, sorted(v)) for s, v in t.items()) for kind, t in per_slot.items()}))
     return {
         "n_params": sum(union.values()),
         "n_bins": sum(nb for _, nb in channels),
         "n_sb": sum(nb_of[ch] for ch, _ in slots),
-        "k_mult": width(mult),
-        "k_histosys": width(hs),
+        "k_mult": width("mult"),
+        "k_histosys": width("histosys"),
         "structure": hashlib.sha256(sig.encode()).hexdigest()[:16],
     }
 
@@ -182,15 +271,27 @@ def plan(
     """
     from fitserve.engine.inputs import expand_hypotheses
 
-    measurement = (options or {}).get("measurement")
     hyps = expand_hypotheses(workspace, patches, validate=False)
-    bkg = background_names(workspace if patches is not None else None)
-    parsed = [parse_hypothesis(h, bkg, measurement) for h in hyps]
+    return plan_hypotheses(hyps, workspace if patches is not None else None, options, chunk_size, budget_bytes)
+
+
+def plan_hypotheses(
+    hypotheses: Sequence[Any],
+    background: dict[str, Any] | None,
+    options: dict[str, Any] | None = None,
+    chunk_size: int | None = None,
+    budget_bytes: int | None = None,
+) -> JobPlan:
+    """:func:`plan` of hypotheses already patched (``inputs.Hypothesis``; ``background`` None: standalone)."""
+    measurement = (options or {}).get("measurement")
+    bkg = background_names(background)
+    cache: dict[int, Any] = {}
+    parsed = [_structure(h, bkg, measurement, cache) for h in hypotheses]
     size = chunk_size or max(1, len(parsed))
-    out = JobPlan(structure_groups=len(group_hypotheses(parsed)))
+    out = JobPlan(structure_groups=len(_groups(parsed)))
     for lo in range(0, len(parsed), size):
         chunk = parsed[lo: lo + size]
-        for members in group_hypotheses(chunk):
+        for members in _groups(chunk):
             group = [chunk[i] for i in members]
             dims = _group_dims(group)
             structure = dims.pop("structure")

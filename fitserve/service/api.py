@@ -26,12 +26,13 @@ from pydantic import ValidationError
 
 from fitserve import __version__
 from fitserve.engine.errors import InputError
-from fitserve.engine.inputs import (apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
+from fitserve.engine.inputs import (Hypothesis, apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
                                     validate_patchset, validate_workspace)
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
 from fitserve.service.joblog import JobLog
 from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
+from fitserve.service.guard import rss_bytes
 from fitserve.service.limits import (LimitExceeded, check_job_size, check_model_size, check_plan, limit_text, read_body,
                                      with_body)
 from fitserve.service.queue import ChunkQueue
@@ -95,6 +96,7 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
         check_measurement(workspace, opts["measurement"], where="workspace")
         check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
         hyp = expand_hypotheses(workspace, None)[0]
+        check_built(None, [hyp], opts, settings)
         return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
     check_measurement(workspace, opts["measurement"], where="workspace", poi=False)
     validate_patchset(patchset, where="patchset")
@@ -108,15 +110,17 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     if not patches:
         raise InputError("no hypotheses to fit", where="patchset")
     check_job_size(len(patches), settings.max_hypotheses)
+    hyps = []
     for patch in patches:  # cheap check that every patch applies; the engine validates each model
         where = f"patchset: patch {patch['metadata']['name']!r}"
         patched = apply_patch(workspace, patch["patch"], where=where)
         check_measurement(patched, opts["measurement"], where=where)
         check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
+        hyps.append(Hypothesis(name=patch["metadata"]["name"], values=[], spec=patched))
     dims = {len(p["metadata"].get("values", [])) for p in patches}
     if len(dims) > 1:
         raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
-    check_built(workspace, patches, opts, settings)
+    check_built(workspace, hyps, opts, settings)
     return NewJob(
         workspace=workspace,
         patches=patches,
@@ -127,17 +131,16 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     )
 
 
-def check_built(workspace: dict[str, Any], patches: list[dict[str, Any]], opts: dict[str, Any], settings: Settings) -> None:
-    """Refuse (422) a job whose padded models, batch memory or compilations exceed the limits.
+def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: dict[str, Any], settings: Settings) -> None:
+    """Refuse (422) a job whose padded models, batch memory or structure groups exceed the limits.
 
-    The engine's own plan of the job (:func:`fitserve.engine.budget.plan`), chunked as the
-    workers will run it: nothing is allocated or fitted.
+    The engine's own plan of the job (:func:`fitserve.engine.budget.plan_hypotheses`), chunked as
+    the workers will run it: nothing is allocated or fitted.
     """
-    from fitserve.engine.budget import plan
+    from fitserve.engine.budget import plan_hypotheses
 
-    names = [p["metadata"]["name"] for p in patches]
-    job_plan = plan(workspace, patches, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
-    check_plan(job_plan, names, settings.chunk_size, settings)
+    job_plan = plan_hypotheses(hyps, workspace, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
+    check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
 
 
 def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
@@ -392,7 +395,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
 
     @app.get("/v1/health", tags=["service"])
     def health() -> JSONResponse:
-        """Redis reachability, live workers, queue depth."""
+        """Redis reachability, live workers (with their resident memory), queue depth, the memory limits."""
         t0 = time.perf_counter()
         try:
             r.ping()
@@ -401,13 +404,17 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
                             "version": info.get("redis_version")}
         except redis.RedisError as exc:
             return JSONResponse({"status": "down", "redis": {"ok": False, "error": str(exc)}, "workers": []}, status_code=503)
-        workers = store.workers()
+        workers = store.workers()  # each with rss_bytes (its process) and rss_tree_bytes (with its executor's)
         return JSONResponse({
             "status": "ok" if workers else "degraded",
             "version": __version__,
             "redis": redis_status,
             "workers": workers,
             "queue": queue.stats(),
+            "api": {"rss_bytes": rss_bytes()},
+            "limits": {"worker_memory_bytes": settings.worker_memory(), "batch_memory_bytes": settings.batch_memory(),
+                       "chunk_wall_s": settings.chunk_wall_s, "max_parameters": settings.max_parameters,
+                       "max_bins": settings.max_bins, "max_structure_groups": settings.max_structure_groups},
         })
 
     return app
