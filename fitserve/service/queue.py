@@ -25,11 +25,12 @@ import redis
 
 GROUP = "workers"
 
-# Append chunks to a user's waiting list; put the user on the ring once.  Wake one blocked reader per chunk.
+# Append chunks to a user's waiting list; a user not on the ring joins it at the front (served next:
+# the others were served while it had nothing waiting).  Wake one blocked reader per chunk.
 # KEYS: user list, ring set, ring list, wake list.  ARGV: user, then "job\nnames-json" entries.
 _SCHEDULE_LUA = """
 for i = 2, #ARGV do redis.call('RPUSH', KEYS[1], ARGV[i]) end
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then redis.call('RPUSH', KEYS[3], ARGV[1]) end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then redis.call('LPUSH', KEYS[3], ARGV[1]) end
 for i = 2, math.min(#ARGV, 65) do redis.call('RPUSH', KEYS[4], '1') end
 redis.call('LTRIM', KEYS[4], -64, -1)
 return #ARGV - 1

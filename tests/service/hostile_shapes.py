@@ -40,13 +40,15 @@ def _signal(extra: list[dict[str, Any]] | None = None, value: float = 3.0) -> di
         "name": "signal", "data": [value], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}
 
 
-def union_blowup(k: int, n: int = 16) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``n`` patches, each adding ``k`` normsys named ``p{j}_s{i}`` to its own subset of the samples."""
+def union_blowup(k: int, n: int = 16, salt: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``n`` patches, each adding ``k`` normsys named ``p{j}_s{i}`` to its own subset of the samples.
+
+    ``salt`` shifts the signal yields: the same structure without sharing cached results."""
     subsets = [c for r in range(1, SAMPLES + 1) for c in itertools.combinations(range(SAMPLES), r)]
     patches = []
     for j in range(n):
         subset = subsets[j % len(subsets)]
-        ops = [_signal(value=3.0 + 0.1 * j)]
+        ops = [_signal(value=3.0 + 0.1 * j + salt)]
         for s in subset:
             mods = [{"name": f"p{j}_s{i}", "type": "normsys", "data": {"hi": 1.02, "lo": 0.98}} for i in range(k)]
             for mi, mod in enumerate(mods):
