@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     #: :func:`fitserve.service.api.create_app` alone picks ``token``.
     auth: Literal["open", "token"] | None = None
     #: Limits on what one request may ask for (each error names the limit it hit; docs/service.md, Limits).
-    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_hypotheses: int = Field(10_000, ge=1)
     #: Bins and parameters of one (patched) model, counted as pyhf does, and of the padded model the
     #: engine builds for a chunk (the union of its patches' parameters).
