@@ -70,6 +70,7 @@ while moved < want and ops < 10000 do
       if not raw then
         redis.call('LREM', KEYS[2], 0, user)
         redis.call('SREM', KEYS[3], user)
+        idle = idle - 1  -- it left the ring: its visit does not count towards a full round
         break
       end
       local cut = string.find(raw, string.char(10), 1, true)
