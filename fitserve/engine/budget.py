@@ -22,14 +22,15 @@ hold at once: the Hessian, its damped copy, its Cholesky factor, the cross terms
 ``t1..t3`` and the ``(P+1)^2`` scatter target of ``own_m`` (P x P each); the dense
 ``[SB, P]`` derivative matrices ``d_a, g_n, d_m, d_r`` and the ``[B, P]`` Jacobian;
 the ``[SB, K, K, K]`` temporary of the leave-two-out products.  The constants
-were fitted to peak RSS measured on the union blow-up probe (P = 166..646) and
-on a 3L-RJ chunk, then multiplied by :data:`SAFETY`.
+count those arrays; checked against peak RSS above an idle JAX process (union
+blow-up P = 166, 326, 646 at width 16; one P = 2000 and one P = 5005 hypothesis;
+a 3L-RJ chunk) the estimate with :data:`SAFETY` is 1.5-2.5x the measurement.
+Recalibrate them when the fit's allocations change (docs/service.md, Limits).
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
