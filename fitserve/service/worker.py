@@ -19,6 +19,7 @@ another worker also ran it - is counted once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -86,6 +87,18 @@ class _LRU(OrderedDict):
         self.move_to_end(key)
         while len(self) > self.size:
             self.popitem(last=False)
+
+
+def _takes_cancel(executor: Executor) -> bool:
+    """Whether ``executor.submit`` takes the cancel token: it says so (``accepts_cancel``) and its
+    ``submit`` has the parameter (a subclass overriding ``submit`` without it does not)."""
+    if not getattr(executor, "accepts_cancel", False):
+        return False
+    try:
+        params = inspect.signature(executor.submit).parameters
+    except (TypeError, ValueError):
+        return False
+    return "cancel" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def redis_client(settings: Settings) -> redis.Redis:
@@ -351,7 +364,7 @@ class Worker:
             return
         item = _InFlight(chunk, meta, names)
         executor = self.executor
-        if executor.accepts_cancel:
+        if _takes_cancel(executor):
             fut = executor.submit(ws, patches, meta["options"], cancel=self._guard(chunk.job_id))
         else:  # e.g. Globus Compute: the task cannot reach Redis; chunks not started are still dropped
             fut = executor.submit(ws, patches, meta["options"])
