@@ -60,6 +60,8 @@ class GroupPlan:
     width: int  # hypotheses fitted together in one batch
     peak_bytes: int  # estimated peak of fitting one batch of ``width``
     signature: str  # what fixes the compiled code (structure and width)
+    union_params: int = 0  # parameters of the union before shape buckets (what max_parameters limits)
+    union_bins: int = 0
 
 
 @dataclass
@@ -151,6 +153,7 @@ class _Structure:
     channels: tuple[tuple[str, int], ...]
     poi_key: str
     params: dict[str, tuple[int, str | None]]  # role key -> (entries, constraint)
+    alphas: set[str]  # keys of normsys / histosys parameters (the model puts them first, in a bucket of their own)
     slots: set[tuple[str, str]]
     entries: dict[str, set[tuple[str, tuple[str, str]]]]  # "mult" / "normsys" / "histosys" -> (key, slot)
 
@@ -187,6 +190,7 @@ def _structure(hyp: Any, bkg: tuple[set[tuple[str, str]], set[str]] | None, meas
     key_of: dict[str, str] = {}
     counters: dict[str, int] = {}
     params: dict[str, tuple[int, str | None]] = {}
+    alphas: set[str] = set()
     entries: dict[str, set[tuple[str, tuple[str, str]]]] = {"mult": set(), "normsys": set(), "histosys": set()}
     for ci, ch in enumerate(spec["channels"]):
         for si, smp in enumerate(ch["samples"]):
@@ -204,10 +208,12 @@ def _structure(hyp: Any, bkg: tuple[set[tuple[str, str]], set[str]] | None, meas
                         key = f"{role}#{k}"
                     key_of[name] = key
                 params.setdefault(key, (nbins[ch["name"]] if mtype in _PER_BIN else 1, _CONSTRAINT.get(mtype)))
+                if mtype in ("normsys", "histosys"):
+                    alphas.add(key)
                 kind = "mult" if mtype in _MULTIPLICATIVE else mtype
                 if kind in entries:
                     entries[kind].add((key, slot))
-    return _Structure(hyp.name, channels, key_of.get(poi, str(poi)), params, set(slot_of.values()), entries)
+    return _Structure(hyp.name, channels, key_of.get(poi, str(poi)), params, alphas, set(slot_of.values()), entries)
 
 
 def _measurement(spec: dict[str, Any], name: str | None) -> dict[str, Any]:
@@ -230,6 +236,13 @@ def _groups(structs: Sequence[_Structure]) -> list[list[int]]:
     return [members for _, _, members in groups]
 
 
+def _bucket() -> Any:
+    """``model.bucket`` (shape buckets of padded dimensions), or no rounding with an engine without them."""
+    from fitserve.engine import model
+
+    return getattr(model, "bucket", lambda n, floor=1: max(int(n), floor, 1))
+
+
 def _group_dims(structs: Sequence[_Structure]) -> dict[str, Any]:
     """Union dimensions of a group, as ``model.build_batched_model`` pads them."""
     channels = structs[0].channels
@@ -247,12 +260,19 @@ def _group_dims(structs: Sequence[_Structure]) -> dict[str, Any]:
     width = lambda kind: max([len(v) for v in per_slot[kind].values()] + [1])  # noqa: E731
     sig = repr((channels, sorted(union.items()), sorted(slots),
                 {kind: sorted((s, sorted(v)) for s, v in t.items()) for kind, t in per_slot.items()}))
+    alphas = set().union(*(st.alphas for st in structs))
+    rnd = _bucket()
+    # the model's layout: [alphas | multiplicative] parameters, each block and every padded
+    # dimension rounded up to a shape bucket; histosys/normsys tables dense over the alphas
+    n_alpha = rnd(len(alphas))
     return {
-        "n_params": sum(union.values()),
-        "n_bins": sum(nb for _, nb in channels),
-        "n_sb": sum(nb_of[ch] for ch, _ in slots),
-        "k_mult": width("mult"),
-        "k_histosys": width("histosys"),
+        "n_params": n_alpha + rnd(sum(n for k, n in union.items() if k not in alphas)),
+        "n_bins": rnd(sum(nb for _, nb in channels)),
+        "n_sb": rnd(sum(nb_of[ch] for ch, _ in slots)),
+        "k_mult": rnd(width("mult")),
+        "k_histosys": n_alpha,
+        "union_params": sum(union.values()),
+        "union_bins": sum(nb for _, nb in channels),
         "structure": hashlib.sha256(sig.encode()).hexdigest()[:16],
     }
 
@@ -296,10 +316,11 @@ def plan_hypotheses(
             group = [chunk[i] for i in members]
             dims = _group_dims(group)
             structure = dims.pop("structure")
+            union = {"union_params": dims.pop("union_params"), "union_bins": dims.pop("union_bins")}
             width = width_for(len(group), budget_bytes=budget_bytes, **dims)
             out.groups.append(GroupPlan(
                 names=tuple(p.name for p in group), width=width,
-                peak_bytes=batch_bytes(width, **dims), signature=f"{structure}/{width}", **dims,
+                peak_bytes=batch_bytes(width, **dims), signature=f"{structure}/{width}", **dims, **union,
             ))
     return out
 
@@ -310,6 +331,16 @@ def model_width(model: Any, budget_bytes: int | None = None) -> int:
     ``budget_bytes`` None: :func:`batch_budget`.
     """
     a, s = model.arrays, model.structure
+    mult = s.get("mult")
     return width_for(model.n_hypotheses, model.n_params, a["observed"].shape[1], a["nominal"].shape[1],
                      batch_budget() if budget_bytes is None else budget_bytes,
-                     k_mult=s["mult"].shape[1], k_histosys=s["hs_par"].shape[1])
+                     k_mult=mult.shape[1] if mult is not None and mult.ndim == 2 else 1,
+                     k_histosys=_width(a.get("hs_hi"), s.get("hs_par")))
+
+
+def _width(per_hypothesis: Any, shared: Any) -> int:
+    """Width of the histosys table: ``hs_hi`` is ``[H, SB, Kh]`` (or the shared ``hs_par`` ``[S, Kh]``)."""
+    for arr, ndim in ((per_hypothesis, 3), (shared, 2)):
+        if arr is not None and getattr(arr, "ndim", 0) == ndim:
+            return int(arr.shape[-1])
+    return 1

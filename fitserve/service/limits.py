@@ -125,8 +125,8 @@ def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) 
         return (f"patchset: patches {lo}..{min(lo + chunk_size, len(names)) - 1} (chunk of {chunk_size}, "
                 f"structure group of {len(group.names)} from {group.names[0]!r})")
 
-    checks = (("n_params", "max_parameters", settings.max_parameters, "parameters"),
-              ("n_bins", "max_bins", settings.max_bins, "bins"))
+    checks = (("union_params", "max_parameters", settings.max_parameters, "parameters"),
+              ("union_bins", "max_bins", settings.max_bins, "bins"))
     for attr, limit, value, what in checks:
         g = job_plan.largest(attr)
         if g is not None and getattr(g, attr) > value:
@@ -139,7 +139,8 @@ def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) 
     g = job_plan.largest("peak_bytes")
     if g is not None and g.peak_bytes > budget:
         raise InputError(
-            f"fitting one hypothesis of this padded model (P = {g.n_params} parameters, {g.n_sb} sample bins) "
+            f"fitting one hypothesis of this padded model (P = {g.n_params} parameters in shape buckets, "
+            f"{g.union_params} without; {g.n_sb} sample bins) "
             f"needs an estimated {_mb(g.peak_bytes)}, more than the batch memory budget {_mb(budget)} "
             f"({limit_text('batch_memory_bytes', settings.batch_memory_bytes)}, 0 = a quarter of the worker's memory)",
             where=where(g))

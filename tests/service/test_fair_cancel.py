@@ -80,8 +80,8 @@ def test_small_job_of_another_user_waits_for_at_most_one_chunk_of_a_large_job(se
 
 
 #: settings of the cancel tests: one chunk of 16 hypotheses fitted one at a time (a batch budget of
-#: 16 MB fits one P = 166 hypothesis, not two): ~350 short compiled calls, ~5 s once compiled
-LONG = {"chunk_size": 16, "batch_memory_bytes": 16_000_000}
+#: 24 MB fits one hypothesis of P = 166 (193 in shape buckets), not two): ~350 short compiled calls, ~5 s once compiled
+LONG = {"chunk_size": 16, "batch_memory_bytes": 24_000_000}
 
 
 def _long_chunk(salt: float = 0.0) -> tuple[dict, dict]:
