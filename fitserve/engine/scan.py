@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from fitserve import __version__
-from fitserve.engine import infer
+from fitserve.engine import budget, infer
 from fitserve.engine.inputs import expand_hypotheses, validate_workspace
 from fitserve.engine.model import BatchedModel, compile_hypotheses
 from fitserve.engine.options import ScanOptions
@@ -244,7 +244,7 @@ def scan(
         progress(0, total)
     for model in models:
         _check_poi(model, opts)
-        size = batch_size(model.n_hypotheses)
+        size = budget.model_width(model)  # batch_size, narrowed to the batch memory budget
         if on_event is not None and (model.structure_key, size) not in _FITTED:
             on_event("compile", {"structure": model.structure_key, "n_params": model.n_params,
                                  "n_bins": sum(nb for _, nb in model.channels), "width": size})

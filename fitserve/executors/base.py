@@ -78,6 +78,7 @@ def run_chunk_task(
     workspace: dict[str, Any] | bytes | str,
     patches: Sequence[dict[str, Any]] | None,
     options: dict[str, Any],
+    cancel: Callable[[], bool] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """The remote task: fit one chunk of hypotheses and return plain records.
 
@@ -87,6 +88,11 @@ def run_chunk_task(
 
     If the engine rejects the chunk as bad input, each patch is retried alone
     so that one bad patch marks only its own hypothesis as failed.
+
+    ``cancel``: an optional picklable *cancel token*, called by the engine between fit blocks
+    (:func:`fitserve.engine.scan.run_chunk`); True stops the chunk with
+    :class:`~fitserve.engine.errors.Cancelled`, an exception it raises ends the chunk with it.  The
+    service passes a :class:`fitserve.service.guard.ChunkGuard`; executors only carry it.
     """
     from fitserve.engine.errors import InputError
     from fitserve.engine.scan import run_chunk
@@ -94,7 +100,7 @@ def run_chunk_task(
     ws = decode_workspace(workspace)
     patch_list = list(patches) if patches is not None else None
     try:
-        return {name: clean_record(rec) for name, rec in run_chunk(ws, patch_list, options).items()}
+        return {name: clean_record(rec) for name, rec in run_chunk(ws, patch_list, options, cancel=cancel).items()}
     except InputError as exc:
         if not patch_list or len(patch_list) == 1:
             name = patch_list[0]["metadata"]["name"] if patch_list else None
@@ -105,7 +111,7 @@ def run_chunk_task(
     for patch in patch_list:
         name = patch["metadata"]["name"]
         try:
-            records.update({n: clean_record(r) for n, r in run_chunk(ws, [patch], options).items()})
+            records.update({n: clean_record(r) for n, r in run_chunk(ws, [patch], options, cancel=cancel).items()})
         except InputError as exc:
             records[name] = _error_record(patch, str(exc))
     return records
@@ -116,6 +122,8 @@ class Executor(abc.ABC):
 
     #: registry name, e.g. ``"local"`` or ``"parsl"``
     name: str = "base"
+    #: whether :meth:`submit` takes a ``cancel`` token that reaches the running task
+    accepts_cancel: bool = False
 
     @property
     def capacity(self) -> int:
@@ -129,7 +137,11 @@ class Executor(abc.ABC):
         patches: Sequence[dict[str, Any]] | None,
         options: dict[str, Any],
     ) -> Future:
-        """Start one chunk; the future resolves to ``{patch_name: record}``."""
+        """Start one chunk; the future resolves to ``{patch_name: record}``.
+
+        Executors with ``accepts_cancel`` also take ``cancel=`` (a picklable token for
+        :func:`run_chunk_task`).
+        """
 
     def describe(self) -> dict[str, Any]:
         """A small JSON-able description for the health endpoint."""

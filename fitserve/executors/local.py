@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fitserve.executors.base import Executor, register_executor, run_chunk_task
 
@@ -16,6 +16,7 @@ class LocalExecutor(Executor):
     """
 
     name = "local"
+    accepts_cancel = True  # the token runs in the chunk's thread
 
     def __init__(self, workers: int = 1, **_ignored: Any) -> None:
         self.workers = max(1, int(workers))
@@ -25,8 +26,9 @@ class LocalExecutor(Executor):
     def capacity(self) -> int:
         return self.workers
 
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any]) -> Future:
-        return self._pool.submit(run_chunk_task, workspace, patches, options)
+    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any],
+               cancel: Callable[[], bool] | None = None) -> Future:
+        return self._pool.submit(run_chunk_task, workspace, patches, options, cancel)
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "capacity": self.capacity, "workers": self.workers}

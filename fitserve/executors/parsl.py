@@ -27,7 +27,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from fitserve.executors.base import Executor, register_executor, run_chunk_task
 
@@ -90,6 +90,7 @@ class ParslExecutor(Executor):
     """
 
     name = "parsl"
+    accepts_cancel = True  # the token is pickled with the task and asked in the pool's worker process
 
     def __init__(
         self,
@@ -118,8 +119,9 @@ class ParslExecutor(Executor):
     def capacity(self) -> int:
         return self._capacity
 
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any]) -> Future:
-        return self._app(workspace, list(patches) if patches is not None else None, dict(options))
+    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any],
+               cancel: Callable[[], bool] | None = None) -> Future:
+        return self._app(workspace, list(patches) if patches is not None else None, dict(options), cancel)
 
     def describe(self) -> dict[str, Any]:
         return {"executor": self.name, "capacity": self.capacity, "workers": self.workers, "site": self.site}

@@ -26,13 +26,15 @@ from pydantic import ValidationError
 
 from fitserve import __version__
 from fitserve.engine.errors import InputError
-from fitserve.engine.inputs import (apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
+from fitserve.engine.inputs import (Hypothesis, apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
                                     validate_patchset, validate_workspace)
 from fitserve.engine.options import ScanOptions
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
 from fitserve.service.joblog import JobLog
 from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
-from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, limit_text, read_body, with_body
+from fitserve.service.guard import rss_bytes
+from fitserve.service.limits import (LimitExceeded, check_job_size, check_model_size, check_plan, limit_text, read_body,
+                                     with_body)
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import JobStore, NewJob
@@ -94,6 +96,7 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
         check_measurement(workspace, opts["measurement"], where="workspace")
         check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
         hyp = expand_hypotheses(workspace, None)[0]
+        check_built(None, [hyp], opts, settings)
         return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
     check_measurement(workspace, opts["measurement"], where="workspace", poi=False)
     validate_patchset(patchset, where="patchset")
@@ -107,14 +110,17 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     if not patches:
         raise InputError("no hypotheses to fit", where="patchset")
     check_job_size(len(patches), settings.max_hypotheses)
+    hyps = []
     for patch in patches:  # cheap check that every patch applies; the engine validates each model
         where = f"patchset: patch {patch['metadata']['name']!r}"
         patched = apply_patch(workspace, patch["patch"], where=where)
         check_measurement(patched, opts["measurement"], where=where)
         check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
+        hyps.append(Hypothesis(name=patch["metadata"]["name"], values=[], spec=patched))
     dims = {len(p["metadata"].get("values", [])) for p in patches}
     if len(dims) > 1:
         raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
+    check_built(workspace, hyps, opts, settings)
     return NewJob(
         workspace=workspace,
         patches=patches,
@@ -123,6 +129,18 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
         options=opts,
         labels=list(patchset.get("metadata", {}).get("labels", [])),
     )
+
+
+def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: dict[str, Any], settings: Settings) -> None:
+    """Refuse (422) a job whose padded models, batch memory or structure groups exceed the limits.
+
+    The engine's own plan of the job (:func:`fitserve.engine.budget.plan_hypotheses`), chunked as
+    the workers will run it: nothing is allocated or fitted.
+    """
+    from fitserve.engine.budget import plan_hypotheses
+
+    job_plan = plan_hypotheses(hyps, workspace, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
+    check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
 
 
 def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
@@ -142,11 +160,9 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
     size = settings.chunk_size
 
     def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
-        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe)
+        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe, user=owner)
 
-    job_id, todo, replies = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
-    if todo:  # only for cancelling (workers skip chunks of cancelled jobs anyway)
-        store.add_chunks(job_id, queue.entry_ids(replies))
+    job_id, todo, _ = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
     return job_id, len(todo)
 
 
@@ -158,7 +174,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     settings = settings or Settings()
     r = client or redis_client(settings)
     store = JobStore(r, settings.key_prefix)
-    queue = ChunkQueue(r, settings.key_prefix)
+    queue = ChunkQueue(r, settings.key_prefix, max_user_chunks=settings.max_user_chunks)
     tokens = TokenStore(r, settings.key_prefix)
 
     # Swagger UI and ReDoc from the installed fastapi-offline package, not a CDN: /docs and
@@ -379,7 +395,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
 
     @app.get("/v1/health", tags=["service"])
     def health() -> JSONResponse:
-        """Redis reachability, live workers, queue depth."""
+        """Redis reachability, live workers (with their resident memory), queue depth, the memory limits."""
         t0 = time.perf_counter()
         try:
             r.ping()
@@ -388,13 +404,17 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
                             "version": info.get("redis_version")}
         except redis.RedisError as exc:
             return JSONResponse({"status": "down", "redis": {"ok": False, "error": str(exc)}, "workers": []}, status_code=503)
-        workers = store.workers()
+        workers = store.workers()  # each with rss_bytes (its process) and rss_tree_bytes (with its executor's)
         return JSONResponse({
             "status": "ok" if workers else "degraded",
             "version": __version__,
             "redis": redis_status,
             "workers": workers,
             "queue": queue.stats(),
+            "api": {"rss_bytes": rss_bytes()},
+            "limits": {"worker_memory_bytes": settings.worker_memory(), "batch_memory_bytes": settings.batch_memory(),
+                       "chunk_wall_s": settings.chunk_wall_s, "max_parameters": settings.max_parameters,
+                       "max_bins": settings.max_bins, "max_structure_groups": settings.max_structure_groups},
         })
 
     return app

@@ -104,3 +104,49 @@ def check_job_size(n: int, max_hypotheses: int, where: str = "patchset") -> None
             "split the patchset over several jobs (options.patches selects a subset)",
             where=where,
         )
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) -> None:
+    """422 (InputError) when what the engine would build for a chunk exceeds a limit.
+
+    ``job_plan`` is :func:`fitserve.engine.budget.plan` of the job in its chunks: the padded
+    (union) parameters and bins of each structure group, the estimated peak memory of one batch
+    at the width the engine will use, and the compilations of the whole job.
+    """
+    index = {n: i for i, n in enumerate(names)}
+
+    def where(group: Any) -> str:
+        first = index.get(group.names[0], 0)
+        lo = first - first % chunk_size
+        return (f"patchset: patches {lo}..{min(lo + chunk_size, len(names)) - 1} (chunk of {chunk_size}, "
+                f"structure group of {len(group.names)} from {group.names[0]!r})")
+
+    checks = (("union_params", "max_parameters", settings.max_parameters, "parameters"),
+              ("union_bins", "max_bins", settings.max_bins, "bins"))
+    for attr, limit, value, what in checks:
+        g = job_plan.largest(attr)
+        if g is not None and getattr(g, attr) > value:
+            raise InputError(
+                f"the padded model the engine builds for these patches has {getattr(g, attr)} {what} (the union "
+                f"of the patches' {what}: patches whose new parameters cannot be aligned by role add up), more "
+                f"than the limit {limit_text(limit, value)}; submit such patches in separate jobs or name their "
+                "parameters consistently", where=where(g))
+    budget = settings.batch_memory()
+    g = job_plan.largest("peak_bytes")
+    if g is not None and g.peak_bytes > budget:
+        raise InputError(
+            f"fitting one hypothesis of this padded model (P = {g.n_params} parameters in shape buckets, "
+            f"{g.union_params} without; {g.n_sb} sample bins) "
+            f"needs an estimated {_mb(g.peak_bytes)}, more than the batch memory budget {_mb(budget)} "
+            f"({limit_text('batch_memory_bytes', settings.batch_memory_bytes)}, 0 = a quarter of the worker's memory)",
+            where=where(g))
+    n = job_plan.structure_groups
+    if n > settings.max_structure_groups:
+        raise InputError(
+            f"the patches form {n} structure groups (different channel layouts, each compiled separately), "
+            f"more than the limit {limit_text('max_structure_groups', settings.max_structure_groups)}; "
+            "submit patches of one layout per job", where="patchset")

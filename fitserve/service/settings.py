@@ -47,14 +47,30 @@ class Settings(BaseSettings):
     #: Unset, the commands pick ``open`` when they listen on a loopback address, else ``token``;
     #: :func:`fitserve.service.api.create_app` alone picks ``token``.
     auth: Literal["open", "token"] | None = None
-    #: Limits on what one request may ask for (each error names the limit it hit).
-    max_body_bytes: int = Field(256 * 1024 * 1024, ge=1024)
+    #: Limits on what one request may ask for (each error names the limit it hit; docs/service.md, Limits).
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_hypotheses: int = Field(10_000, ge=1)
-    #: Bins and parameters of one (patched) model, counted as pyhf does.
+    #: Bins and parameters of one (patched) model, counted as pyhf does, and of the padded model the
+    #: engine builds for a chunk (the union of its patches' parameters).
     max_bins: int = Field(5_000, ge=1)
-    max_parameters: int = Field(5_000, ge=1)
+    max_parameters: int = Field(2_000, ge=1)
+    #: Structure groups (channel layouts: models compiled separately) in one job; each costs seconds
+    #: of compilation per chunk and ~10 files in the compile cache.
+    max_structure_groups: int = Field(8, ge=1)
+    #: Memory of one worker (bytes); 0: half of this machine's (or the cgroup's) memory.
+    worker_memory_bytes: int = Field(0, ge=0)
+    #: Memory one batch of fits may take by the engine's estimate (fitserve.engine.budget); wider
+    #: batches are split, a model whose single hypothesis does not fit is refused.  0: a quarter of
+    #: the worker's memory.
+    batch_memory_bytes: int = Field(0, ge=0)
+    #: A chunk running longer than this (seconds), or whose worker process grows past the worker's
+    #: memory, fails with a clear error; the worker goes on.
+    chunk_wall_s: float = Field(900.0, gt=0)
     #: Jobs one user may have queued or running at once (HTTP 429 beyond).
     max_active_jobs: int = Field(20, ge=1)
+    #: Chunks of one user dispatched (queued for a worker or running) at once; 0: no limit.  Users
+    #: are served round-robin in any case.
+    max_user_chunks: int = Field(0, ge=0)
     max_jobs_listed: int = Field(1000, ge=1)
 
     @classmethod
@@ -75,6 +91,16 @@ class Settings(BaseSettings):
                 sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         sources.append(dotenv_settings)
         return tuple(sources)
+
+    def worker_memory(self) -> int:
+        """Bytes one worker may use (``worker_memory_bytes``, else half of the machine's memory)."""
+        from fitserve.engine.budget import physical_memory
+
+        return self.worker_memory_bytes or physical_memory() // 2
+
+    def batch_memory(self) -> int:
+        """Bytes one batch of fits may use (``batch_memory_bytes``, else a quarter of the worker's)."""
+        return self.batch_memory_bytes or self.worker_memory() // 4
 
     def executor_settings(self) -> dict[str, Any]:
         """Keyword arguments for :func:`fitserve.executors.get_executor`."""

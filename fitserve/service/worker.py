@@ -19,6 +19,7 @@ another worker also ran it - is counted once.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import random
@@ -35,6 +36,8 @@ import redis
 
 from fitserve import __version__
 from fitserve.executors import Executor, get_executor
+from fitserve.executors.base import decode_workspace
+from fitserve.service.guard import ChunkGuard, rss_bytes, tree_rss_bytes
 from fitserve.service.queue import Chunk, ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import FINAL_STATES, JobStore
@@ -86,6 +89,18 @@ class _LRU(OrderedDict):
             self.popitem(last=False)
 
 
+def _takes_cancel(executor: Executor) -> bool:
+    """Whether ``executor.submit`` takes the cancel token: it says so (``accepts_cancel``) and its
+    ``submit`` has the parameter (a subclass overriding ``submit`` without it does not)."""
+    if not getattr(executor, "accepts_cancel", False):
+        return False
+    try:
+        params = inspect.signature(executor.submit).parameters
+    except (TypeError, ValueError):
+        return False
+    return "cancel" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def redis_client(settings: Settings) -> redis.Redis:
     # Explicit timeouts (older redis-py has none): a Redis that hangs gives an error, not a hang.
     # The socket timeout exceeds the worker's longest XREADGROUP BLOCK (0.5 s).
@@ -108,9 +123,15 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         self.r = client or redis_client(settings)
         self.store = JobStore(self.r, settings.key_prefix)
-        self.queue = ChunkQueue(self.r, settings.key_prefix)
+        self.queue = ChunkQueue(self.r, settings.key_prefix, max_user_chunks=settings.max_user_chunks)
+        # The engine narrows batches to this budget (fitserve.engine.budget.batch_budget), in this
+        # process and in executor processes started from it: the same budget the API checked.
+        os.environ["FITSERVE_BATCH_MEMORY_BYTES"] = str(settings.batch_memory())
         self._executor = executor
         self._own_executor = executor is None
+        #: chunks stopped by a cancel (running when their job was cancelled) or a budget
+        self.chunks_cancelled = 0
+        self.chunks_over_budget = 0
         self.stop_event = threading.Event()
         self.inflight: dict[Future, _InFlight] = {}
         #: chunks read or claimed but not started yet (kept over a Redis outage)
@@ -236,6 +257,12 @@ class Worker:
             "version": __version__,
             "inflight": len(self.inflight),
             "chunks_done": self.chunks_done,
+            "chunks_cancelled": self.chunks_cancelled,
+            "chunks_over_budget": self.chunks_over_budget,
+            "rss_bytes": rss_bytes(),
+            "rss_tree_bytes": tree_rss_bytes(),
+            "memory_budget_bytes": self.settings.worker_memory(),
+            "batch_memory_bytes": self.settings.batch_memory(),
             **self.executor.describe(),
         }
         self.store.worker_heartbeat(self.name, info)
@@ -329,10 +356,40 @@ class Worker:
         index = {n: i for i, n in enumerate(meta["names"])}
         shas = [meta["patch_shas"][index[n]] for n in names]
         patches = None if shas == [None] else self.store.patches(shas)
+        refusal = self._over_budget(ws, patches, meta["options"])
+        if refusal is not None:  # a job queued under other limits: fail it before anything is allocated
+            self.chunks_over_budget += 1
+            self.store.fail_hypotheses(chunk.job_id, meta, names, refusal)
+            self.queue.ack([chunk.entry_id])
+            return
         item = _InFlight(chunk, meta, names)
-        fut = self.executor.submit(ws, patches, meta["options"])
+        executor = self.executor
+        if _takes_cancel(executor):
+            fut = executor.submit(ws, patches, meta["options"], cancel=self._guard(chunk.job_id))
+        else:  # e.g. Globus Compute: the task cannot reach Redis; chunks not started are still dropped
+            fut = executor.submit(ws, patches, meta["options"])
         fut.add_done_callback(lambda _f: setattr(item, "ended", time.perf_counter()))
         self.inflight[fut] = item
+
+    def _guard(self, job_id: str) -> ChunkGuard:
+        """The cancel token of one chunk: job cancelled, wall-time and memory budgets (fitserve.service.guard)."""
+        s = self.settings
+        return ChunkGuard(s.redis_url, self.store.job_key(job_id), wall_s=s.chunk_wall_s, max_rss_bytes=s.worker_memory())
+
+    def _over_budget(self, ws: bytes, patches: list[dict[str, Any]] | None, options: dict[str, Any]) -> str | None:
+        """Why the chunk's batches would not fit the batch memory budget (None: they fit, or no plan)."""
+        from fitserve.engine.budget import plan
+
+        budget = self.settings.batch_memory()
+        try:
+            largest = plan(decode_workspace(ws), patches, options, budget_bytes=budget).largest("peak_bytes")
+        except Exception:  # the engine reports bad input itself, with the hypothesis it belongs to
+            return None
+        if largest is None or largest.peak_bytes <= budget:
+            return None
+        return (f"chunk refused before fitting: one hypothesis of its padded model (P = {largest.n_params}) needs "
+                f"an estimated {largest.peak_bytes / 2**20:,.0f} MiB, more than the batch memory budget "
+                f"{budget / 2**20:,.0f} MiB (FITSERVE_BATCH_MEMORY_BYTES)")
 
     def _collect(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for chunks in flight; move finished ones (records or error) to ``finished``."""
@@ -383,8 +440,13 @@ class Worker:
             if added < len(records):  # HSETNX kept the first record of each: counted once
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
                          item.chunk.entry_id, job_id, len(records) - added)
+        elif type(fin.error).__name__ == "Cancelled":  # its job was cancelled while it ran: nothing to record
+            self.chunks_cancelled += 1
+            log.info("chunk %s of job %s stopped after %.1f s: the job was cancelled", item.chunk.entry_id, job_id, fin.elapsed)
         else:
             exc = fin.error
+            if type(exc).__name__ == "ChunkBudgetExceeded":
+                self.chunks_over_budget += 1
             self.store.fail_hypotheses(job_id, item.meta, item.names, f"chunk failed: {type(exc).__name__}: {exc}")
         self.queue.ack([item.chunk.entry_id])
 

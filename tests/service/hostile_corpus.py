@@ -944,11 +944,29 @@ def web_form_cases() -> Iterator[Case]:
     yield Case("web-poi-missing", "web form", path="/full", body=web_form(ws, None), content_type=MULTIPART, status=422)
 
 
+def hostile_shapes() -> Iterator[Case]:
+    """Valid, small submissions whose padded models are huge (issue #17, tests/service/hostile_shapes.py);
+    the hostile service runs chunks of 4 patches."""
+    from service.hostile_shapes import group_explosion, union_blowup, wide_patch
+
+    def body(pair: tuple[dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+        return {"workspace": pair[0], "patchset": pair[1]}
+
+    yield _json_case("shape-union-blowup-k600", "hostile job shapes", body(union_blowup(600, n=4)), status=422,
+                     where="patchset: patches 0..3", message="has 2406 parameters")
+    yield _json_case("shape-group-explosion-32", "hostile job shapes", body(group_explosion(32)), status=422,
+                     where="patchset", message="32 structure groups")
+    yield _json_case("shape-wide-patch-5000", "hostile job shapes", body(wide_patch(5000)), status=422,
+                     where="patchset: patch 'w0'", message="5005 parameters")
+    yield _json_case("shape-union-small-accepted", "hostile job shapes", body(union_blowup(2, n=4)), expect="accept",
+                     names=("u0", "u1", "u2", "u3"))
+
+
 def corpus() -> list[Case]:
     cases: list[Case] = []
     for gen in (baselines, broken_json, wrong_types, non_finite, negative_values, deep_nesting, bad_patches, bad_operations,
                 semantics, absurd_options, hostile_names, invalid_utf8, content_types, broken_multipart, oversized, hostile_gets,
-                web_form_cases):
+                web_form_cases, hostile_shapes):
         cases.extend(gen())
     ids = [c.id for c in cases]
     dup = {i for i in ids if ids.count(i) > 1}

@@ -191,7 +191,8 @@ def test_corpus_size_and_categories(hostile: Service, record_property: Any) -> N
     for needed in ("truncated JSON", "wrong type at every level", "NaN / infinity / huge numbers", "deep nesting",
                    "patch does not apply / breaks the model", "unknown patch operations", "oversized body", "wrong content type",
                    "broken multipart", "invalid UTF-8", "duplicate names", "POI missing", "empty body", "absurd options",
-                   "hostile strings in names", "hostile job ids", "hostile query parameters", "web form"):
+                   "hostile strings in names", "hostile job ids", "hostile query parameters", "web form",
+                   "hostile job shapes"):
         assert by_category[needed] > 0, needed
     known = {c.id for c in CORPUS if c.known_bug}
     server_errors = {k: v for k, v in OUTCOMES.items() if v.startswith("5")}

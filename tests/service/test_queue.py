@@ -6,7 +6,7 @@ import redis
 
 from fitserve.service.queue import ChunkQueue
 
-from .conftest import wait_until
+from .conftest import tiny_inputs, wait_until
 
 
 def test_chunk_of_a_dead_worker_is_claimed_and_finished(service, tiny):
@@ -34,3 +34,22 @@ def test_a_chunk_that_keeps_killing_workers_is_given_up(service, tiny):
     st = service.wait(job["id"], timeout=30)
     assert st["state"] == "failed" and st["counts"]["errors"] == 1
     assert "abandoned after 2 attempts" in st["errors"][0]["error"]
+
+
+def test_chunks_wait_per_user_and_are_dispatched_round_robin(service):
+    """Without a worker, chunks wait on their owners' lists; a read takes one user's chunk after the other's."""
+    from fitserve.service.api import enqueue_job, prepare_job
+    from fitserve.service.store import JobStore
+
+    r = redis.Redis.from_url(service.settings.redis_url)
+    settings = service.settings
+    store, queue = JobStore(r, settings.key_prefix), ChunkQueue(r, settings.key_prefix)
+    ws, ps = tiny_inputs(6, [61.0 + k for k in range(6)])
+    big, _ = enqueue_job(prepare_job(ws, ps, {}, settings), store, queue, settings, owner="alice")  # 3 chunks
+    small, _ = enqueue_job(prepare_job(*tiny_inputs(1, [71.0]), {}, settings), store, queue, settings, owner="bob")
+    assert queue.stats()["chunks_waiting"] == 4 and r.xlen(queue.stream) == 0
+    order = [queue.read("w", count=1, block_ms=None)[0].job_id for _ in range(3)]
+    assert order == [small, big, big]  # bob joined last, at the front: served before alice's second chunk
+    service.http.delete(f"/v1/jobs/{big}")  # its last chunk is still waiting: dropped when its turn comes
+    assert queue.read("w", count=1, block_ms=None) == []
+    assert queue.stats()["chunks_waiting"] == 0
