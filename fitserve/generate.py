@@ -324,7 +324,8 @@ def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, 
     ``n_samples`` samples each.  Every sample carries ``lumi``; sample 0 a
     normfactor; each sample a random third of the ``n_systematics`` shared
     systematics as normsys and another third as histosys; each channel one
-    ``staterror`` (a gamma per bin).  The defaults give ~185 parameters and 120
+    ``staterror`` (a gamma per bin; normfactor and staterror only where more
+    than one channel or bin can measure them).  The defaults give ~185 parameters and 120
     bins (~250 with :func:`signal_patchset`'s signal).  ``sized_workspace(1, 1,
     1, 1)`` is a simplified likelihood with 3 parameters with signal (POI,
     lumi, one systematic): a workspace reinterpretation tools evaluate by the
@@ -342,7 +343,7 @@ def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, 
             nom = np.clip(base * rng.uniform(0.2, 1.0) * np.exp(rng.normal(0, 0.1, n_bins)), 0.5, None)
             total += nom
             mods: list[Spec] = [{"name": "lumi", "type": "lumi", "data": None}]
-            if k == 0:
+            if k == 0 and n_channels > 1:  # a free background norm needs a control region to be measured
                 mods.append({"name": "mu_bkg", "type": "normfactor", "data": None})
             chosen = rng.permutation(n_systematics)
             third = max(1, n_systematics // 3)

@@ -398,9 +398,33 @@ def validate_workspace(spec: Any, where: str = "workspace") -> dict[str, Any]:
         raise InputError(f"a workspace must be a JSON object, not {_json_type(spec)}", where=where)
     _not_swapped(spec, "workspace", where)
     _scan(spec, where)
-    _schema_check(spec, "workspace.json", "workspace", where)
+    try:  # the schema sees only skeletons: check a small stand-in first, the whole document only to locate an error
+        _schema_check(_reduced(spec), "workspace.json", "workspace", where)
+    except InputError:
+        _schema_check(spec, "workspace.json", "workspace", where)
     _check_model(spec, where)
     return spec
+
+
+def _reduced(value: Any) -> Any:
+    """A small JSON value that pyhf's schemas accept exactly when they accept ``value``.
+
+    Lists of numbers keep at most two (the schemas ask for at least one, or
+    exactly two for bounds); other lists keep one element per distinct
+    :func:`_skeleton`.  Validating a 1 MB published workspace this way takes
+    ~20 ms instead of ~0.7 s; an error is then located on the full document.
+    """
+    kind = type(value)
+    if kind is dict:
+        return {k: _reduced(v) for k, v in value.items()}
+    if kind is list:
+        if value and all(type(v) is float or type(v) is int for v in value):
+            return value[:2]
+        seen: dict[Any, Any] = {}
+        for v in value:
+            seen.setdefault(_skeleton(v), v)
+        return [_reduced(v) for v in seen.values()]
+    return value
 
 
 def _json_type(value: Any) -> str:
@@ -753,6 +777,20 @@ def _validate_patched(spec: dict[str, Any], operations: Sequence[dict[str, Any]]
     """
     if not all(op.get("op") in ("add", "replace") and _SAMPLE_PATH.match(op.get("path", "")) for op in operations):
         validate_workspace(spec, where=where)
+        return
+    fresh = [op.get("value") for op in operations if _skeleton(op.get("value")) not in _VALID_SKELETONS]
+    if not fresh:
+        return  # every added sample has a skeleton the schema accepted (its numbers were checked in apply_patch)
+    together = {"channels": [{"name": "c", "samples": [_reduced(v) for v in fresh]}],
+                "observations": [{"name": "c", "data": [0.0]}],
+                "measurements": [{"name": "m", "config": {"poi": "p", "parameters": []}}], "version": "1.0.0"}
+    try:  # one schema check for all of them; one per sample only to locate an error
+        pyhf.schema.validate(together, "workspace.json")
+    except pyhf.exceptions.InvalidSpecification:
+        pass
+    else:
+        if len(_VALID_SKELETONS) < 100_000:
+            _VALID_SKELETONS.update(_skeleton(v) for v in fresh)
         return
     for op in operations:
         sample = op.get("value")

@@ -326,8 +326,11 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     aa = c + c.T
     aa = aa + jnp.diag(wmn @ dd_a + wr_s @ h_n)  # A'' and (log N)'' are diagonal
     am = d_a.T @ ((w * n)[:, None] * d_m) + g_n.T @ v  # A' x M' and N' x M'
-    pair = jnp.einsum("skl,slj->skj", loo2, onehot)  # M'' pairs (k != l)
-    mm = jnp.einsum("ski,skj->ij", wan[:, None, None] * onehot, pair)
+    # M'' pairs (k != l): Km^2 numbers per (slot, bin) scattered into [Pm, Pm] (the index table is
+    # shared by the batch); a one-hot product here cost O(SB Km Pm^2), the largest term of big models
+    col = jnp.clip(t["mult"] - n_a, 0, n_m)  # padding (index P) -> column Pm, dropped below
+    mm = jnp.zeros((n_m + 1, n_m + 1), theta.dtype).at[col[:, :, None], col[:, None, :]].add(wan[:, None, None] * loo2)
+    mm = mm[:n_m, :n_m]
     hess = hess + jnp.block([[aa, am], [am.T, mm]])
 
     # constraints (separable: diagonal Hessian)

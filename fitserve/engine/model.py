@@ -459,9 +459,9 @@ class BatchedModel:
 
     def hypothesis(self, h: int) -> dict[str, Any]:
         """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""
-        import jax.numpy as jnp
+        import jax
 
-        return {**{k: jnp.asarray(v[h]) for k, v in self.arrays.items()}, **{k: jnp.asarray(v) for k, v in self.structure.items()}}
+        return {**{k: jax.device_put(v[h]) for k, v in self.arrays.items()}, **{k: jax.device_put(v) for k, v in self.structure.items()}}
 
     def take(self, index: Sequence[int]) -> "BatchedModel":
         """A model with a subset (or repetition) of hypotheses; same structure."""

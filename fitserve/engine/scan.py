@@ -134,13 +134,11 @@ def diagnose(model: BatchedModel, ht: infer.HypoTestResult, i: int, codes: tuple
 
 def _degenerate(model: BatchedModel, x: np.ndarray, i: int, codes: tuple[str, str]) -> str | None:
     """The parameters along the Hessian's flattest direction at ``x`` (one hypothesis, numpy)."""
-    import jax.numpy as jnp
-
     from fitserve.engine import likelihood as lh
 
     t = model.hypothesis(i)
     try:
-        _, _, h = lh.value_grad_hess(jnp.asarray(x), t, lh.observed_data(t), codes)
+        _, _, h = jax.jit(lh.value_grad_hess, static_argnames=("codes",))(x, t, lh.observed_data(t), codes)
     except Exception:  # noqa: BLE001 -- a diagnosis must never fail the scan
         return None
     h = np.asarray(h)
