@@ -92,6 +92,8 @@ def scan(
     name: Optional[str] = typer.Option(None, "--name", help="Name of the hypothesis of a single full workspace (default: the file name)."),
     cls_only: bool = typer.Option(False, "--cls-only", help="Print only the observed CLs per hypothesis."),
     modifier_settings: str = typer.Option("atlas", "--modifier-settings", help=MODIFIER_SETTINGS_HELP),
+    restarts: int = typer.Option(0, "--restarts", help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima)."),
+    limit_max: Optional[float] = typer.Option(None, "--limit-max", help="How far the limit search goes (default: 10x the POI's upper bound)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
@@ -103,6 +105,7 @@ def scan(
         options = ScanOptions(
             test_stat=test_stat, poi_test=poi_test, limits=limits, cls_only=cls_only, confidence_level=confidence_level,
             modifier_settings=parse_modifier_settings(modifier_settings), measurement=measurement,
+            restarts=restarts, limit_max=limit_max,
         )
     except ValueError as exc:
         fail(f"bad option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")

@@ -69,11 +69,6 @@ class FitResult(NamedTuple):
     n_iter: np.ndarray  # [Q]
 
 
-class PoolStats(NamedTuple):
-    lane_iterations: int  # lanes x iterations run
-    task_iterations: int  # iterations spent on fits (the rest idled)
-
-
 #: Task kinds.  A HYPOTEST task is the chain of fits of one asymptotic
 #: hypothesis test, run in one lane without returning to the host: (0) free fit
 #: to the data, (1) fixed-POI fit at mu from its minimum, (2) fixed-POI fit at

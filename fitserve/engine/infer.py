@@ -27,11 +27,9 @@ formulae; each step fits only the edges still searching.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy.special import ndtr, ndtri
 
@@ -113,11 +111,6 @@ def _observed(t):
     return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
 
 
-@partial(jax.jit, static_argnames=("codes",))
-def _asimov(theta, t, codes):
-    return jax.vmap(lh.asimov_data, in_axes=(0, lh.in_axes(t), None))(theta, t, codes)
-
-
 @jax.jit
 def _constant(t, data):
     return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
@@ -192,12 +185,6 @@ class Engine:
         rows = {key: np.tile(v, (k,) + (1,) * (v.ndim - 1)) for key, v in data.items()}
         res = self.run(h, rows, x0, free, cold)
         return _best(res, n, k)
-
-    def asimov(self, gen: np.ndarray) -> dict[str, np.ndarray]:
-        """Asimov data at ``gen`` [n, P] (padded to the batch width for one compiled shape)."""
-        width = int(self.t["init"].shape[0])
-        full = np.concatenate([gen, np.repeat(gen[:1], width - len(gen), axis=0)])
-        return {k: v[: len(gen)] for k, v in _np(_asimov(full, self.t, self.codes)).items()}
 
     def spread_starts(self, count: int, seed: int = 0) -> list[np.ndarray]:
         """``count`` starting points spread around the initial values (deterministic).

@@ -19,9 +19,13 @@ import math
 from functools import partial
 from typing import Mapping
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from fitserve.engine.runtime import configure_env
+
+configure_env()  # before JAX starts its backend (the engine's first JAX import is this module)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 

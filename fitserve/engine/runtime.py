@@ -35,6 +35,21 @@ def threads_from_env() -> int:
     return n
 
 
+def configure_env(threads: int | None = None) -> int:
+    """Put the thread setting into ``XLA_FLAGS`` before JAX starts its CPU backend.
+
+    Called when the engine's JAX modules are first imported, so that every
+    process of the engine (CLI, worker, tests) runs with the same setting and
+    gives bit-identical results for the same batch shapes.
+    """
+    n = threads if threads is not None else threads_from_env()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        # XLA has no flag for a thread count: one thread, or its default (all cores)
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    return n
+
+
 def configure(threads: int | None = None, cache: str | os.PathLike[str] | None = None) -> dict[str, object]:
     """Set float64, the XLA CPU thread count (``FITSERVE_THREADS``) and the persistent compile cache.
 
@@ -43,11 +58,7 @@ def configure(threads: int | None = None, cache: str | os.PathLike[str] | None =
     """
     if _configured:
         return dict(_configured)
-    n = threads if threads is not None else threads_from_env()
-    flags = os.environ.get("XLA_FLAGS", "")
-    if n == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-        # XLA has no flag for a thread count: one thread, or its default (all cores)
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+    n = configure_env(threads)
     _limit_blas(n)
     import jax
 

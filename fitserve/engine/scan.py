@@ -17,9 +17,7 @@ limit numbers: a number that looks valid is never reported for it.
 from __future__ import annotations
 
 import math
-import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import jax
@@ -38,7 +36,7 @@ from fitserve.engine.options import ScanOptions
 MAX_BATCH = 128
 
 
-from fitserve.engine.runtime import configure, enable_compilation_cache  # noqa: E402,F401  (re-exported)
+from fitserve.engine.runtime import configure  # noqa: E402
 
 configure()
 

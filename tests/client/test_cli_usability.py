@@ -102,9 +102,9 @@ def test_scan_says_when_it_compiles_a_new_structure(tmp_path) -> None:
 def test_jobs_lists_the_options(live, example_paths) -> None:
     bkg, ps = example_paths
     env = {"FITSERVE_URL": live.url}
-    job_id = run("submit", bkg, ps, "--poi-test", "0.5", "--patch", "sig_400_0", "--wait", "--no-progress", env=env).stdout.strip()
+    job_id = run("submit", bkg, ps, "--poi-test", "0.45", "--patch", "sig_400_0", "--wait", "--no-progress", env=env).stdout.strip()
     line = next(l for l in run("jobs", env=env).stdout.splitlines() if l.startswith(job_id))
-    assert "qtilde mu=0.5 CL=95%" in line and "asymptotic" in line
+    assert "qtilde mu=0.45 CL=95%" in line and "asymptotic" in line
 
 
 def test_cancel_reports_what_it_actually_cancelled(live, example_paths) -> None:
