@@ -191,7 +191,9 @@ def _accept(f, f_new, pred, ok, lam, use_fisher):
     # rounding level (rho is noise there): go undamped, where the EDM can be checked
     floor = ok & finite & (pred <= noise) & (jnp.abs(actual) <= 10 * noise)
     lam = jnp.where(((rho > 0.75) & (lam < 1e-3)) | floor, 0.0, lam)
-    use_fisher = to_fisher | (use_fisher & ~(accept & (rho > 0.5)))
+    # back to Newton after a good Fisher step, or at the rounding floor (a start that is already the
+    # minimum: only an undamped Newton system can check the EDM there)
+    use_fisher = to_fisher | (use_fisher & ~(accept & ((rho > 0.5) | floor)))
     return accept, jnp.where(lam < 1e-7, 0.0, lam), use_fisher
 
 
