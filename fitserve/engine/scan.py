@@ -17,6 +17,7 @@ limit numbers: a number that looks valid is never reported for it.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from typing import Any, Callable, Literal, Sequence
 
@@ -232,12 +233,32 @@ def scan(
     t_build = time.perf_counter() - t_start
 
     total = len(hyps)
-    done = 0
     results_by_name: dict[str, dict[str, Any]] = {}
-    fit_s = 0.0
-    compile_s = 0.0
     if progress:
         progress(0, total)
+    with _ENGINE_LOCK:
+        fit_s, compile_s = _fit_models(models, opts, results_by_name, total, progress, cancel, on_event)
+    results = {h.name: results_by_name[h.name] for h in hyps}
+    return {
+        "fitserve_version": __version__,
+        "options": opts.model_dump(),
+        "timing": {"build_s": t_build, "compile_s": compile_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start},
+        "results": results,
+    }
+
+
+#: One scan at a time per process: concurrent XLA executions from several threads of one
+#: process (the local executor's threads, the web form's quick limit) deadlocked in the CPU
+#: runtime (all threads waiting on results, 0% CPU); the engine runs one XLA thread anyway.
+_ENGINE_LOCK = threading.RLock()
+
+
+def _fit_models(models: list[BatchedModel], opts: ScanOptions, results_by_name: dict[str, dict[str, Any]], total: int,
+                progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
+                on_event: Callable[[str, dict[str, Any]], None] | None) -> tuple[float, float]:
+    """Fit every batch of every structure group; (fit seconds, compile seconds)."""
+    fit_s = compile_s = 0.0
+    done = 0
     for model in models:
         _check_poi(model, opts)
         size = budget.model_width(model)  # batch_size, narrowed to the batch memory budget
@@ -259,13 +280,7 @@ def scan(
             done += n_real
             if progress:
                 progress(done, total)
-    results = {h.name: results_by_name[h.name] for h in hyps}
-    return {
-        "fitserve_version": __version__,
-        "options": opts.model_dump(),
-        "timing": {"build_s": t_build, "compile_s": compile_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start},
-        "results": results,
-    }
+    return fit_s, compile_s
 
 
 _COMPILE_SECONDS = [0.0]

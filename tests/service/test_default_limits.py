@@ -29,7 +29,11 @@ DEFAULTS = {"max_body_bytes": 64 * 2**20, "max_hypotheses": 10_000, "max_bins": 
             "worker_memory_bytes": 0, "batch_memory_bytes": 0, "max_user_chunks": 0}
 
 
-def test_defaults_are_the_documented_ones():
+def test_defaults_are_the_documented_ones(monkeypatch):
+    import os
+
+    for key in [k for k in os.environ if k.startswith("FITSERVE_")]:  # in-process workers export some
+        monkeypatch.delenv(key)
     s = Settings()
     assert {k: getattr(s, k) for k in DEFAULTS} == DEFAULTS
     assert s.worker_memory() == physical_memory() // 2 and s.batch_memory() == s.worker_memory() // 4
@@ -45,7 +49,11 @@ def _many_bins(n: int) -> dict:
     return ws
 
 
-def test_a_job_at_each_default_limit_completes(redis_url, tmp_path):
+def test_a_job_at_each_default_limit_completes(redis_url, tmp_path, monkeypatch):
+    import os
+
+    for key in [k for k in os.environ if k.startswith("FITSERVE_") and k != "FITSERVE_JAX_CACHE"]:
+        monkeypatch.delenv(key)  # what in-process workers of earlier tests exported
     settings = Settings(redis_url=redis_url, key_prefix=f"defaults-{secrets.token_hex(4)}", auth="open", data_dir=tmp_path)
     svc = Service(settings)
     try:
