@@ -314,6 +314,8 @@ def _check_rates(spec: dict[str, Any], ci: int, where: str) -> None:
     rows = [smp.get("data") for smp in samples if isinstance(smp, dict)]
     if not rows or not all(isinstance(r, list) for r in rows) or len({len(r) for r in rows}) != 1:
         return  # the sample checks say what is wrong
+    if not all(isinstance(v, float) and math.isfinite(v) or _number(v) and abs(v) <= _MAX_INT for r in rows for v in r):
+        return  # likewise (a patch may have put a string into a sample the checks did not visit)
     totals = [math.fsum(col) for col in zip(*rows)]
     if min(totals, default=0.0) > 0:
         return

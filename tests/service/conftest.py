@@ -157,3 +157,9 @@ def service(settings: Settings):
         yield svc
     finally:
         svc.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_budget_left_by_earlier_workers(monkeypatch):
+    """In-process workers export FITSERVE_BATCH_MEMORY_BYTES for the engine; start each test without it."""
+    monkeypatch.delenv("FITSERVE_BATCH_MEMORY_BYTES", raising=False)

@@ -362,11 +362,16 @@ def non_finite() -> Iterator[Case]:
     body = _marked("tiny", _PLACES["observation"][1], marker)
     yield Case("number-5000-digit-integer", "NaN / infinity / huge numbers", body=_text_variant(body, marker, "9" * 5000),
                status=422, where="request body")
-    # finite extremes are numbers: accepted, and the fit must end cleanly (converged or not)
-    for literal in ("1e308", "1e-300", "1e-400", "-0.0", "123456789012345678901234567890"):
+    # finite extremes are numbers: accepted, and the fit must end cleanly (converged or not) ...
+    for literal in ("1e308", "1e-300", "123456789012345678901234567890"):
         body = _marked("tiny", _PLACES["bkg-yield"][1], marker)
         yield Case(f"number-finite-extreme-{literal}-as-background-yield", "NaN / infinity / huge numbers",
                    body=_text_variant(body, marker, literal), expect="accept", names=("sig_0", "sig_1"))
+    # ... but a yield that is exactly zero (1e-400 underflows) leaves no rate for the observed events
+    for literal in ("1e-400", "-0.0"):
+        body = _marked("tiny", _PLACES["bkg-yield"][1], marker)
+        yield Case(f"number-finite-extreme-{literal}-as-background-yield", "NaN / infinity / huge numbers",
+                   body=_text_variant(body, marker, literal), status=422, where="workspace /channels/0/samples")
     body = _marked("tiny", _PLACES["grid-value"][1], marker)
     yield Case("number-1e308-as-grid-value", "NaN / infinity / huge numbers", body=_text_variant(body, marker, "1e308"),
                expect="accept", names=("sig_0", "sig_1"))
@@ -921,7 +926,8 @@ def web_form_cases() -> Iterator[Case]:
         "q0-with-limits": (web_form(ws, ps, test_stat="q0", limits="on"), MULTIPART),
         "token-traversal": (web_form(None, ps, workspace_token="../../../etc/passwd"), MULTIPART),
         "token-unknown": (web_form(None, ps, workspace_token="A" * 22), MULTIPART),
-        "negative-patch-yield": (web_form(ws, dumps(ps).replace(b"[5.0]", b"[-5.0]")), MULTIPART),
+        # a negative signal yield is legitimate; one that makes the expected rate negative is not
+        "negative-patch-yield": (web_form(ws, dumps(ps).replace(b"[5.0]", b"[-500.0]")), MULTIPART),
         "duplicate-patch-names": (web_form(ws, dumps(ps).replace(b'"sig_1"', b'"sig_0"')), MULTIPART),
         "text-plain": (dumps(tiny_body()), "text/plain"),
         "json-body": (dumps(tiny_body()), "application/json"),
