@@ -74,8 +74,10 @@ class FitResult(NamedTuple):
 #: to the data, (1) fixed-POI fit at mu from its minimum, (2) fixed-POI fit at
 #: the Asimov generating value from the same minimum (skipped when the two POI
 #: values are equal), (3) fixed-POI fit at mu to the Asimov data generated at
-#: the minimum of (2) or (1).  Each stage reports a result.
-SINGLE, HYPOTEST = 0, 1
+#: the minimum of (2) or (1).  Each stage reports a result.  A TOY task is the
+#: pair of fits of one pseudo-experiment: (0) the free fit, (1) the fixed-POI
+#: fit at mu from its minimum.
+SINGLE, HYPOTEST, TOY = 0, 1, 2
 STAGES = 4
 
 #: Counters of the last ``fit_tasks`` calls of this process (benchmarks print them).
@@ -94,6 +96,7 @@ class _Lanes(NamedTuple):
     x: jax.Array  # [L, P]
     f: jax.Array  # [L]
     g: jax.Array  # [L, P]
+    g_left: jax.Array  # [L, P] the gradient with left derivatives at kinks (== g without kinks)
     hess: jax.Array  # [L, P, P]
     fisher: jax.Array  # [L, P, P]
     use_fisher: jax.Array  # [L] bool: step with the Fisher matrix (the Hessian was not positive definite)
@@ -143,9 +146,26 @@ def _chol_solve(a, b):
     return y, ok
 
 
-def _step(x, f, g, hess, fisher, use_fisher, lam, lo, hi, free):
-    """Damped Newton (or Fisher-scoring) step of one lane, and the EDM at ``x`` where the Newton system is undamped."""
-    mask = _free_set(x, g, lo, hi, free)
+def _step(x, f, g, g_left, hess, fisher, use_fisher, lam, lo, hi, free, kink):
+    """Damped Newton (or Fisher-scoring) step of one lane, and the EDM at ``x`` where the Newton system is undamped.
+
+    ``kink`` marks the parameters whose NLL may be kinked at 0 (legacy
+    interpolation codes; all False otherwise), ``g_left`` the gradient with
+    their left derivatives there.  A kink is treated like a bound: a step
+    stops on it rather than crossing it, and a parameter on it whose one-sided
+    derivatives both point uphill (``g_left <= 0 <= g``: zero is in the
+    subgradient) is held there, as one at an active bound is; the EDM is then
+    judged on the other parameters.  Without this the minimum on a kink can
+    never pass a gradient test.
+    """
+    at0 = kink & (x == 0)
+    go_right = at0 & (g < 0)
+    go_left = at0 & ~go_right & (g_left > 0)
+    held = at0 & ~go_right & ~go_left
+    lo = jnp.where(kink & ((x > 0) | go_right), jnp.maximum(lo, 0.0), lo)
+    hi = jnp.where(kink & ((x < 0) | go_left), jnp.minimum(hi, 0.0), hi)
+    g = jnp.where(go_left, g_left, g)
+    mask = _free_set(x, g, lo, hi, free) & ~held
     a = jnp.where(use_fisher, fisher, hess)
     d, hs, gs = _scaled_system(g, a, mask)
     eye = jnp.eye(hs.shape[0], dtype=hs.dtype)
@@ -224,8 +244,13 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
     lo_all, hi_all = t["lo"], t["hi"]
     shared = {k: v for k, v in t.items() if k in lh.SHARED}
 
+    kinky = lh.has_kinks(codes)
+    kink = (jnp.arange(p) < lh.n_alpha(t)) if kinky else jnp.zeros(p, bool)
+
     def vgh(x, th, main, aux_n, aux_p):
-        return lh.value_grad_hess_fisher(x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes)
+        out = lh.value_grad_hess_fisher(x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p},
+                                        codes, left=kinky)
+        return out if kinky else (*out, out[1])
 
     def load(model, refill, new_h):
         """Copy the tensors of the refilled lanes' hypotheses into the lanes (in place, only those lanes).
@@ -245,7 +270,8 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         active = s.slot >= 0
         lo, hi = lo_all[s.h], hi_all[s.h]
         lam = jnp.where(s.final, 0.0, s.lam)
-        x_new, pred, ok, edm = jax.vmap(_step)(s.x, s.f, s.g, s.hess, s.fisher, s.use_fisher, lam, lo, hi, s.free)
+        x_new, pred, ok, edm = jax.vmap(_step, in_axes=(0,) * 11 + (None,))(
+            s.x, s.f, s.g, s.g_left, s.hess, s.fisher, s.use_fisher, lam, lo, hi, s.free, kink)
         reached = ok & (edm < EDM_TARGET)
         finish = active & (reached | s.final)
         conv = ok & (edm < EDM_CONVERGED)
@@ -260,7 +286,7 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
             done=out.done.at[idx].set(True, mode="drop"),
         )
         # a chain goes on in its lane; lanes that are idle or done take the next queued tasks
-        cont = finish & (s.kind == HYPOTEST) & (s.stage < STAGES - 1)
+        cont = finish & (((s.kind == HYPOTEST) & (s.stage < STAGES - 1)) | ((s.kind == TOY) & (s.stage == 0)))
         same_mu = s.mu[:, 0] == s.mu[:, 1]
         next_stage = jnp.where(s.stage == 0, 1, jnp.where((s.stage == 1) & ~same_mu, 2, 3))
         anchor = jnp.where((finish & (s.stage == 0))[:, None], s.x, s.anchor)
@@ -289,7 +315,7 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         x0 = jnp.where(jnp.isnan(poi_value)[:, None], gen, gen.at[:, poi].set(poi_value))
         x0 = jnp.where(free, jnp.clip(x0, lo_all[h], hi_all[h]), x0)
         point = jnp.where(start[:, None], x0, x_new)
-        f_new, g_new, h_new, fi_new = jax.vmap(vgh)(point, model, main, aux_n, aux_p)
+        f_new, g_new, h_new, fi_new, gl_new = jax.vmap(vgh)(point, model, main, aux_n, aux_p)
         stepping = active & ~finish
         accept, lam_new, use_f = jax.vmap(_accept)(s.f, f_new, pred, ok, lam, s.use_fisher)
         accept = stepping & accept
@@ -297,6 +323,7 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         x = keep(point, s.x, start | accept)
         f = keep(f_new, s.f, start | accept)
         g = keep(g_new, s.g, start | accept)
+        g_left = keep(gl_new, s.g_left, start | accept)
         hess = keep(h_new, s.hess, start | accept)
         fisher = keep(fi_new, s.fisher, start | accept)
         use_f = jnp.where(refill, queue["cold"][qi], jnp.where(cont, False, use_f))
@@ -304,7 +331,7 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         lam_next = jnp.where(start, 0.0, lam_new)
         final = jnp.where(start, False, stepping & ((it >= max_iter) | (lam_next > LAM_STALLED)))
         slot = jnp.where(refill, n_lanes + qi, jnp.where(finish & ~cont, -1, s.slot)).astype(jnp.int32)
-        s = _Lanes(slot, h, main, aux_n, aux_p, free, x, f, g, hess, fisher, use_f, lam_next, it, final, model,
+        s = _Lanes(slot, h, main, aux_n, aux_p, free, x, f, g, g_left, hess, fisher, use_f, lam_next, it, final, model,
                    kind, stage, anchor, mu)
         return s, out, used + jnp.sum(refill, dtype=jnp.int32), k + 1
 
@@ -323,7 +350,7 @@ def _empty_lanes(t: dict[str, jax.Array], n_lanes: int, n_par: int, n_bins: int)
     return _Lanes(
         slot=jnp.full(n_lanes, -1, jnp.int32), h=jnp.zeros(n_lanes, jnp.int32), main=z(n_lanes, n_bins),
         aux_normal=z(n_lanes, n_par), aux_pois=jnp.ones((n_lanes, n_par)), free=jnp.zeros((n_lanes, n_par), bool),
-        x=z(n_lanes, n_par), f=z(n_lanes), g=z(n_lanes, n_par), hess=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
+        x=z(n_lanes, n_par), f=z(n_lanes), g=z(n_lanes, n_par), g_left=z(n_lanes, n_par), hess=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
         fisher=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0, use_fisher=jnp.zeros(n_lanes, bool),
         lam=z(n_lanes), it=jnp.zeros(n_lanes, jnp.int32), final=jnp.zeros(n_lanes, bool), model=model,
         kind=jnp.zeros(n_lanes, jnp.int32), stage=jnp.zeros(n_lanes, jnp.int32), anchor=z(n_lanes, n_par), mu=z(n_lanes, 2),
@@ -367,6 +394,11 @@ class Pool:
                      mu: float, asimov_mu: float) -> int:
         """Queue the four fits of a hypothesis test of ``h`` at ``mu`` (free fit from ``x0``, cold)."""
         return self._add(h, data, x0, free, True, float("nan"), HYPOTEST, (mu, asimov_mu))
+
+    def add_toy(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray], x0: np.ndarray, free: np.ndarray,
+                mu: float) -> int:
+        """Queue the two fits of a pseudo-experiment of ``h``: free from ``x0``, then the POI fixed at ``mu``."""
+        return self._add(h, data, x0, free, False, float("nan"), TOY, (mu, mu))
 
     def _add(self, h, data, x0, free, cold, poi_value, kind, mu) -> int:
         tid = len(self._spec)

@@ -150,7 +150,7 @@ def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tu
     up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
     zero = jnp.zeros_like(up)
     if code == "code0":
-        pos = alpha > 0
+        pos = alpha >= 0  # the right derivative at the kink, as normsys code1 (the left one: see value_grad_hess_fisher)
         return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
     s = 0.5 * (up + dn)
     asym = 0.0625 * (up - dn)
@@ -269,8 +269,23 @@ def value_grad_hess(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str,
     return value, grad, hess
 
 
-def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str]):
+def has_kinks(codes: tuple[str, str]) -> bool:
+    """Whether the interpolation codes make the NLL kinked at alpha = 0 (normsys code1, histosys code0).
+
+    Their derivative jumps there (``log hi`` against ``-log lo``, ``hi - nom``
+    against ``nom - lo``), and a minimum can sit exactly on the kink, where no
+    gradient test can pass: the optimiser then needs the one-sided
+    derivatives (:func:`value_grad_hess_fisher` with ``left=True``).
+    """
+    return codes[0] == "code1" or codes[1] == "code0"
+
+
+def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str], left: bool = False):
     """``nll_variable`` with its exact gradient, Hessian and the Fisher matrix, in closed form.
+
+    With ``left=True`` a fifth value: the gradient with the *left* derivative
+    for every alpha exactly at a kink (0 with the codes of :func:`has_kinks`;
+    the gradient itself has the right one there, elsewhere the two agree).
 
     The Fisher matrix (the Hessian's expectation over the main data,
     ``J^T diag(1/lam) J`` plus the constraints) is positive semi-definite
@@ -352,4 +367,13 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     g_c = g_c + jnp.where(pm, tau - aux / gamma, 0.0)
     h_c = h_c + jnp.where(pm, aux / (gamma * gamma), 0.0)
     value = dev + val_n + val_p
-    return value, grad + g_c, hess + jnp.diag(h_c), fisher + jnp.diag(h_c)
+    if not left:
+        return value, grad + g_c, hess + jnp.diag(h_c), fisher + jnp.diag(h_c)
+    # one-sided derivatives at the kink: only the alpha columns of the Jacobian change
+    at0 = theta[:n_a] == 0
+    tab = prepare(t, codes)
+    g_n_left = jnp.where(at0[None, :], -tab["ns_log_lo"], g_n) if codes[0] == "code1" else g_n
+    d_a_left = jnp.where(at0[None, :], -t["hs_lo"], d_a) if codes[1] == "code0" else d_a
+    d_r_left = (n * m)[:, None] * d_a_left + r[:, None] * g_n_left[slot]
+    grad_left = grad.at[:n_a].set(jax.ops.segment_sum(d_r_left, sbbin, num_segments=n_bins).T @ d_dev)
+    return value, grad + g_c, hess + jnp.diag(h_c), fisher + jnp.diag(h_c), grad_left + g_c
