@@ -717,3 +717,15 @@ def compile_hypotheses(
     base = parse_background(bkg, measurement) if bkg is not None else None
     parsed = [parse_hypothesis(h, base, measurement) for h in hypotheses]
     return [build_batched_model([parsed[i] for i in group]) for group in group_hypotheses(parsed)]
+
+
+def compile_each(
+    hypotheses: Sequence[Hypothesis], bkg: dict[str, Any] | None, measurement: str | None = None
+) -> list[BatchedModel]:
+    """One ``BatchedModel`` per hypothesis, padded to its own shape bucket.
+
+    Toys need it: a hypothesis built alone has the same shapes, hence the same
+    arithmetic, whichever other hypotheses a chunk of a job holds.
+    """
+    base = parse_background(bkg, measurement) if bkg is not None else None
+    return [build_batched_model([parse_hypothesis(h, base, measurement)]) for h in hypotheses]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: The ATLAS convention used with published likelihoods.
 ATLAS_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
@@ -19,6 +19,10 @@ LEGACY_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
 #: ``"pyhf"`` is kept as an alias of ``"legacy"`` for options written before the rename.
 NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "legacy": LEGACY_MODIFIER_SETTINGS, "pyhf": LEGACY_MODIFIER_SETTINGS}
 PYHF_MODIFIER_SETTINGS = LEGACY_MODIFIER_SETTINGS  # old name
+
+
+#: most toys per distribution and hypothesis (memory: 16 bytes per toy and distribution)
+MAX_TOYS = 10_000_000
 
 
 class ScanOptions(BaseModel):
@@ -36,6 +40,14 @@ class ScanOptions(BaseModel):
     (default: 10x the POI's upper bound).  ``widen_poi_bounds``: accept a
     ``poi_test`` outside the POI's bounds by widening them (pyhf refuses it,
     and so do we unless asked).
+
+    ``calculator``: ``"asymptotics"`` (the asymptotic formulae, default) or
+    ``"toybased"`` (pseudo-experiments, pyhf's ``ToyCalculator``; see
+    :mod:`fitserve.engine.toys`) with ``n_toys`` toys per distribution drawn
+    from ``seed``; ``toy_range`` ``[start, stop)`` runs only those toys (a
+    chunk of a job; its records carry the raw test statistics for merging);
+    ``toys_max_failed``: the fraction of failed toy fits above which a
+    hypothesis is flagged.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -51,6 +63,26 @@ class ScanOptions(BaseModel):
     limit_rtol: float = Field(1e-3, gt=0.0, le=0.1)
     limit_max: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     widen_poi_bounds: bool = False
+    calculator: Literal["asymptotics", "toybased"] = "asymptotics"
+    n_toys: int = Field(1000, ge=1, le=MAX_TOYS)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    toy_range: tuple[int, int] | None = None
+    toys_max_failed: float = Field(0.01, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _toy_rules(self) -> "ScanOptions":
+        if self.calculator == "toybased" and self.limits:
+            raise ValueError("upper limits are computed with the asymptotic calculator only; "
+                             "set limits false or calculator 'asymptotics'")
+        if self.toy_range is not None:
+            start, stop = self.toy_range
+            if not 0 <= start < stop <= self.n_toys:
+                raise ValueError(f"toy_range [{start}, {stop}) must lie inside [0, n_toys={self.n_toys})")
+        return self
+
+    def toys(self) -> tuple[int, int]:
+        """The toys ``[start, stop)`` this run computes."""
+        return self.toy_range if self.toy_range is not None else (0, self.n_toys)
 
     @field_validator("modifier_settings")
     @classmethod

@@ -25,9 +25,9 @@ import jax
 import numpy as np
 
 from fitserve import __version__
-from fitserve.engine import budget, infer
+from fitserve.engine import budget, infer, toys
 from fitserve.engine.inputs import expand_hypotheses, validate_workspace
-from fitserve.engine.model import BatchedModel, compile_hypotheses
+from fitserve.engine.model import BatchedModel, compile_each, compile_hypotheses
 from fitserve.engine.options import ScanOptions
 
 #: Hypotheses whose tensors sit together on the device (at most).  Fits run on
@@ -195,6 +195,27 @@ def _fit_batch(model: BatchedModel, opts: ScanOptions, n_real: int,
     return _records(model, n_real, ht, ul, opts, codes), time.perf_counter() - t0
 
 
+def _fit_toys(model: BatchedModel, opts: ScanOptions,
+              cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+    """Toy-based CLs of the one hypothesis of ``model`` (see :mod:`fitserve.engine.toys`)."""
+    codes = opts.interpcodes()
+    t0 = time.perf_counter()
+    engine = infer.Engine(model.tensors(), model.poi_index, codes, n_real=1, cancel=cancel)
+    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts)
+    rec = _records(model, 1, ht, None, opts.model_copy(update={"cls_only": False}), codes)[model.names[0]]
+    rec["calculator"] = "toybased"
+    rec["asymptotic"] = {"CLs_obs": rec["CLs_obs"], "CLs_exp": rec["CLs_exp"]}
+    if rec["converged"]:
+        run = toys.run_toys(engine, ht, model.names[0], opts.toys(), opts.seed)
+        rec.update(toys.toy_record(run, opts.test_stat, opts.n_toys, opts.seed, opts.toys_max_failed,
+                                   keep_raw=opts.toy_range is not None))
+    else:
+        rec.update({"CLs_obs": None, "CLs_exp": None, "CLsb_obs": None, "CLb_obs": None})
+    if opts.cls_only:
+        rec = {k: rec[k] for k in ("values", "CLs_obs", "converged", "error", "calculator", "toys") if k in rec}
+    return {model.names[0]: rec}, time.perf_counter() - t0
+
+
 def scan(
     workspace: dict[str, Any],
     patches: Sequence[dict[str, Any]] | None = None,
@@ -229,7 +250,8 @@ def scan(
     if validate is True:
         validate_workspace(workspace, where=where)
     hyps = expand_hypotheses(workspace, patches, names, validate=bool(validate))
-    models = compile_hypotheses(hyps, workspace if patches is not None else None, opts.measurement)
+    build = compile_each if opts.calculator == "toybased" else compile_hypotheses
+    models = build(hyps, workspace if patches is not None else None, opts.measurement)
     t_build = time.perf_counter() - t_start
 
     total = len(hyps)
@@ -261,6 +283,17 @@ def _fit_models(models: list[BatchedModel], opts: ScanOptions, results_by_name: 
     done = 0
     for model in models:
         _check_poi(model, opts)
+        if opts.calculator == "toybased":
+            c0 = _COMPILE_SECONDS[0]
+            records, seconds = _fit_toys(model, opts, cancel)
+            compiled = _COMPILE_SECONDS[0] - c0
+            compile_s += compiled
+            fit_s += max(seconds - compiled, 0.0)
+            results_by_name.update(records)
+            done += 1
+            if progress:
+                progress(done, total)
+            continue
         size = budget.model_width(model)  # batch_size, narrowed to the batch memory budget
         if on_event is not None and (model.structure_key, size) not in _FITTED:
             on_event("compile", {"structure": model.structure_key, "n_params": model.n_params,
