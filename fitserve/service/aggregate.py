@@ -196,6 +196,10 @@ def to_csv(records: dict[str, dict[str, Any]], labels: list[str] | None = None) 
     exp_cols = [f"CLs_exp_{s}" if s else "CLs_exp" for s in EXP_SUFFIX]
     ul_cols = ["upper_limit_obs"] + [f"upper_limit_exp_{s}" if s else "upper_limit_exp" for s in EXP_SUFFIX]
     header = ["name", *value_cols, "CLs_obs", *exp_cols, "CLsb_obs", "CLb_obs", "mu_hat", "nll_free", "converged", *ul_cols, "error"]
+    toys = any(r.get("calculator") == "toybased" for r in records.values())
+    if toys:  # toy-based: Monte Carlo uncertainties and toy counts
+        header += ["CLs_obs_err", *[c.replace("CLs_exp", "CLs_exp_err") for c in exp_cols], "n_toys", "toys_sb", "toys_b",
+                   "failed_sb", "failed_b"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -206,5 +210,9 @@ def to_csv(records: dict[str, dict[str, Any]], labels: list[str] | None = None) 
         ulv = [ul.get("obs")] + list(ul.get("exp") or [None] * 5)
         row = [name, *vals, r.get("CLs_obs"), *exp, r.get("CLsb_obs"), r.get("CLb_obs"), r.get("mu_hat"), r.get("nll_free"),
                bool(r.get("converged")), *ulv, r.get("error") or ""]
+        if toys:
+            unc, t = r.get("uncertainty") or {}, r.get("toys") or {}
+            row += [unc.get("CLs_obs"), *(unc.get("CLs_exp") or [None] * 5), t.get("n_toys"), t.get("n_sb"), t.get("n_b"),
+                    t.get("failed_sb"), t.get("failed_b")]
         w.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
     return buf.getvalue()

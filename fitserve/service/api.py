@@ -37,6 +37,7 @@ from fitserve.service.limits import (LimitExceeded, check_job_size, check_model_
                                      with_body)
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
+from fitserve.service import toyjobs
 from fitserve.service.store import JobStore, NewJob
 from fitserve.service.worker import redis_client
 
@@ -81,6 +82,9 @@ def parse_options(raw: Any) -> tuple[dict[str, Any], list[str] | None]:
         raise InputError(err.get("msg", "invalid"), where=f"options.{loc}" if loc else "options") from None
     if opts.limits and opts.test_stat == "q0":
         raise InputError("upper limits need test_stat qtilde or q, not q0", where="options.limits")
+    if opts.toy_range is not None:
+        raise InputError("toy_range is chosen by the service (chunks of toy_chunk_size toys); ask for n_toys",
+                         where="options.toy_range")
     return opts.model_dump(mode="json"), names
 
 
@@ -139,6 +143,13 @@ def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: 
     """
     from fitserve.engine.budget import plan_hypotheses
 
+    if opts.get("calculator") == "toybased":
+        toys = 2 * int(opts["n_toys"]) * len(hyps)
+        if toys > settings.max_job_toys:
+            raise LimitExceeded(
+                413, f"the job asks for {toys:,} toys ({opts['n_toys']:,} per distribution, two distributions, "
+                f"{len(hyps)} hypotheses), more than the limit {limit_text('max_job_toys', settings.max_job_toys)}",
+                "options.n_toys")
     job_plan = plan_hypotheses(hyps, workspace, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
     check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
 
@@ -158,8 +169,13 @@ def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Setti
             "jobs",
         )
     size = settings.chunk_size
+    job.toy_chunk_size = settings.toy_chunk_size
 
     def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
+        if toyjobs.is_toys(job.options):  # one hypothesis and one range of its toys per chunk
+            ranges = toyjobs.toy_ranges(int(job.options["n_toys"]), settings.toy_chunk_size)
+            queue.enqueue(job_id, toyjobs.entries(todo, ranges), pipe=pipe, user=owner)
+            return
         queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe, user=owner)
 
     job_id, todo, _ = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
@@ -382,6 +398,23 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     def plot_png(job_id: str, principal: Principal = Depends(who)) -> Response:
         """The exclusion plot (observed, expected ±1σ, grid points) as PNG."""
         return _plot(job_id, "png", principal)
+
+    @app.get("/v1/jobs/{job_id}/toys/{patch}.png", tags=["results"], response_class=Response)
+    def toys_png(job_id: str, patch: str, principal: Principal = Depends(who)) -> Response:
+        """The two toy distributions of one hypothesis' test statistic and the observed value (toy-based jobs)."""
+        from fitserve.service.plot import toy_plot
+
+        st, meta, recs = _records(job_id, principal)
+        if "toys" not in meta:
+            raise HTTPProblem(409, "this job is not toy-based (options.calculator 'asymptotics')", "options.calculator")
+        if patch not in meta["names"]:
+            raise HTTPProblem(404, f"job {job_id!r} has no hypothesis {patch!r}", "patch")
+        dist = toyjobs.distributions(store, meta, patch)
+        if dist is None:
+            raise HTTPProblem(409, f"no toys of {patch!r} computed yet", "job state")
+        q_obs, q_sb, q_b = dist
+        return Response(toy_plot(q_obs, q_sb, q_b, patch, recs.get(patch), meta["options"].get("test_stat", "qtilde")),
+                        media_type="image/png")
 
     @app.get("/v1/jobs/{job_id}/plot.svg", tags=["results"], response_class=Response)
     def plot_svg(job_id: str, principal: Principal = Depends(who)) -> Response:

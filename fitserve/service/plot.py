@@ -142,3 +142,39 @@ def _plot_limit(ax: Any, records: dict[str, dict[str, Any]], cl: float) -> None:
     ax.set_xlim(left=0)
     ax.set_xlabel(rf"{cl:.0%} CL upper limit on the signal strength $\mu$")
     ax.legend(fontsize=10, frameon=False, loc="upper right", ncols=2)
+
+
+def toy_plot(q_obs: float, q_sb: np.ndarray, q_b: np.ndarray, name: str, record: dict[str, Any] | None = None,
+             test_stat: str = "qtilde", fmt: str = "png") -> bytes:
+    """The two toy distributions of one hypothesis' test statistic with the observed value (pyhf's toy plot).
+
+    Histograms of the signal+background and background-only toys on a log scale (failed toys left
+    out), a line at the observed value, and CLs with its Monte Carlo uncertainty in the legend.
+    """
+    import matplotlib.style
+    import mplhep
+    from matplotlib.figure import Figure
+
+    sb, b = q_sb[np.isfinite(q_sb)], q_b[np.isfinite(q_b)]
+    top = max(float(np.max(sb, initial=0.0)), float(np.max(b, initial=0.0)), q_obs, 1e-3) * 1.05
+    bins = np.linspace(0.0, top, 51)
+    symbol = {"qtilde": r"$\tilde{q}_{\mu}$", "q": r"$q_{\mu}$", "q0": r"$q_0$"}.get(test_stat, test_stat)
+    with _LOCK, matplotlib.style.context(mplhep.style.ATLAS):
+        fig = Figure(figsize=(7.5, 5.5))
+        ax = fig.add_subplot()
+        ax.hist(b, bins=bins, histtype="step", color="tab:blue", linewidth=1.6, label=f"background-only ({b.size} toys)")
+        ax.hist(sb, bins=bins, histtype="step", color="tab:red", linewidth=1.6, label=f"signal + background ({sb.size} toys)")
+        label = f"observed {symbol} = {q_obs:.3g}"
+        if record and record.get("CLs_obs") is not None:
+            err = (record.get("uncertainty") or {}).get("CLs_obs")
+            label += f"\nCLs = {record['CLs_obs']:.4g}" + (f" ± {err:.2g}" if err is not None else "")
+        ax.axvline(q_obs, color="black", linestyle="--", linewidth=1.4, label=label)
+        ax.set_yscale("log")
+        ax.set_xlabel(f"test statistic {symbol}")
+        ax.set_ylabel("toys")
+        ax.legend(fontsize=10, loc="upper right")
+        ax.set_title(f"toys of {name}", fontsize=12, loc="left")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", pad_inches=0.1)
+    return buf.getvalue()

@@ -96,6 +96,8 @@ class Chunk:
     job_id: str
     names: list[str]
     deliveries: int = 1
+    #: ``[start, stop)`` of the toys of a toy-based job's chunk (one hypothesis); None otherwise
+    toys: list[int] | None = None
 
 
 def _decode(entry_id: Any, fields: dict[Any, Any] | None) -> Chunk | None:
@@ -105,7 +107,10 @@ def _decode(entry_id: Any, fields: dict[Any, Any] | None) -> Chunk | None:
     f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
     job = f.get("job", b"")
     job = job.decode() if isinstance(job, bytes) else job
-    return Chunk(eid, job, json.loads(f.get("names", b"[]")))
+    names = json.loads(f.get("names", b"[]"))
+    if isinstance(names, dict):  # a toy chunk: {"names": [name], "toys": [start, stop]}
+        return Chunk(eid, job, list(names["names"]), toys=list(names["toys"]))
+    return Chunk(eid, job, names)
 
 
 class ChunkQueue:
@@ -130,13 +135,16 @@ class ChunkQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def enqueue(self, job_id: str, chunks: Sequence[Sequence[str]], pipe: Any = None, user: str = "local") -> int:
+    def enqueue(self, job_id: str, chunks: Sequence[Sequence[str] | dict[str, Any]], pipe: Any = None,
+                user: str = "local") -> int:
         """Put the chunks on ``user``'s waiting list; in ``pipe`` (a transaction of the caller) only queue the commands.
+
+        A chunk is a list of hypothesis names, or for toy-based jobs ``{"names": [name], "toys": [start, stop]}``.
 
         They reach the stream (and get entry ids, listed under ``P:job:{id}:chunks``) when a worker reads.
         """
         self.ensure_group()
-        entries = [f"{job_id}\n{json.dumps(list(names))}" for names in chunks]
+        entries = [f"{job_id}\n{json.dumps(names if isinstance(names, dict) else list(names))}" for names in chunks]
         if not entries:
             return 0
         keys = [self.user_list(user), self.ring_set, self.ring, self.wake]

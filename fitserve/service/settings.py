@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     parsl_site: Path | None = None
     #: Hypotheses per chunk (one chunk = one task on an executor).
     chunk_size: int = Field(16, ge=1)
+    #: Toys (per distribution) per chunk of a toy-based job: one hypothesis and this many toys of it.
+    toy_chunk_size: int = Field(1000, ge=1)
     #: Where the embedded Redis keeps its AOF, and Parsl its run directories.
     data_dir: Path = Path("var")
     #: A chunk pending this long without a heartbeat is taken over by another worker.
@@ -50,6 +52,8 @@ class Settings(BaseSettings):
     #: Limits on what one request may ask for (each error names the limit it hit; docs/service.md, Limits).
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     max_hypotheses: int = Field(10_000, ge=1)
+    #: Toys of a toy-based job, both distributions of every hypothesis counted.
+    max_job_toys: int = Field(2_000_000, ge=1)
     #: Bins and parameters of one (patched) model, counted as pyhf does, and of the padded model the
     #: engine builds for a chunk (the union of its patches' parameters).
     max_bins: int = Field(5_000, ge=1)

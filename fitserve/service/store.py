@@ -14,6 +14,7 @@ Keys (``P`` is ``settings.key_prefix``)::
     P:job:{id}:done        hash: hypothesis name -> how it finished (progress, idempotent)
     P:job:{id}:errors      hash: hypothesis name -> record with "error" (never cached)
     P:job:{id}:chunks      list of the job's entry ids in the chunk stream
+    P:toypart:..., P:job:{id}:toyparts:{name}   toy-based jobs: see fitserve.service.toyjobs
 
 ``hkey`` = sha256 of (workspace sha, patch sha, options, engine version): the
 same hypothesis asked for again, by any job, is answered from ``P:result``.
@@ -33,6 +34,7 @@ import redis
 
 from fitserve import __version__
 from fitserve.executors.base import clean_record
+from fitserve.service import toyjobs
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -140,6 +142,8 @@ class NewJob:
     values: list[list[float]]
     options: dict[str, Any]
     labels: list[str] = field(default_factory=list)
+    #: toys per chunk of a toy-based job (the service's ``toy_chunk_size``)
+    toy_chunk_size: int = 1000
 
 
 class JobStore:
@@ -205,6 +209,11 @@ class JobStore:
                 patch_shas.append(psha)
                 pipe.set(self.k("patch", psha), zlib.compress(pb, 3), nx=True)
         hkeys = [hypothesis_key(ws_sha, ps, options_json, engine) for ps in patch_shas]
+        toys_meta = None
+        if toyjobs.is_toys(job.options):
+            base_json = canonical_json(toyjobs.base_options(job.options))
+            toys_meta = {"ranges": toyjobs.toy_ranges(int(job.options["n_toys"]), job.toy_chunk_size),
+                         "bases": [hypothesis_key(ws_sha, ps, base_json, engine) for ps in patch_shas]}
         cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
         hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
         todo = [name for name, raw in zip(job.names, cached) if raw is None]
@@ -219,6 +228,8 @@ class JobStore:
             "ws_sha": ws_sha,
             "engine_version": engine,
         }
+        if toys_meta is not None:
+            meta["toys"] = toys_meta
         total = len(job.names)
         pipe.set(self.job_key(job_id, "meta"), _pack(meta))
         pipe.hset(
@@ -238,6 +249,8 @@ class JobStore:
                 "labels": canonical_json(job.labels),
             },
         )
+        if toys_meta is not None:
+            pipe.hset(self.job_key(job_id), mapping={"toys_total": 2 * int(job.options["n_toys"]) * total, "toys_done": 0})
         pipe.persist(self.job_key(job_id))  # drop the expiry of the reservation
         pipe.zadd(self.k("jobs"), {job_id: now})
         pipe.zadd(self.k("user", owner, "jobs"), {job_id: now})
@@ -316,6 +329,8 @@ class JobStore:
                 "compute_s": float(h.get("compute_s", 0.0)),
             },
             "errors": errors,
+            **({"toys": {"done": int(h.get("toys_done", 0)), "total": int(h["toys_total"]),
+                         "cached": int(h.get("toys_cached", 0))}} if "toys_total" in h else {}),
         }
 
     def owner(self, job_id: str) -> str | None:
@@ -346,6 +361,10 @@ class JobStore:
                 out[name] = json.loads(raw)
             elif name in errs:
                 out[name] = json.loads(errs[name])
+            elif "toys" in meta:  # a toy-based hypothesis still running: its toys so far
+                part = toyjobs.partial(self, meta, name)
+                if part is not None:
+                    out[name] = part
         return out
 
     def cached_names(self, meta: dict[str, Any], names: Iterable[str]) -> set[str]:

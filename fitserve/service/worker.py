@@ -38,6 +38,7 @@ from fitserve import __version__
 from fitserve.executors import Executor, get_executor
 from fitserve.executors.base import decode_workspace
 from fitserve.service.guard import ChunkGuard, rss_bytes, tree_rss_bytes
+from fitserve.service import toyjobs
 from fitserve.service.queue import Chunk, ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import FINAL_STATES, JobStore
@@ -346,6 +347,9 @@ class Worker:
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
                          chunk.entry_id, chunk.job_id, len(cached) - added)
         names = [n for n in chunk.names if n not in cached]
+        if chunk.toys is not None and names and toyjobs.has_part(self.store, meta, names[0], chunk.toys):
+            toyjobs.add_part(self.store, chunk.job_id, meta, names[0], chunk.toys, None)  # another job ran these toys
+            names = []
         if not names:
             self.queue.ack([chunk.entry_id])
             return
@@ -364,10 +368,11 @@ class Worker:
             return
         item = _InFlight(chunk, meta, names)
         executor = self.executor
+        options = meta["options"] if chunk.toys is None else {**meta["options"], "toy_range": chunk.toys}
         if _takes_cancel(executor):
-            fut = executor.submit(ws, patches, meta["options"], cancel=self._guard(chunk.job_id))
+            fut = executor.submit(ws, patches, options, cancel=self._guard(chunk.job_id))
         else:  # e.g. Globus Compute: the task cannot reach Redis; chunks not started are still dropped
-            fut = executor.submit(ws, patches, meta["options"])
+            fut = executor.submit(ws, patches, options)
         fut.add_done_callback(lambda _f: setattr(item, "ended", time.perf_counter()))
         self.inflight[fut] = item
 
@@ -436,7 +441,11 @@ class Worker:
             missing = [n for n in item.names if n not in records]
             if missing:
                 self.store.fail_hypotheses(job_id, item.meta, missing, "the engine returned no record for this hypothesis")
-            added, _ = self.store.store_records(job_id, item.meta, records, compute_s=fin.elapsed)
+            parts = {n: r for n, r in records.items() if item.chunk.toys is not None and "toy_q" in r and not r.get("error")}
+            for name, rec in parts.items():  # one range of a toy-based hypothesis: merged when all ranges are in
+                toyjobs.add_part(self.store, job_id, item.meta, name, item.chunk.toys, rec, compute_s=fin.elapsed)
+            records = {n: r for n, r in records.items() if n not in parts}
+            added, _ = self.store.store_records(job_id, item.meta, records, compute_s=0.0 if parts else fin.elapsed)
             if added < len(records):  # HSETNX kept the first record of each: counted once
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
                          item.chunk.entry_id, job_id, len(records) - added)
