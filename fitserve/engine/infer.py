@@ -27,6 +27,7 @@ formulae; each step fits only the edges still searching.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import jax
@@ -273,15 +274,19 @@ def hypotest(
     free_all, free_fix = engine.free_mask(False), engine.free_mask(True)
     pool = engine.pool()
     chains = [pool.add_hypotest(h, data[h], engine.init[h], free_all[h], mu, asimov_mu) for h in range(n)]
+    starts = engine.spread_starts(restarts)
     spread = [([pool.add(h, data[h], x0[h], free_all[h], cold=True) for h in range(n)],
-               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=mu) for h in range(n)])
-              for x0 in engine.spread_starts(restarts)]
+               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=mu) for h in range(n)],
+               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=asimov_mu) for h in range(n)]
+               if mu != asimov_mu else None)
+              for x0 in starts]
     pool.run()
     gen_stage = 1 if mu == asimov_mu else 2
-    free = _best(_stack([pool.result(chains, 0)] + [pool.result(f) for f, _ in spread]), n, 1 + len(spread))
-    fixed = _best(_stack([pool.result(chains, 1)] + [pool.result(x) for _, x in spread]), n, 1 + len(spread))
+    free = _best(_stack([pool.result(chains, 0)] + [pool.result(f) for f, _, _ in spread]), n, 1 + len(spread))
+    fixed = _best(_stack([pool.result(chains, 1)] + [pool.result(x) for _, x, _ in spread]), n, 1 + len(spread))
     first_gen = pool.result(chains, gen_stage)
-    gen_fit = _best(first_gen, n, 1)
+    gen_fit = fixed if mu == asimov_mu else _best(_stack([first_gen] + [pool.result(g) for _, _, g in spread]), n,
+                                                   1 + len(spread))
     # guard: a free fit above a fixed-POI fit to the same data is a local minimum
     for other in (fixed, gen_fit):
         stuck = other.converged & (other.nll < free.nll - 1e-9 * (1 + np.abs(free.nll)))
@@ -289,9 +294,18 @@ def hypotest(
             again = engine.fit_role(obs, [np.where(stuck[:, None], other.x, free.x)], None)
             again.multimodal |= stuck
             free = _merge(free, again)
-    fixed_a = _best(pool.result(chains, 3), n, 1)
     tau = np.asarray(engine.t["pois_tau"])[:n]
-    asimov = {"main": pool.main_data(chains, 3), "aux_normal": gen_fit.x, "aux_pois": gen_fit.x * tau}
+    moved = np.abs(gen_fit.x - first_gen.x).max(axis=1) > 0
+    asimov_main = pool.main_data(chains, 3)
+    if moved.any():
+        asimov_main = np.where(moved[:, None], np.asarray(_expected(engine.t, gen_fit.x, engine.codes))[:n], asimov_main)
+    asimov = {"main": asimov_main, "aux_normal": gen_fit.x, "aux_pois": gen_fit.x * tau}
+    fixed_a = _best(pool.result(chains, 3), n, 1)
+    if moved.any() or restarts:
+        # the Asimov data moved with their generating fit, or restarts were asked for: refit from the generating
+        # point and the spread starts (the chain's own fit stands where its data did not move)
+        again = engine.fit_role(asimov, [gen_fit.x] + starts, np.full(n, mu), cold=True)
+        fixed_a = _merge(_masked(fixed_a, ~moved), again)
     mu_hat = free.x[:, engine.poi]
     q = test_statistic(test_stat, fixed.nll, free.nll, mu_hat, mu)
     # the free fit to Asimov data is the generating point itself, NLL 0 (saturated)
@@ -319,6 +333,23 @@ def hypotest(
         poi_test=mu,
         test_stat=test_stat,
     )
+
+
+def _masked(f: Fits, keep: np.ndarray) -> Fits:
+    """``f`` with the rows outside ``keep`` marked not converged (so that a merge takes the other fit)."""
+    return Fits(f.x, f.nll, f.edm, f.converged & keep, f.multimodal & keep)
+
+
+def _expected(t: dict[str, jax.Array], x: np.ndarray, codes: tuple[str, str]) -> jax.Array:
+    """Expected main data of every hypothesis at ``x`` ([H, B]; rows beyond ``x`` repeat its first)."""
+    width = int(t["init"].shape[0])
+    full = np.concatenate([x, np.repeat(x[:1], width - x.shape[0], axis=0)]) if x.shape[0] < width else x
+    return _expected_main(t, full, codes)
+
+
+@partial(jax.jit, static_argnames=("codes",))
+def _expected_main(t, x, codes):
+    return jax.vmap(lambda xi, ti: lh.expected_main(xi, ti, codes), in_axes=(0, lh.in_axes(t)))(x, t)
 
 
 def _stack(results: list[FitResult]) -> FitResult:

@@ -93,13 +93,9 @@ def test_refused_like_pyhf(name):
 
 
 LOCAL_SILENT = pytest.mark.xfail(strict=True, reason=(
-    "fitserve bug (issue #12): without restarts a fit to the observed data ends in a local minimum and nothing flags "
+    "known limit (docs/engine.md): without restarts, and where the guard (free fit <= fixed-POI fit) does not see it, a fit to the observed data ends in a local minimum and nothing flags "
     "the hypothesis multimodal (2bin_2channel_coupledhistosys: the free fit, NLL 15.143 vs 14.644, CLs_obs 0.225 vs "
     "0.138; the XML coupled-histosys cases: the fixed-POI fit, NLL 14.512 vs 14.239, CLs_obs 0.066 vs 0.114)"))
-ASIMOV_LOCAL = pytest.mark.xfail(strict=True, reason=(
-    "fitserve bug (issue #12): restarts cover only the fits to the observed data; the fixed-POI fit to the Asimov "
-    "data stays in a local minimum (2bin_2channel_coupledhistosys: NLL 18.738 vs 16.316, nuisance +0.15 vs -0.50), "
-    "so qA is 8.61 instead of 3.77: CLs_exp off by up to 0.36 and CLs_obs 0.109 vs 0.138, even with restarts=16"))
 
 
 @pytest.mark.parametrize("restarts", [pytest.param(0, marks=LOCAL_SILENT), 4])
@@ -118,7 +114,6 @@ def test_multimodal_case_global_or_flagged(name, restarts):
     assert rec["nll_free"] <= glob["nll_free"] + NLL_SLACK or rec.get("multimodal")
 
 
-@ASIMOV_LOCAL
 @pytest.mark.parametrize("name", MULTIMODAL)
 def test_multimodal_case_global_with_restarts(name):
     """With restarts, every fit at its global minimum: CLs within 0.01 of the global-minimum answer."""
@@ -137,7 +132,7 @@ def test_toy_based_case(name):
     if "calculator" not in ScanOptions.model_fields:
         pytest.skip("fitserve has no toy calculator option yet (issue #13); fixture and pyhf's numbers stored")
     case = CASES[name]
-    rec = run(case, calculator="toybased", ntoys=case["toys"]["ntoys"])
+    rec = run(case, calculator="toybased", n_toys=case["toys"]["ntoys"])
     expected = np.array([case["pyhf_recorded"]["CLs_obs"], *case["pyhf_recorded"]["CLs_exp"]])
     ntoys = case["toys"]["ntoys"]
     # five binomial standard errors of a p-value from ntoys toys, at least 5/ntoys
