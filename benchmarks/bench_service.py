@@ -61,7 +61,7 @@ def main() -> None:
 
     from fitserve import __version__
     from fitserve.engine.scan import scan
-    from fitserve.service.api import create_app
+    from fitserve.app import create_app
     from fitserve.service.redis_server import EmbeddedRedis
     from fitserve.service.settings import Settings
 

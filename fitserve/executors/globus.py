@@ -58,7 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, _error_record, register_executor
+from fitserve.engine import error_record
+from fitserve.engine.records import patch_values
+from fitserve.executors.base import Executor, register_executor
 from fitserve.executors.globus_task import PROTOCOL, run_globus_task, versions, workspace_sha
 
 ENV_ENDPOINT_ID = "FITSERVE_GLOBUS_ENDPOINT_ID"
@@ -438,7 +440,7 @@ class GlobusComputeExecutor(Executor):
             if inline and parts:
                 self.stats.workspace_sent += 1
         chunk = _Chunk(len(parts))
-        chunk.records.update({names[i]: _error_record(plist[i], msg) for i, msg in refused.items()})  # type: ignore[index]
+        chunk.records.update({names[i]: error_record(patch_values(plist[i]), msg) for i, msg in refused.items()})  # type: ignore[index]
         if not parts:
             chunk.future.set_result(chunk.records)
         for req, size in parts:
@@ -487,7 +489,7 @@ class GlobusComputeExecutor(Executor):
             except PayloadTooLarge as exc:
                 chunk.fail(exc)
                 return
-            errors = {names[i]: _error_record(plist[i], msg) for i, msg in refused.items()}  # type: ignore[index]
+            errors = {names[i]: error_record(patch_values(plist[i]), msg) for i, msg in refused.items()}  # type: ignore[index]
             if not parts:
                 chunk.add(errors)
                 return

@@ -108,7 +108,7 @@ def register(app: typer.Typer) -> None:
         """Run the HTTP API (FastAPI under uvicorn); needs Redis and at least one `fitserve worker`."""
         import uvicorn
 
-        from fitserve.service.api import create_app
+        from fitserve.app import create_app
 
         from fitserve.service.joblog import log_to_stderr
 
@@ -225,7 +225,7 @@ def _run_up(settings: Any, host: str, port: int, sock: Any, embedded: Any) -> No
     """Worker child, API in this process; on any exit stop them in order (children also die with us)."""
     import uvicorn
 
-    from fitserve.service.api import create_app
+    from fitserve.app import create_app
     from fitserve.service.joblog import log_to_stderr
     from fitserve.service.redis_server import die_with_parent
 

@@ -277,12 +277,9 @@ class Worker:
         ids = self._held_ids()
         try:
             if ids:
-                self.r.xclaim(
-                    self.queue.stream, self.queue.group, self.name, 0, ids,
-                    idle=self.settings.claim_idle_ms * 10, justid=True,
-                )
+                self.queue.release(self.name, ids, idle_ms=self.settings.claim_idle_ms * 10)
             else:  # nothing pending under our name: leave no stale consumer behind
-                self.r.xgroup_delconsumer(self.queue.stream, self.queue.group, self.name)
+                self.queue.leave(self.name)
             self.store.worker_gone(self.name)
         except redis.RedisError:
             pass
@@ -462,9 +459,3 @@ class Worker:
                     self.inflight.pop(fut, None)
                     self.queue.ack([item.chunk.entry_id])
 
-
-def run_worker(settings: Settings, stop: threading.Event | None = None) -> None:
-    worker = Worker(settings)
-    if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
-    worker.run()

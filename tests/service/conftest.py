@@ -99,7 +99,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
 
-        from fitserve.service.api import create_app
+        from fitserve.app import create_app
 
         self.settings = settings
         self.port = free_port()

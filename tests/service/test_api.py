@@ -11,7 +11,7 @@ import json
 import pytest
 
 from fitserve.engine.scan import scan
-from fitserve.executors.base import clean_record
+from fitserve.engine import clean_record
 
 
 def test_health_reports_redis_and_workers(service):

@@ -134,7 +134,7 @@ def reference() -> dict[str, Any]:
 
 # ------------------------------------------------------------------ checks
 def assert_records_equal(got: dict[str, Any], want: dict[str, Any], rel: float = 1e-9) -> None:
-    from fitserve.executors.base import clean_record
+    from fitserve.engine import clean_record
 
     assert list(got) == list(want)
     for name, rec in want.items():
