@@ -9,8 +9,8 @@ returns it.
 What runs remotely is :func:`run_chunk_task`, a plain importable function of
 the installed package (no closures are pickled), so any backend that can call
 a Python function by reference (Parsl, Globus Compute, a process pool) can run
-it.  New backends register themselves with :func:`register_executor` and are
-built by name with :func:`get_executor`.
+it.  Backends are plug-ins found by name through entry points
+(:mod:`fitserve.executors.registry`).
 """
 
 from __future__ import annotations
@@ -120,39 +120,3 @@ class Executor(abc.ABC):
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-
-_REGISTRY: dict[str, Callable[..., Executor]] = {}
-
-
-def register_executor(name: str, factory: Callable[..., Executor]) -> None:
-    """Make an executor available to :func:`get_executor` (and ``fitserve worker --executor``)."""
-    _REGISTRY[name] = factory
-
-
-def available_executors() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_executor(name: str, **settings: Any) -> Executor:
-    """Build the executor called ``name``; ``settings`` go to its constructor.
-
-    Unknown keyword settings are ignored by the built-in executors so that one
-    settings object can configure any of them.
-    """
-    _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(**settings)
-
-
-def _load_builtin() -> None:
-    if "local" not in _REGISTRY:
-        from fitserve.executors import local  # noqa: F401  (registers itself)
-    if "parsl" not in _REGISTRY:
-        from fitserve.executors import parsl as _parsl  # noqa: F401
-    if "globus" not in _REGISTRY:
-        from fitserve.executors import globus as _globus  # noqa: F401  (imports the SDK only when built)

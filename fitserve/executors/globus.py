@@ -60,7 +60,7 @@ from typing import Any, Callable, Sequence
 
 from fitserve.engine import error_record
 from fitserve.engine.records import patch_values
-from fitserve.executors.base import Executor, register_executor
+from fitserve.executors.base import Executor
 from fitserve.executors.globus_task import PROTOCOL, run_globus_task, versions, workspace_sha
 
 ENV_ENDPOINT_ID = "FITSERVE_GLOBUS_ENDPOINT_ID"
@@ -535,5 +535,3 @@ def _explain(exc: BaseException, expect: dict[str, str]) -> BaseException:
                                f"{expect.get('python')}): run `fitserve endpoint check` there. Original error: {text[:500]}")
     return exc
 
-
-register_executor("globus", GlobusComputeExecutor)

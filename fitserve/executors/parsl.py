@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, register_executor, run_chunk_task
+from fitserve.executors.base import Executor, run_chunk_task
 
 _LABEL = "fitserve_htex"
 
@@ -133,5 +133,3 @@ class ParslExecutor(Executor):
             self._closed = True
         self._dfk.cleanup()
 
-
-register_executor("parsl", ParslExecutor)
