@@ -20,7 +20,7 @@ from fitserve.generate import (
     signal_patchset,
     signal_scale,
 )
-from fitserve.generate_cli import register
+from fitserve.cli.generate import register
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = REPO / "workspaces" / "example"

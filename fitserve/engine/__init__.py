@@ -6,14 +6,18 @@ an error), :class:`InputError` / :class:`Cancelled`, and :func:`run_chunk`
 (``fitserve.engine.scan.scan`` for a whole scan: the name ``scan`` here is
 that module's).
 
-Importing this package does not import JAX; ``run_chunk`` does, on first use.
+Importing this package imports neither JAX nor pydantic: ``run_chunk`` (JAX)
+and ``ScanOptions`` (pydantic) are loaded on first use.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fitserve.engine.errors import Cancelled, InputError
-from fitserve.engine.options import ScanOptions
 from fitserve.engine.records import Record, clean_record, error_record, make_record
+
+if TYPE_CHECKING:
+    from fitserve.engine.options import ScanOptions
+    from fitserve.engine.scan import run_chunk
 
 #: Bumped whenever results may change numerically; part of the service's cache keys.
 ENGINE_VERSION = "jax-1"
@@ -21,13 +25,14 @@ ENGINE_VERSION = "jax-1"
 __all__ = ["ENGINE_VERSION", "Cancelled", "InputError", "Record", "ScanOptions", "clean_record", "error_record",
            "make_record", "run_chunk"]
 
-_LAZY = {"run_chunk"}
+#: loaded on first use: name -> module
+_LAZY = {"ScanOptions": "fitserve.engine.options", "run_chunk": "fitserve.engine.scan"}
 
 
 def __getattr__(name: str) -> Any:
-    """``run_chunk`` imports JAX: loaded when first asked for."""
     if name in _LAZY:
-        from fitserve.engine import scan as _scan_module
+        import importlib
 
-        return getattr(_scan_module, name)
+        value = globals()[name] = getattr(importlib.import_module(_LAZY[name]), name)
+        return value
     raise AttributeError(f"module 'fitserve.engine' has no attribute {name!r}")

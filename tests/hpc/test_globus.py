@@ -24,7 +24,7 @@ pytest.importorskip("globus_compute_sdk", reason="needs the Globus Compute SDK: 
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml  # noqa: E402
 
 from fitserve.cli import app  # noqa: E402
-from fitserve.endpoint_commands import SITES, render_template  # noqa: E402
+from fitserve.cli.endpoint import SITES, render_template  # noqa: E402
 from fitserve.executors import get_executor, run_chunk_task  # noqa: E402
 from fitserve.executors.globus import GlobusComputeExecutor  # noqa: E402
 

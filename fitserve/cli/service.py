@@ -13,19 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-
-def _settings(**overrides: Any):
-    from pydantic import ValidationError
-
-    from fitserve.service.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err.get("loc", ()))
-        typer.echo(f"fitserve: error: setting {name!r} (--{name.replace('_', '-')} / FITSERVE_{name.upper()}): {err.get('msg')}", err=True)
-        raise typer.Exit(2)
+from fitserve.cli.common import service_settings
 
 
 def _settings_env(settings: Any) -> dict[str, str]:
@@ -112,7 +100,7 @@ def register(app: typer.Typer) -> None:
 
         from fitserve.service.joblog import log_to_stderr
 
-        settings = _auth_for(_settings(redis_url=redis_url, auth=auth), host)
+        settings = _auth_for(service_settings(redis_url=redis_url, auth=auth), host)
         log_to_stderr()
         typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
@@ -132,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("parsl").setLevel(logging.WARNING)
-        settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
+        settings = service_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
         if settings.parsl_site is not None and settings.executor in ("parsl", "globus"):
             from fitserve.executors.sites import SiteError, check_site
 
@@ -168,7 +156,7 @@ def register(app: typer.Typer) -> None:
         auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
         """Everything on one machine: a private Redis (or FITSERVE_REDIS_URL), one worker, and the API. Ctrl-C stops all."""
-        settings = _auth_for(_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
+        settings = _auth_for(service_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
         sock = _bind_or_exit(host, port)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock, embedded, settings = _start_redis(settings)

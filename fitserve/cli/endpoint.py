@@ -26,7 +26,7 @@ import typer
 SITES = ("slurm", "pbs", "kubernetes", "local")
 MULTI_USER_SITES = ("slurm", "pbs", "kubernetes", "slurm-gpu")
 #: where the ready-to-edit files live (a source checkout, or an editable install)
-ENDPOINTS_DIR = Path(__file__).resolve().parents[1] / "endpoints"
+ENDPOINTS_DIR = Path(__file__).resolve().parents[2] / "endpoints"
 TEMPLATES_DIR = ENDPOINTS_DIR / "globus-compute"
 MULTI_USER_DIR = TEMPLATES_DIR / "multi-user"
 DEFAULT_IMAGE = "ghcr.io/your-org/fitserve-worker:0.1.0"

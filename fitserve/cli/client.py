@@ -1,6 +1,6 @@
 """``fitserve submit | status | results | plot | cancel | jobs``: the client on the command line.
 
-Registered into ``fitserve.cli`` by :func:`register`.  The server URL and the
+Added to the ``fitserve`` app by :func:`register`.  The server URL and the
 token come from ``--server`` / ``--token``, else ``FITSERVE_URL`` /
 ``FITSERVE_TOKEN``, else the client config file (``~/.config/fitserve/client.toml``
 or ``FITSERVE_CLIENT_CONFIG``), else ``http://127.0.0.1:8000``.
@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from fitserve.cli.common import parse_modifier_settings
 from fitserve.service.describe import options_text
 
 SERVER_HELP = "Server URL (default: FITSERVE_URL, the client config file, http://127.0.0.1:8000)."
@@ -122,8 +123,6 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             with _client(server, token):
                 _check_suffix(output, "output")
-        from fitserve.cli import parse_modifier_settings
-
         options = {
             "test_stat": test_stat, "poi_test": poi_test, "limits": limits or None, "cls_only": cls_only or None,
             "confidence_level": confidence_level, "modifier_settings": parse_modifier_settings(modifier_settings),
