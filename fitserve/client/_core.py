@@ -336,9 +336,6 @@ class Waiter:
         self.grace = max(0.0, grace)
         self._down_since: float | None = None
         self._failures = 0
-        #: polls that found the server unavailable, and the longest outage ridden out (s)
-        self.unavailable_polls = 0
-        self.longest_outage = 0.0
 
     def _show(self, status: Mapping[str, Any]) -> None:
         if not self.progress:
@@ -376,9 +373,7 @@ class Waiter:
         if self._down_since is None:
             self._down_since = now
         self._failures += 1
-        self.unavailable_polls += 1
         down = now - self._down_since
-        self.longest_outage = max(self.longest_outage, down)
         left = self.grace - down
         if self.deadline is not None:
             left = min(left, self.deadline - now)

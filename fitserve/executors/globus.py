@@ -188,11 +188,9 @@ class GlobusStats:
     """What went over the wire, for the health endpoint and the docs."""
 
     tasks: int = 0
-    chunks: int = 0
     largest_task_bytes: int = 0
     workspace_sent: int = 0
     workspace_misses: int = 0
-    single_lane_tasks: int = 0
 
 
 class _Chunk:
@@ -436,7 +434,6 @@ class GlobusComputeExecutor(Executor):
         with self._lock:
             if not inline or any(r["ws"] is not None for r, _ in parts):
                 self._sent.add(sha)
-            self.stats.chunks += 1
             if inline and parts:
                 self.stats.workspace_sent += 1
         chunk = _Chunk(len(parts))
@@ -452,8 +449,6 @@ class GlobusComputeExecutor(Executor):
         with self._lock:
             self.stats.tasks += 1
             self.stats.largest_task_bytes = max(self.stats.largest_task_bytes, size)
-            if single:
-                self.stats.single_lane_tasks += 1
         lane = self._single_lane() if single else self._sdk
         try:
             fut = lane.submit(run_globus_task, req)

@@ -42,13 +42,6 @@ def _venv_on_path() -> None:
         os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
 
 
-def load_site(site: str | Path) -> dict[str, Any]:
-    """Read and check a site file (see :mod:`fitserve.executors.sites`)."""
-    from fitserve.executors.sites import load_site as _load
-
-    return _load(site)
-
-
 def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | Path | dict[str, Any] | None = None) -> tuple[Any, int]:
     """Return ``(parsl.Config, capacity)`` for a local pool or a site description."""
     from parsl.config import Config
