@@ -385,7 +385,6 @@ class Waiter:
     def step(self, status: Mapping[str, Any]) -> float | None:
         """Seconds to sleep before the next poll, or None when the job has finished (raises JobFailed, JobTimeout)."""
         if self._down_since is not None:  # the server answers again
-            self.longest_outage = max(self.longest_outage, time.monotonic() - self._down_since)
             self._down_since, self._failures = None, 0
         self._show(status)
         state = status.get("state")
