@@ -142,10 +142,12 @@ class Worker:
         self._ws = _LRU(4)
         self.chunks_done = 0
         #: Redis outages ridden out; chunks whose records waited for Redis to come back;
-        #: chunks claimed from other (dead) workers
+        #: chunks claimed from other (dead) workers; hypotheses found recorded already (a chunk
+        #: delivered or run twice: counted once).  All in the heartbeat (``/v1/health``).
         self.outages = 0
         self.chunks_kept = 0
         self.chunks_claimed = 0
+        self.recorded_already = 0
         self._redis_down = False
         self._group_ready = False
         self._last = {"beat": 0.0, "claim": 0.0, "touch": 0.0, "cancel": 0.0}
@@ -259,6 +261,10 @@ class Worker:
             "chunks_done": self.chunks_done,
             "chunks_cancelled": self.chunks_cancelled,
             "chunks_over_budget": self.chunks_over_budget,
+            "chunks_claimed": self.chunks_claimed,
+            "chunks_kept": self.chunks_kept,
+            "redis_outages": self.outages,
+            "recorded_already": self.recorded_already,
             "rss_bytes": rss_bytes(),
             "rss_tree_bytes": tree_rss_bytes(),
             "memory_budget_bytes": self.settings.worker_memory(),
@@ -340,6 +346,7 @@ class Worker:
         if cached:
             added, _ = self.store.mark_cached(chunk.job_id, meta, cached)
             if added < len(cached):
+                self.recorded_already += len(cached) - added
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
                          chunk.entry_id, chunk.job_id, len(cached) - added)
         names = [n for n in chunk.names if n not in cached]
@@ -435,6 +442,7 @@ class Worker:
                 self.store.fail_hypotheses(job_id, item.meta, missing, "the engine returned no record for this hypothesis")
             added, _ = self.store.store_records(job_id, item.meta, records, compute_s=fin.elapsed)
             if added < len(records):  # HSETNX kept the first record of each: counted once
+                self.recorded_already += len(records) - added
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
                          item.chunk.entry_id, job_id, len(records) - added)
         elif type(fin.error).__name__ == "Cancelled":  # its job was cancelled while it ran: nothing to record
