@@ -17,18 +17,10 @@ thread when the server starts), ``lazy`` (when the form is first shown) or
 
 from __future__ import annotations
 
-import os
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-
-WARMUP_MODES = ("startup", "lazy", "off")
-
-
-def warmup_mode() -> str:
-    mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
-    return mode if mode in WARMUP_MODES else "startup"
 
 
 def mount_web(app: FastAPI) -> None:
@@ -39,7 +31,7 @@ def mount_web(app: FastAPI) -> None:
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
-    from fitserve.web.counting import Warmup
+    from fitserve.web.counting import Warmup, warmup_mode
     from fitserve.web.routes import STATIC, LoginRequired, router
 
     app.include_router(router)

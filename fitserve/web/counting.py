@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -31,6 +32,13 @@ log = logging.getLogger("fitserve.web")
 MAX_BINS = 50
 #: Bin counts compiled in the background when the app starts.
 WARM_BINS = (1, 2, 3)
+#: When the quick-limit engine compiles (``FITSERVE_WEB_WARMUP``): at startup (in a background thread), on first use, never.
+WARMUP_MODES = ("startup", "lazy", "off")
+
+
+def warmup_mode() -> str:
+    mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
+    return mode if mode in WARMUP_MODES else "startup"
 FIELDS = ("observed", "background", "uncertainty", "signal")
 #: How the quick limit is computed: qtilde at mu = 1, upper limits, the default 95% CL.
 OPTIONS = ScanOptions(limits=True)

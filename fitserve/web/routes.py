@@ -26,7 +26,7 @@ from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal
 from fitserve.service.describe import options_text
 from fitserve.service.limits import LimitExceeded, read_body, with_body
 from fitserve.service.submission import SubmissionDesk, principal_of, read_json
-from fitserve.web import counting, warmup_mode
+from fitserve.web import counting
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -145,7 +145,7 @@ def quick_page(request: Request) -> HTMLResponse:
     submitted = any(k in params for k in counting.FIELDS)
     ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None}
     status = 200
-    if warmup_mode() == "lazy":
+    if counting.warmup_mode() == "lazy":
         counting.Warmup.start()  # once per process
     if submitted:
         inp = counting.parse_form(params)
