@@ -128,6 +128,7 @@ def check_multi_user(directory: Path, user_options: dict | None = None) -> str:
     import os
     import pwd
     import uuid
+    from dataclasses import asdict
 
     from globus_compute_endpoint.endpoint.config.utils import (
         load_config_yaml,
@@ -137,8 +138,6 @@ def check_multi_user(directory: Path, user_options: dict | None = None) -> str:
     )
     from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
     from globus_compute_sdk.sdk.batch import create_user_runtime
-
-    from dataclasses import asdict
 
     cfg_path = directory / "config.yaml"
     try:

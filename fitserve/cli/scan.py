@@ -63,7 +63,8 @@ def scan(
     except InputError as exc:
         fail(str(exc))
     if patchset is None:
-        result["results"] = {name or workspace.stem: rec for rec in result["results"].values()}
+        (rec,) = result["results"].values()  # one full workspace: one hypothesis, named after the file or --name
+        result["results"] = {name or workspace.stem: rec}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if cls_only:
@@ -97,7 +98,7 @@ def scan_summary(result: dict[str, Any], options: Any) -> str:
     return text
 
 
-def _compile_notice(bar: Optional["_progress_bar"]) -> Any:
+def _compile_notice(bar: Optional[_progress_bar]) -> Any:
     """``on_event`` for the engine: one line when a model structure compiles (the slow first step)."""
 
     def on_event(event: str, info: dict[str, Any]) -> None:

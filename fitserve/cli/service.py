@@ -97,7 +97,6 @@ def register(app: typer.Typer) -> None:
         import uvicorn
 
         from fitserve.app import create_app
-
         from fitserve.service.joblog import log_to_stderr
 
         settings = _auth_for(service_settings(redis_url=redis_url, auth=auth), host)
@@ -179,7 +178,7 @@ def _bind_or_exit(host: str, port: int) -> Any:
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = f" (another fitserve up?); pick a free one with --port N (quickstart: PORT=N ./quickstart.sh)"
+            hint = " (another fitserve up?); pick a free one with --port N (quickstart: PORT=N ./quickstart.sh)"
         typer.echo(f"fitserve: error: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", err=True)
         raise typer.Exit(2)
     sock.set_inheritable(True)

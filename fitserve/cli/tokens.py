@@ -60,7 +60,7 @@ def list_tokens(redis_url: Optional[str] = typer.Option(None, help=REDIS_HELP)) 
         typer.echo("no tokens", err=True)
         return
     for t in rows:
-        when = dt.datetime.fromtimestamp(t["created"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.fromtimestamp(t["created"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         typer.echo(f"{t['id']}  {t['user']:<24} {'admin' if t['admin'] else 'user ':<5}  {when}  {t['label']}")
 
 

@@ -284,7 +284,7 @@ class Results(dict):
         """One flat dict per hypothesis (see :func:`result_rows`)."""
         return result_rows(self)
 
-    def to_dataframe(self) -> "pandas.DataFrame":
+    def to_dataframe(self) -> pandas.DataFrame:
         """A pandas DataFrame, one row per hypothesis, indexed by name (needs ``pip install 'fitserve[pandas]'``)."""
         try:
             import pandas as pd

@@ -79,7 +79,7 @@ class ScanOptions(BaseModel):
         """The POI value the test is at: ``poi_test``, or 0 (the background) for ``q0``."""
         return 0.0 if self.discovery else self.poi_test
 
-    def check_combination(self, where: str = "options") -> "ScanOptions":
+    def check_combination(self, where: str = "options") -> ScanOptions:
         """Raise :class:`InputError` for options valid one by one that cannot run together (limits with ``q0``)."""
         if self.limits and self.discovery:
             raise InputError(LIMITS_NEED_QMU, where=where)
@@ -95,7 +95,7 @@ class ScanOptions(BaseModel):
         return None if cls_obs is None else cls_obs < self.exclusion_cls
 
     @classmethod
-    def parse(cls, raw: Any, where: str = "options") -> "ScanOptions":
+    def parse(cls, raw: Any, where: str = "options") -> ScanOptions:
         """User options (a JSON object) as ScanOptions; InputError naming the option on anything wrong."""
         if raw is None:
             raw = {}
@@ -110,7 +110,7 @@ class ScanOptions(BaseModel):
         return opts.check_combination(where=f"{where}.limits")
 
     @classmethod
-    def stored(cls, doc: dict[str, Any] | None) -> "ScanOptions":
+    def stored(cls, doc: dict[str, Any] | None) -> ScanOptions:
         """The options of a stored job; a field another version wrote and this one does not know is skipped."""
         doc = dict(doc or {})
         try:

@@ -112,10 +112,10 @@ class Executor(abc.ABC):
         """A small JSON-able description for the health endpoint."""
         return {"executor": self.name, "capacity": self.capacity}
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027  (optional: an executor holding nothing needs no shutdown)
         """Release workers and threads; pending futures may be cancelled."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -83,7 +83,7 @@ class CloudLimits:
     window_s: float = 10.0                # ... of this many seconds
 
     @classmethod
-    def from_site(cls, globus: dict[str, Any]) -> "CloudLimits":
+    def from_site(cls, globus: dict[str, Any]) -> CloudLimits:
         keys = {"max_request_bytes", "max_result_bytes", "max_requests", "window_s"}
         return cls(**{k: globus[k] for k in keys if globus.get(k) is not None})
 

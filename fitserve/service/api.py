@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import redis
 from fastapi import Depends, FastAPI, Query, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline

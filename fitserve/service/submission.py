@@ -24,8 +24,16 @@ from typing import Any
 from fastapi import Request
 
 from fitserve.engine import InputError, ScanOptions
-from fitserve.engine.inputs import (Hypothesis, apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
-                                    validate_patchset, validate_workspace)
+from fitserve.engine.inputs import (
+    Hypothesis,
+    apply_patch,
+    check_measurement,
+    check_values,
+    expand_hypotheses,
+    parse_json,
+    validate_patchset,
+    validate_workspace,
+)
 from fitserve.service.auth import COOKIE, Principal, TokenStore, auth_mode, authenticate
 from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, check_plan, limit_text
 from fitserve.service.queue import ChunkQueue

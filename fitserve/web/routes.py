@@ -56,7 +56,7 @@ def when(ts: float) -> str:
     """A job's submission time, UTC, to the second (the same on every viewer's screen)."""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(float(ts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 templates.env.filters["when"] = when

@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from service.conftest import *  # noqa: F401,F403  (redis_url, settings, service, tiny, Service, wait_until, ...)
 from service.conftest import REPO
 

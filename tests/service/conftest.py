@@ -120,9 +120,9 @@ class Service:
         return w
 
     def stop_workers(self) -> None:
-        for w, t in self.workers:
+        for w, _ in self.workers:
             w.stop()
-        for w, t in self.workers:
+        for _, t in self.workers:
             t.join(60)
         self.workers.clear()
 

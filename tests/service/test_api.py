@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from fitserve.engine.scan import scan
 from fitserve.engine import clean_record
+from fitserve.engine.scan import scan
 
 
 def test_health_reports_redis_and_workers(service):

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from fitserve.engine.scan import scan
 from fitserve.engine import clean_record
+from fitserve.engine.scan import scan
 
 from .conftest import E2E_PATCHES, spread, wait_until
 
