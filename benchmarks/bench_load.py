@@ -77,7 +77,7 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 def max_rel_diff(got: dict[str, Any], want: dict[str, Any]) -> float:
     """Largest relative difference over the numbers of two records (inf if a number is missing or the keys differ)."""
-    from fitserve.executors.base import clean_record
+    from fitserve.engine import clean_record
 
     worst = 0.0
     for key, value in clean_record(want).items():

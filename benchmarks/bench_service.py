@@ -60,8 +60,8 @@ def main() -> None:
     import uvicorn
 
     from fitserve import __version__
+    from fitserve.app import create_app
     from fitserve.engine.scan import scan
-    from fitserve.service.api import create_app
     from fitserve.service.redis_server import EmbeddedRedis
     from fitserve.service.settings import Settings
 

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from fitserve.cli.generate import register
 from fitserve.engine.inputs import apply_patch
 from fitserve.generate import (
     default_grid,
@@ -20,7 +21,6 @@ from fitserve.generate import (
     signal_patchset,
     signal_scale,
 )
-from fitserve.generate_cli import register
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DIR = REPO / "workspaces" / "example"

@@ -284,7 +284,7 @@ class Results(dict):
         """One flat dict per hypothesis (see :func:`result_rows`)."""
         return result_rows(self)
 
-    def to_dataframe(self) -> "pandas.DataFrame":
+    def to_dataframe(self) -> pandas.DataFrame:
         """A pandas DataFrame, one row per hypothesis, indexed by name (needs ``pip install 'fitserve[pandas]'``)."""
         try:
             import pandas as pd
@@ -336,9 +336,6 @@ class Waiter:
         self.grace = max(0.0, grace)
         self._down_since: float | None = None
         self._failures = 0
-        #: polls that found the server unavailable, and the longest outage ridden out (s)
-        self.unavailable_polls = 0
-        self.longest_outage = 0.0
 
     def _show(self, status: Mapping[str, Any]) -> None:
         if not self.progress:
@@ -376,9 +373,7 @@ class Waiter:
         if self._down_since is None:
             self._down_since = now
         self._failures += 1
-        self.unavailable_polls += 1
         down = now - self._down_since
-        self.longest_outage = max(self.longest_outage, down)
         left = self.grace - down
         if self.deadline is not None:
             left = min(left, self.deadline - now)
@@ -390,7 +385,6 @@ class Waiter:
     def step(self, status: Mapping[str, Any]) -> float | None:
         """Seconds to sleep before the next poll, or None when the job has finished (raises JobFailed, JobTimeout)."""
         if self._down_since is not None:  # the server answers again
-            self.longest_outage = max(self.longest_outage, time.monotonic() - self._down_since)
             self._down_since, self._failures = None, 0
         self._show(status)
         state = status.get("state")

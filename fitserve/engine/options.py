@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fitserve.engine.errors import InputError
 
 #: The ATLAS convention used with published likelihoods.
 ATLAS_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
@@ -70,7 +72,7 @@ class ScanOptions(BaseModel):
     toys_max_failed: float = Field(0.01, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
-    def _toy_rules(self) -> "ScanOptions":
+    def _toy_rules(self) -> ScanOptions:
         if self.calculator == "toybased" and self.limits:
             raise ValueError("upper limits are computed with the asymptotic calculator only; "
                              "set limits false or calculator 'asymptotics'")
@@ -96,6 +98,61 @@ class ScanOptions(BaseModel):
     def interpcodes(self) -> tuple[str, str]:
         """(normsys code, histosys code) for these options."""
         return resolve_interpcodes(self.modifier_settings)
+
+    # rules about options that every room asks here ------------------------------------
+
+    @property
+    def discovery(self) -> bool:
+        """``q0``: a discovery test (p0 reported as ``CLs_obs``); no POI value is tested, no upper limits."""
+        return self.test_stat == "q0"
+
+    @property
+    def tested_poi(self) -> float:
+        """The POI value the test is at: ``poi_test``, or 0 (the background) for ``q0``."""
+        return 0.0 if self.discovery else self.poi_test
+
+    def check_combination(self, where: str = "options") -> ScanOptions:
+        """Raise :class:`InputError` for options valid one by one that cannot run together (limits with ``q0``)."""
+        if self.limits and self.discovery:
+            raise InputError(LIMITS_NEED_QMU, where=where)
+        return self
+
+    @property
+    def exclusion_cls(self) -> float:
+        """A hypothesis is excluded when its observed CLs is below this: ``1 - confidence_level``."""
+        return 1.0 - self.confidence_level
+
+    def excluded(self, cls_obs: float | None) -> bool | None:
+        """Whether an observed CLs excludes the hypothesis at these options' CL (None: no CLs)."""
+        return None if cls_obs is None else cls_obs < self.exclusion_cls
+
+    @classmethod
+    def parse(cls, raw: Any, where: str = "options") -> ScanOptions:
+        """User options (a JSON object) as ScanOptions; InputError naming the option on anything wrong."""
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise InputError("options must be a JSON object", where=where)
+        try:
+            opts = cls.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            raise InputError(err.get("msg", "invalid"), where=f"{where}.{loc}" if loc else where) from None
+        return opts.check_combination(where=f"{where}.limits")
+
+    @classmethod
+    def stored(cls, doc: dict[str, Any] | None) -> ScanOptions:
+        """The options of a stored job; a field another version wrote and this one does not know is skipped."""
+        doc = dict(doc or {})
+        try:
+            return cls.model_validate(doc)
+        except ValidationError:
+            return cls.model_construct(**{k: v for k, v in doc.items() if k in cls.model_fields})
+
+
+#: Upper limits are a CLs statement: the discovery statistic has none.
+LIMITS_NEED_QMU = "upper limits need test_stat qtilde or q, not q0"
 
 
 def resolve_interpcodes(settings: str | dict[str, dict[str, str]]) -> tuple[str, str]:

@@ -9,18 +9,20 @@ returns it.
 What runs remotely is :func:`run_chunk_task`, a plain importable function of
 the installed package (no closures are pickled), so any backend that can call
 a Python function by reference (Parsl, Globus Compute, a process pool) can run
-it.  New backends register themselves with :func:`register_executor` and are
-built by name with :func:`get_executor`.
+it.  Backends are plug-ins found by name through entry points
+(:mod:`fitserve.executors.registry`).
 """
 
 from __future__ import annotations
 
 import abc
 import json
-import math
 import zlib
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
+
+from fitserve.engine import InputError, error_record
+from fitserve.engine.records import patch_values
 
 
 def decode_workspace(workspace: dict[str, Any] | bytes | str) -> dict[str, Any]:
@@ -35,43 +37,9 @@ def decode_workspace(workspace: dict[str, Any] | bytes | str) -> dict[str, Any]:
     return json.loads(workspace)
 
 
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def clean_record(rec: dict[str, Any]) -> dict[str, Any]:
-    """Make a record strict JSON: non-finite numbers become null.
-
-    A hypothesis whose observed CLs is not a finite number cannot be used for
-    limits or contours, so it is marked ``converged: false``.
-    """
-    cls_obs = rec.get("CLs_obs")
-    out = _finite(rec)
-    if rec.get("converged") and not rec.get("error") and (cls_obs is None or not math.isfinite(float(cls_obs))):
-        out["converged"] = False
-    return out
-
-
-def _error_record(patch: dict[str, Any] | None, message: str) -> dict[str, Any]:
-    values = list((patch or {}).get("metadata", {}).get("values", []))
-    return {
-        "values": values,
-        "CLs_obs": None,
-        "CLs_exp": None,
-        "CLsb_obs": None,
-        "CLb_obs": None,
-        "mu_hat": None,
-        "nll_free": None,
-        "converged": False,
-        "upper_limit": None,
-        "error": message,
-    }
+def error_records(patches: Sequence[dict[str, Any] | None], message: str) -> dict[str, dict[str, Any]]:
+    """One error record per patch (by its name), for chunks an executor refuses or loses."""
+    return {p["metadata"]["name"]: error_record(patch_values(p), message) for p in patches if p}
 
 
 def run_chunk_task(
@@ -94,26 +62,23 @@ def run_chunk_task(
     :class:`~fitserve.engine.errors.Cancelled`, an exception it raises ends the chunk with it.  The
     service passes a :class:`fitserve.service.guard.ChunkGuard`; executors only carry it.
     """
-    from fitserve.engine.errors import InputError
-    from fitserve.engine.scan import run_chunk
+    from fitserve.engine import run_chunk
 
     ws = decode_workspace(workspace)
     patch_list = list(patches) if patches is not None else None
     try:
-        return {name: clean_record(rec) for name, rec in run_chunk(ws, patch_list, options, cancel=cancel).items()}
+        return run_chunk(ws, patch_list, options, cancel=cancel)
     except InputError as exc:
-        if not patch_list or len(patch_list) == 1:
-            name = patch_list[0]["metadata"]["name"] if patch_list else None
-            if name is None:
-                raise
-            return {name: _error_record(patch_list[0], str(exc))}
+        if not patch_list:
+            raise
+        if len(patch_list) == 1:
+            return error_records(patch_list, str(exc))
     records: dict[str, dict[str, Any]] = {}
     for patch in patch_list:
-        name = patch["metadata"]["name"]
         try:
-            records.update({n: clean_record(r) for n, r in run_chunk(ws, [patch], options, cancel=cancel).items()})
+            records.update(run_chunk(ws, [patch], options, cancel=cancel))
         except InputError as exc:
-            records[name] = _error_record(patch, str(exc))
+            records.update(error_records([patch], str(exc)))
     return records
 
 
@@ -147,47 +112,11 @@ class Executor(abc.ABC):
         """A small JSON-able description for the health endpoint."""
         return {"executor": self.name, "capacity": self.capacity}
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027  (optional: an executor holding nothing needs no shutdown)
         """Release workers and threads; pending futures may be cancelled."""
 
-    def __enter__(self) -> "Executor":
+    def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
-
-
-_REGISTRY: dict[str, Callable[..., Executor]] = {}
-
-
-def register_executor(name: str, factory: Callable[..., Executor]) -> None:
-    """Make an executor available to :func:`get_executor` (and ``fitserve worker --executor``)."""
-    _REGISTRY[name] = factory
-
-
-def available_executors() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
-
-
-def get_executor(name: str, **settings: Any) -> Executor:
-    """Build the executor called ``name``; ``settings`` go to its constructor.
-
-    Unknown keyword settings are ignored by the built-in executors so that one
-    settings object can configure any of them.
-    """
-    _load_builtin()
-    try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown executor {name!r}; available: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(**settings)
-
-
-def _load_builtin() -> None:
-    if "local" not in _REGISTRY:
-        from fitserve.executors import local  # noqa: F401  (registers itself)
-    if "parsl" not in _REGISTRY:
-        from fitserve.executors import parsl as _parsl  # noqa: F401
-    if "globus" not in _REGISTRY:
-        from fitserve.executors import globus as _globus  # noqa: F401  (imports the SDK only when built)

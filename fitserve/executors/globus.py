@@ -58,7 +58,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, _error_record, register_executor
+from fitserve.engine import error_record
+from fitserve.engine.records import patch_values
+from fitserve.executors.base import Executor
 from fitserve.executors.globus_task import PROTOCOL, run_globus_task, versions, workspace_sha
 
 ENV_ENDPOINT_ID = "FITSERVE_GLOBUS_ENDPOINT_ID"
@@ -81,7 +83,7 @@ class CloudLimits:
     window_s: float = 10.0                # ... of this many seconds
 
     @classmethod
-    def from_site(cls, globus: dict[str, Any]) -> "CloudLimits":
+    def from_site(cls, globus: dict[str, Any]) -> CloudLimits:
         keys = {"max_request_bytes", "max_result_bytes", "max_requests", "window_s"}
         return cls(**{k: globus[k] for k in keys if globus.get(k) is not None})
 
@@ -186,11 +188,9 @@ class GlobusStats:
     """What went over the wire, for the health endpoint and the docs."""
 
     tasks: int = 0
-    chunks: int = 0
     largest_task_bytes: int = 0
     workspace_sent: int = 0
     workspace_misses: int = 0
-    single_lane_tasks: int = 0
 
 
 class _Chunk:
@@ -434,11 +434,10 @@ class GlobusComputeExecutor(Executor):
         with self._lock:
             if not inline or any(r["ws"] is not None for r, _ in parts):
                 self._sent.add(sha)
-            self.stats.chunks += 1
             if inline and parts:
                 self.stats.workspace_sent += 1
         chunk = _Chunk(len(parts))
-        chunk.records.update({names[i]: _error_record(plist[i], msg) for i, msg in refused.items()})  # type: ignore[index]
+        chunk.records.update({names[i]: error_record(patch_values(plist[i]), msg) for i, msg in refused.items()})  # type: ignore[index]
         if not parts:
             chunk.future.set_result(chunk.records)
         for req, size in parts:
@@ -450,8 +449,6 @@ class GlobusComputeExecutor(Executor):
         with self._lock:
             self.stats.tasks += 1
             self.stats.largest_task_bytes = max(self.stats.largest_task_bytes, size)
-            if single:
-                self.stats.single_lane_tasks += 1
         lane = self._single_lane() if single else self._sdk
         try:
             fut = lane.submit(run_globus_task, req)
@@ -487,7 +484,7 @@ class GlobusComputeExecutor(Executor):
             except PayloadTooLarge as exc:
                 chunk.fail(exc)
                 return
-            errors = {names[i]: _error_record(plist[i], msg) for i, msg in refused.items()}  # type: ignore[index]
+            errors = {names[i]: error_record(patch_values(plist[i]), msg) for i, msg in refused.items()}  # type: ignore[index]
             if not parts:
                 chunk.add(errors)
                 return
@@ -533,5 +530,3 @@ def _explain(exc: BaseException, expect: dict[str, str]) -> BaseException:
                                f"{expect.get('python')}): run `fitserve endpoint check` there. Original error: {text[:500]}")
     return exc
 
-
-register_executor("globus", GlobusComputeExecutor)

@@ -44,7 +44,7 @@ from typing import Any
 
 PROTOCOL = 1
 ENV_CACHE = "FITSERVE_WORKSPACE_CACHE"
-_MEMORY: "OrderedDict[str, bytes]" = OrderedDict()
+_MEMORY: OrderedDict[str, bytes] = OrderedDict()
 _MEMORY_ENTRIES = 4
 _LOCK = threading.Lock()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, register_executor, run_chunk_task
+from fitserve.executors.base import Executor, run_chunk_task
 
 
 class LocalExecutor(Executor):
@@ -36,5 +36,3 @@ class LocalExecutor(Executor):
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-register_executor("local", LocalExecutor)

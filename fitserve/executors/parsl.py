@@ -29,7 +29,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.executors.base import Executor, register_executor, run_chunk_task
+from fitserve.executors.base import Executor, run_chunk_task
 
 _LABEL = "fitserve_htex"
 
@@ -40,13 +40,6 @@ def _venv_on_path() -> None:
     path = os.environ.get("PATH", "")
     if bindir not in path.split(os.pathsep):
         os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
-
-
-def load_site(site: str | Path) -> dict[str, Any]:
-    """Read and check a site file (see :mod:`fitserve.executors.sites`)."""
-    from fitserve.executors.sites import load_site as _load
-
-    return _load(site)
 
 
 def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | Path | dict[str, Any] | None = None) -> tuple[Any, int]:
@@ -133,5 +126,3 @@ class ParslExecutor(Executor):
             self._closed = True
         self._dfk.cleanup()
 
-
-register_executor("parsl", ParslExecutor)

@@ -113,7 +113,7 @@ def load_site(site: str | Path | Mapping[str, Any], source: str | None = None) -
 
 
 # building Parsl objects with errors that name the key ------------------------------------
-def _check_kwargs(cls: type, kwargs: dict[str, Any], source: str, key: str, reserved: set[str] = set()) -> None:
+def _check_kwargs(cls: type, kwargs: dict[str, Any], source: str, key: str, reserved: frozenset[str] | set[str] = frozenset()) -> None:
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     known = {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL}

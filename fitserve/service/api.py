@@ -16,29 +16,25 @@ from typing import Any, Literal
 
 import redis
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi_offline import FastAPIOffline
-from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fitserve import __version__
-from fitserve.engine.errors import InputError
-from fitserve.engine.inputs import (Hypothesis, apply_patch, check_measurement, check_values, expand_hypotheses, parse_json,
-                                    validate_patchset, validate_workspace)
-from fitserve.engine.options import ScanOptions
+from fitserve.engine import InputError, ScanOptions
+from fitserve.service import toyjobs
 from fitserve.service.aggregate import AggregationError, contours, results_document, to_csv
-from fitserve.service.joblog import JobLog
-from fitserve.service.auth import COOKIE, AuthError, Principal, TokenStore, auth_mode, authenticate
+from fitserve.service.auth import AuthError, Principal, TokenStore
 from fitserve.service.guard import rss_bytes
-from fitserve.service.limits import (LimitExceeded, check_job_size, check_model_size, check_plan, limit_text, read_body,
-                                     with_body)
+from fitserve.service.joblog import JobLog
+from fitserve.service.limits import LimitExceeded, read_body, with_body
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
-from fitserve.service import toyjobs
-from fitserve.service.store import JobStore, NewJob
+from fitserve.service.store import JobStore
+from fitserve.service.submission import SubmissionDesk, principal_of, read_json
 from fitserve.service.worker import redis_client
 
 
@@ -56,137 +52,11 @@ def _problem(status: int, message: str, where: str | None, headers: dict[str, st
     return JSONResponse({"detail": {"message": _text(message), "where": _text(where)}}, status_code=status, headers=headers)
 
 
-def principal_of(request: Request) -> Principal:
-    """Who sent ``request`` (bearer token, else the web pages' cookie); AuthError if nobody valid."""
-    state = request.app.state
-    return authenticate(auth_mode(state.settings), state.tokens, request.headers.get("authorization"),
-                        request.cookies.get(COOKIE))
+def create_api(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
+    """The JSON API under ``/v1`` (and the service-wide error handlers), with its desk on ``app.state.desk``.
 
-
-def parse_options(raw: Any) -> tuple[dict[str, Any], list[str] | None]:
-    """Split API options into engine options (validated) and the ``patches`` subset."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError("options must be a JSON object", where="options")
-    check_values(raw, where="options", dotted=True)
-    raw = dict(raw)
-    names = raw.pop("patches", None)
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise InputError("must be a list of patch names", where="options.patches")
-    try:
-        opts = ScanOptions.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise InputError(err.get("msg", "invalid"), where=f"options.{loc}" if loc else "options") from None
-    if opts.limits and opts.test_stat == "q0":
-        raise InputError("upper limits need test_stat qtilde or q, not q0", where="options.limits")
-    if opts.toy_range is not None:
-        raise InputError("toy_range is chosen by the service (chunks of toy_chunk_size toys); ask for n_toys",
-                         where="options.toy_range")
-    return opts.model_dump(mode="json"), names
-
-
-def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings) -> NewJob:
-    """Validate a submission and turn it into a :class:`NewJob` (raises InputError)."""
-    opts, names = parse_options(options)
-    if workspace is None:
-        raise InputError("missing: a background-only (or full) pyhf workspace is required", where="workspace")
-    validate_workspace(workspace, where="workspace")
-    if patchset is None:
-        if names:
-            raise InputError("a patch subset was given but no patchset", where="options.patches")
-        check_measurement(workspace, opts["measurement"], where="workspace")
-        check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
-        hyp = expand_hypotheses(workspace, None)[0]
-        check_built(None, [hyp], opts, settings)
-        return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
-    check_measurement(workspace, opts["measurement"], where="workspace", poi=False)
-    validate_patchset(patchset, where="patchset")
-    patches = patchset["patches"]
-    if names:
-        by_name = {p["metadata"]["name"]: p for p in patches}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise InputError(f"no patch named {', '.join(map(repr, missing[:5]))}", where="options.patches")
-        patches = [by_name[n] for n in dict.fromkeys(names)]
-    if not patches:
-        raise InputError("no hypotheses to fit", where="patchset")
-    check_job_size(len(patches), settings.max_hypotheses)
-    hyps = []
-    for patch in patches:  # cheap check that every patch applies; the engine validates each model
-        where = f"patchset: patch {patch['metadata']['name']!r}"
-        patched = apply_patch(workspace, patch["patch"], where=where)
-        check_measurement(patched, opts["measurement"], where=where)
-        check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
-        hyps.append(Hypothesis(name=patch["metadata"]["name"], values=[], spec=patched))
-    dims = {len(p["metadata"].get("values", [])) for p in patches}
-    if len(dims) > 1:
-        raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
-    check_built(workspace, hyps, opts, settings)
-    return NewJob(
-        workspace=workspace,
-        patches=patches,
-        names=[p["metadata"]["name"] for p in patches],
-        values=[list(p["metadata"].get("values", [])) for p in patches],
-        options=opts,
-        labels=list(patchset.get("metadata", {}).get("labels", [])),
-    )
-
-
-def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: dict[str, Any], settings: Settings) -> None:
-    """Refuse (422) a job whose padded models, batch memory or structure groups exceed the limits.
-
-    The engine's own plan of the job (:func:`fitserve.engine.budget.plan_hypotheses`), chunked as
-    the workers will run it: nothing is allocated or fitted.
+    The web pages are mounted on it from outside (:func:`fitserve.app.create_app`).
     """
-    from fitserve.engine.budget import plan_hypotheses
-
-    if opts.get("calculator") == "toybased":
-        toys = 2 * int(opts["n_toys"]) * len(hyps)
-        if toys > settings.max_job_toys:
-            raise LimitExceeded(
-                413, f"the job asks for {toys:,} toys ({opts['n_toys']:,} per distribution, two distributions, "
-                f"{len(hyps)} hypotheses), more than the limit {limit_text('max_job_toys', settings.max_job_toys)}",
-                "options.n_toys")
-    job_plan = plan_hypotheses(hyps, workspace, opts, chunk_size=settings.chunk_size, budget_bytes=settings.batch_memory())
-    check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
-
-
-def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
-    """Store ``owner``'s prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``.
-
-    Raises :class:`LimitExceeded` (429) when the owner already has ``max_active_jobs`` queued or running.
-    """
-    job_id = store.new_id()
-    active = store.reserve_slot(owner, job_id, settings.max_active_jobs)
-    if active is not None:
-        raise LimitExceeded(
-            429,
-            f"user {owner!r} already has {active} jobs queued or running, the limit "
-            f"{limit_text('max_active_jobs', settings.max_active_jobs)}; wait for one to finish or cancel one",
-            "jobs",
-        )
-    size = settings.chunk_size
-    job.toy_chunk_size = settings.toy_chunk_size
-
-    def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
-        if toyjobs.is_toys(job.options):  # one hypothesis and one range of its toys per chunk
-            ranges = toyjobs.toy_ranges(int(job.options["n_toys"]), settings.toy_chunk_size)
-            queue.enqueue(job_id, toyjobs.entries(todo, ranges), pipe=pipe, user=owner)
-            return
-        queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe, user=owner)
-
-    job_id, todo, _ = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
-    return job_id, len(todo)
-
-
-def _json(raw: bytes | str, where: str) -> Any:
-    return parse_json(raw, where=where)  # RecursionError (deep nesting), ValueError (huge integers) too
-
-
-def create_app(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
     settings = settings or Settings()
     r = client or redis_client(settings)
     store = JobStore(r, settings.key_prefix)
@@ -205,6 +75,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     )
     app.state.settings, app.state.store, app.state.queue, app.state.tokens = settings, store, queue, tokens
     app.state.joblog = JobLog(store)
+    desk = app.state.desk = SubmissionDesk(settings, store, queue, tokens, app.state.joblog)
     who = principal_of  # the FastAPI dependency of every /v1/jobs route: 401 without a valid token
 
     @app.exception_handler(InputError)
@@ -245,17 +116,13 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         return _problem(503, f"job store unavailable: {exc}", "redis")
 
     def _status(job_id: str, principal: Principal) -> dict[str, Any]:
-        st = store.status(job_id)
-        if st is None or not principal.owns(st["owner"]):  # another user's job: as if it did not exist
+        st = desk.status(job_id, principal)
+        if st is None:  # no such job, or another user's: as if it did not exist
             raise HTTPProblem(404, f"no job with id {job_id!r}", "job id")
         base = f"/v1/jobs/{job_id}"
         st["links"] = {"self": base, "results": f"{base}/results", "csv": f"{base}/results?format=csv",
                        "contours": f"{base}/contours", "plot": f"{base}/plot.png"}
         return st
-
-    from fitserve.web import mount_web
-
-    mount_web(app)  # the HTML pages at / (quick limits, uploads, job pages)
 
     submit_schema = {
         "requestBody": {
@@ -307,11 +174,11 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
                     raise InputError(f"unknown form field {key!r} (expected workspace, patchset, options)", where="request body")
                 value = form[key]
                 raw = await value.read() if hasattr(value, "read") else value
-                parts[key] = _json(raw, where=f"{key} (upload)") if raw not in (b"", "") else None
+                parts[key] = read_json(raw, where=f"{key} (upload)") if raw not in (b"", "") else None
             await form.close()
             workspace, patchset, options = parts.get("workspace"), parts.get("patchset"), parts.get("options")
         elif ctype in ("application/json", "") or ctype.endswith("+json"):
-            body = _json(await read_body(request, settings.max_body_bytes), where="request body")
+            body = read_json(await read_body(request, settings.max_body_bytes), where="request body")
             if not isinstance(body, dict):
                 raise InputError("expected a JSON object with 'workspace', 'patchset', 'options'", where="request body")
             unknown = set(body) - {"workspace", "patchset", "options"}
@@ -320,18 +187,17 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
             workspace, patchset, options = body.get("workspace"), body.get("patchset"), body.get("options")
         else:
             raise HTTPProblem(415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type")
-        job = await run_in_threadpool(prepare_job, workspace, patchset, options, settings)
-        job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, principal.user)
-        app.state.joblog.submitted(job_id, principal.user, len(job.names), n_todo, job.options)
-        st = await run_in_threadpool(_status, job_id, principal)
-        body = {"id": job_id, "state": st["state"], "total": len(job.names), "cached": len(job.names) - n_todo,
-                "to_compute": n_todo, "links": st["links"]}
+        job = await run_in_threadpool(desk.prepare, workspace, patchset, options)
+        sub = await run_in_threadpool(desk.submit, job, principal.user)
+        st = await run_in_threadpool(_status, sub.job_id, principal)
+        body = {"id": sub.job_id, "state": st["state"], "total": sub.total, "cached": sub.cached,
+                "to_compute": sub.to_compute, "links": st["links"]}
         return JSONResponse(body, status_code=202, headers={"Location": st["links"]["self"]})
 
     @app.get("/v1/whoami", tags=["service"])
     def whoami(principal: Principal = Depends(who)) -> dict[str, Any]:
         """The user the request's token belongs to, and the service's auth mode."""
-        return {"user": principal.user, "admin": principal.admin, "auth": auth_mode(settings)}
+        return {"user": principal.user, "admin": principal.admin, "auth": desk.auth_mode}
 
     @app.get("/v1/jobs", tags=["jobs"])
     def list_jobs(
@@ -342,8 +208,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         """Most recent jobs first: the caller's own; an admin's token lists everybody's."""
         if user is not None and not principal.admin and user != principal.user:
             raise HTTPProblem(403, "only an admin token may list another user's jobs", "user")
-        scope = user if user is not None else (None if principal.admin else principal.user)
-        return {"jobs": store.list_jobs(min(limit, settings.max_jobs_listed), user=scope)}
+        return {"jobs": desk.jobs(principal, limit, user)}
 
     @app.get("/v1/jobs/{job_id}", tags=["jobs"])
     def job_status(job_id: str, principal: Principal = Depends(who)) -> dict[str, Any]:
@@ -380,7 +245,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
     def job_contours(job_id: str, principal: Principal = Depends(who)) -> dict[str, Any]:
         """CLs = 1 - CL exclusion contours (2-D grids) or the limit curve (1-D grids)."""
         st, meta, recs = _records(job_id, principal)
-        cl = meta["options"].get("confidence_level", 0.95)
+        cl = ScanOptions.stored(meta["options"]).confidence_level
         out = contours(recs, meta.get("labels"), cl=cl, complete=st["state"] == "done")
         return {"job": job_id, "state": st["state"], **out}
 
@@ -390,7 +255,7 @@ def create_app(settings: Settings | None = None, client: redis.Redis | None = No
         st, meta, recs = _records(job_id, principal)
         if not recs:
             raise HTTPProblem(409, "no results yet", "job state")
-        cl = meta["options"].get("confidence_level", 0.95)
+        cl = ScanOptions.stored(meta["options"]).confidence_level
         data = exclusion_plot(recs, meta.get("labels"), cl=cl, fmt=fmt)
         return Response(data, media_type=FORMATS[fmt])
 

@@ -12,16 +12,11 @@ import logging
 import threading
 from typing import Any
 
+from fitserve.service.describe import options_text
+
 log = logging.getLogger("fitserve.jobs")
 
 FINAL = ("done", "failed", "cancelled")
-
-
-def options_brief(opts: dict[str, Any]) -> str:
-    """The same short form of the options as ``fitserve jobs`` prints."""
-    from fitserve.client.commands import options_text
-
-    return options_text(opts)
 
 
 class JobLog:
@@ -36,7 +31,7 @@ class JobLog:
 
     def submitted(self, job_id: str, user: str, total: int, to_compute: int, options: dict[str, Any]) -> None:
         log.info("job %s submitted by %s: %d hypotheses (%d cached, %d to compute); %s",
-                 job_id, user, total, total - to_compute, to_compute, options_brief(options))
+                 job_id, user, total, total - to_compute, to_compute, options_text(options))
         with self._lock:
             self._watched[job_id] = user
             if self._thread is None:

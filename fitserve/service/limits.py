@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from fitserve.engine.errors import InputError
+from fitserve.engine import InputError
 from fitserve.engine.inputs import PER_BIN_PARAMETERS
 
 

@@ -130,7 +130,7 @@ def _has_limits(records: dict[str, dict[str, Any]]) -> bool:
 def _plot_limit(ax: Any, records: dict[str, dict[str, Any]], cl: float) -> None:
     """One hypothesis (a full workspace): its observed upper limit on mu and the expected band, one row per hypothesis."""
     rows = [(n, r["upper_limit"]) for n, r in records.items() if isinstance(r.get("upper_limit"), dict) and r["upper_limit"].get("obs") is not None]
-    for i, (name, ul) in enumerate(rows):
+    for i, (_name, ul) in enumerate(rows):
         exp = ul.get("exp") or []
         if len(exp) == 5 and all(e is not None for e in exp):
             ax.fill_betweenx([i - 0.3, i + 0.3], exp[0], exp[4], color=BAND, label=r"Expected $\pm 2\sigma$" if i == 0 else None)

@@ -12,7 +12,8 @@ consumer group shared by all workers.
 * ``touch`` is the heartbeat of a busy worker: it resets the idle time of the
   entries it is working on (``XCLAIM ... JUSTID`` to itself).
 * ``claim_stale`` takes over entries whose worker stopped heartbeating (it
-  died or hangs) with ``XAUTOCLAIM``, so no chunk is lost.
+  died or hangs) with ``XAUTOCLAIM``, so no chunk is lost; ``release`` is a
+  stopping worker handing its entries back at once, ``leave`` its goodbye.
 """
 
 from __future__ import annotations
@@ -225,6 +226,15 @@ class ChunkQueue:
     def touch(self, consumer: str, entry_ids: Sequence[str]) -> None:
         if entry_ids:
             self.r.xclaim(self.stream, self.group, consumer, 0, list(entry_ids), justid=True)
+
+    def release(self, consumer: str, entry_ids: Sequence[str], idle_ms: int) -> None:
+        """A stopping worker's entries, made claimable at once: their idle time set past ``claim_stale``'s threshold."""
+        if entry_ids:
+            self.r.xclaim(self.stream, self.group, consumer, 0, list(entry_ids), idle=idle_ms, justid=True)
+
+    def leave(self, consumer: str) -> None:
+        """Remove a consumer that holds nothing from the group (no stale consumer left behind)."""
+        self.r.xgroup_delconsumer(self.stream, self.group, consumer)
 
     def ack(self, entry_ids: Sequence[str]) -> None:
         if entry_ids:

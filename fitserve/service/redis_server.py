@@ -28,7 +28,6 @@ import redis
 
 from fitserve.service.localhost import is_loopback
 
-
 #: AOF fsync policy of the embedded Redis.  ``always``: Redis fsyncs the AOF before it answers a
 #: write, so every write a worker or the API saw succeed (a job, a stored record, an ack) is on
 #: disk and survives a crash of Redis or of the whole machine (power cut, kernel panic).
@@ -112,7 +111,7 @@ class EmbeddedRedis:
             return f"unix://{quote(self.unix_socket)}?db=0"
         return f"redis://{self.host}:{self.port}/0"
 
-    def start(self, timeout: float = 15.0) -> "EmbeddedRedis":
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             self.binary, "--port", str(self.port), "--bind", self.host, "--protected-mode", "yes",
@@ -177,7 +176,7 @@ class DataDirLock:
         self.path = Path(data_dir).resolve() / "fitserve-up.lock"
         self._fd: int | None = None
 
-    def acquire(self) -> "DataDirLock":
+    def acquire(self) -> DataDirLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:

@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     #: ``token``: every request needs an API token (``fitserve token create``); ``open``: no
     #: authentication, one local user who sees everything (only sensible on 127.0.0.1).
     #: Unset, the commands pick ``open`` when they listen on a loopback address, else ``token``;
-    #: :func:`fitserve.service.api.create_app` alone picks ``token``.
+    #: :func:`fitserve.app.create_app` alone picks ``token``.
     auth: Literal["open", "token"] | None = None
     #: Limits on what one request may ask for (each error names the limit it hit; docs/service.md, Limits).
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)

@@ -14,6 +14,8 @@ Keys (``P`` is ``settings.key_prefix``)::
     P:job:{id}:done        hash: hypothesis name -> how it finished (progress, idempotent)
     P:job:{id}:errors      hash: hypothesis name -> record with "error" (never cached)
     P:job:{id}:chunks      list of the job's entry ids in the chunk stream
+    P:web:upload:{user}:{token}  an upload the web form keeps for a second try (expires)
+    P:worker:{name}        a live worker's heartbeat (JSON, expires)
     P:toypart:..., P:job:{id}:toyparts:{name}   toy-based jobs: see fitserve.service.toyjobs
 
 ``hkey`` = sha256 of (workspace sha, patch sha, options, engine version): the
@@ -33,10 +35,9 @@ from typing import Any, Callable, Iterable, Sequence
 import redis
 
 from fitserve import __version__
-from fitserve.executors.base import clean_record
+from fitserve.engine import ENGINE_VERSION, ScanOptions, clean_record, error_record
 from fitserve.service import toyjobs
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATES = ("done", "failed", "cancelled")
 
 # Record finished hypotheses idempotently (a redelivered chunk counts once) and
@@ -111,9 +112,7 @@ def sha256(data: bytes) -> str:
 
 def engine_version() -> str:
     """Part of every cache key: results of another engine version are never reused."""
-    import fitserve.engine as engine
-
-    return str(getattr(engine, "ENGINE_VERSION", None) or __version__)
+    return str(ENGINE_VERSION or __version__)
 
 
 def hypothesis_key(ws_sha: str, patch_sha: str | None, options_json: bytes, engine: str) -> str:
@@ -134,16 +133,21 @@ def _s(value: bytes | str | None) -> str | None:
 
 @dataclass
 class NewJob:
-    """What the API hands the store: validated inputs of one job."""
+    """What the submission desk hands the store: validated inputs of one job."""
 
     workspace: dict[str, Any]
     patches: list[dict[str, Any]] | None  # None: the workspace is the one hypothesis
     names: list[str]
     values: list[list[float]]
-    options: dict[str, Any]
+    options: ScanOptions
     labels: list[str] = field(default_factory=list)
     #: toys per chunk of a toy-based job (the service's ``toy_chunk_size``)
     toy_chunk_size: int = 1000
+
+    @property
+    def options_doc(self) -> dict[str, Any]:
+        """The options as stored (job meta, job hash) and hashed into every cache key: every field, JSON types."""
+        return self.options.model_dump(mode="json")
 
 
 class JobStore:
@@ -195,7 +199,8 @@ class JobStore:
         job_id = job_id or self.new_id()
         ws_bytes = canonical_json(job.workspace)
         ws_sha = sha256(ws_bytes)
-        options_json = canonical_json(job.options)
+        options = job.options_doc
+        options_json = canonical_json(options)  # the one serialisation: cache keys and the job hash
         engine = engine_version()
         pipe = self.r.pipeline(transaction=True)
         pipe.set(self.k("ws", ws_sha), zlib.compress(ws_bytes, 3), nx=True)
@@ -210,16 +215,16 @@ class JobStore:
                 pipe.set(self.k("patch", psha), zlib.compress(pb, 3), nx=True)
         hkeys = [hypothesis_key(ws_sha, ps, options_json, engine) for ps in patch_shas]
         toys_meta = None
-        if toyjobs.is_toys(job.options):
-            base_json = canonical_json(toyjobs.base_options(job.options))
-            toys_meta = {"ranges": toyjobs.toy_ranges(int(job.options["n_toys"]), job.toy_chunk_size),
+        if toyjobs.is_toys(options):
+            base_json = canonical_json(toyjobs.base_options(options))
+            toys_meta = {"ranges": toyjobs.toy_ranges(int(options["n_toys"]), job.toy_chunk_size),
                          "bases": [hypothesis_key(ws_sha, ps, base_json, engine) for ps in patch_shas]}
         cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
         hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
         todo = [name for name, raw in zip(job.names, cached) if raw is None]
         meta = {
             "id": job_id,
-            "options": job.options,
+            "options": options,
             "labels": job.labels,
             "names": job.names,
             "values": job.values,
@@ -245,12 +250,12 @@ class JobStore:
                 "n_not_converged": 0,
                 "compute_s": 0.0,
                 "grid_dim": len(job.values[0]) if job.values else 0,
-                "options": canonical_json(job.options),
+                "options": options_json,
                 "labels": canonical_json(job.labels),
             },
         )
         if toys_meta is not None:
-            pipe.hset(self.job_key(job_id), mapping={"toys_total": 2 * int(job.options["n_toys"]) * total, "toys_done": 0})
+            pipe.hset(self.job_key(job_id), mapping={"toys_total": 2 * int(options["n_toys"]) * total, "toys_done": 0})
         pipe.persist(self.job_key(job_id))  # drop the expiry of the reservation
         pipe.zadd(self.k("jobs"), {job_id: now})
         pipe.zadd(self.k("user", owner, "jobs"), {job_id: now})
@@ -263,9 +268,6 @@ class JobStore:
         return job_id, todo, replies[before:]
 
     # reading ---------------------------------------------------------------
-    def exists(self, job_id: str) -> bool:
-        return bool(self.r.exists(self.job_key(job_id)))
-
     def meta(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.get(self.job_key(job_id, "meta"))
         return _unpack(raw) if raw is not None else None
@@ -333,9 +335,6 @@ class JobStore:
                          "cached": int(h.get("toys_cached", 0))}} if "toys_total" in h else {}),
         }
 
-    def owner(self, job_id: str) -> str | None:
-        return _s(self.r.hget(self.job_key(job_id), "owner"))
-
     def list_jobs(self, limit: int = 100, user: str | None = None) -> list[dict[str, Any]]:
         """Most recent jobs first: ``user``'s, or everybody's when ``user`` is None."""
         index = self.k("user", user, "jobs") if user is not None else self.k("jobs")
@@ -377,11 +376,6 @@ class JobStore:
     def transition(self, job_id: str, new: str, allowed: Sequence[str], stamp: str = "") -> str | None:
         res = self._transition(keys=[self.job_key(job_id)], args=[new, stamp, time.time(), *allowed])
         return _s(res)
-
-    def add_chunks(self, job_id: str, entry_ids: Sequence[str]) -> None:
-        """Remember the job's queue entries, so cancelling can remove them from the stream."""
-        if entry_ids:
-            self.r.rpush(self.job_key(job_id, "chunks"), *entry_ids)
 
     def chunk_ids(self, job_id: str) -> list[str]:
         return [_s(i) for i in self.r.lrange(self.job_key(job_id, "chunks"), 0, -1)]
@@ -441,16 +435,16 @@ class JobStore:
 
     def fail_hypotheses(self, job_id: str, meta: dict[str, Any], names: Iterable[str], message: str) -> tuple[int, int]:
         index = {n: i for i, n in enumerate(meta["names"])}
-        records = {}
-        for n in names:
-            if n in index:
-                records[n] = {
-                    "values": meta["values"][index[n]] if meta["values"] else [],
-                    "CLs_obs": None, "CLs_exp": None, "CLsb_obs": None, "CLb_obs": None,
-                    "mu_hat": None, "nll_free": None, "converged": False, "upper_limit": None,
-                    "error": message,
-                }
+        records = {n: error_record(meta["values"][index[n]] if meta["values"] else [], message) for n in names if n in index}
         return self.store_records(job_id, meta, records)
+
+    # uploads the web form keeps for a second try ---------------------------------------
+    def keep_upload(self, user: str, token: str, blob: bytes, ttl_s: int) -> None:
+        """Keep ``user``'s upload under ``token`` for ``ttl_s`` seconds (the key holds the user: nobody else reads it)."""
+        self.r.set(self.k("web", "upload", user, token), blob, ex=ttl_s)
+
+    def kept_upload(self, user: str, token: str) -> bytes | None:
+        return self.r.get(self.k("web", "upload", user, token))
 
     # workers -----------------------------------------------------------------
     def worker_heartbeat(self, name: str, info: dict[str, Any], ttl_s: int = 15) -> None:

@@ -12,7 +12,7 @@ stored as a *part*, keyed by content (workspace, patch, every option except
 
 So a resubmission with more toys (same seed) finds the ranges it shares with
 the earlier job and computes only the new ones.  When a hypothesis has all
-its parts, they are merged (:func:`fitserve.engine.toys.merge_records`) into
+its parts, they are merged (:func:`fitserve.engine.merge_toy_records`) into
 its record, stored like any other (``P:result``, the cache of whole
 hypotheses).  While parts are missing, ``partial`` gives the merged numbers
 so far (CLs with its current uncertainty).  Progress is counted in toys
@@ -25,7 +25,7 @@ import json
 import zlib
 from typing import Any, Sequence
 
-from fitserve.engine import toys as engine_toys
+from fitserve import engine
 
 
 def is_toys(options: dict[str, Any]) -> bool:
@@ -93,7 +93,7 @@ def _load_parts(store: Any, meta: dict[str, Any], name: str) -> list[dict[str, A
 
 
 def _merge_parts(parts: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-    return engine_toys.merge_records(parts, options.get("test_stat", "qtilde"), int(options.get("n_toys", 1000)),
+    return engine.merge_toy_records(parts, options.get("test_stat", "qtilde"), int(options.get("n_toys", 1000)),
                                      int(options.get("seed", 0)), float(options.get("toys_max_failed", 0.01)))
 
 
@@ -124,4 +124,4 @@ def distributions(store: Any, meta: dict[str, Any], name: str):
     q_obs = float(parts[0]["toys"]["q_obs"])
     merged = {"toys": {"q_obs": q_obs}, "toy_q": {"sb": [v for p in parts for v in p["toy_q"]["sb"]],
                                                    "b": [v for p in parts for v in p["toy_q"]["b"]]}}
-    return engine_toys.distributions(merged)
+    return engine.toy_distributions(merged)

@@ -37,8 +37,8 @@ import redis
 from fitserve import __version__
 from fitserve.executors import Executor, get_executor
 from fitserve.executors.base import decode_workspace
-from fitserve.service.guard import ChunkGuard, rss_bytes, tree_rss_bytes
 from fitserve.service import toyjobs
+from fitserve.service.guard import ChunkGuard, rss_bytes, tree_rss_bytes
 from fitserve.service.queue import Chunk, ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import FINAL_STATES, JobStore
@@ -143,10 +143,12 @@ class Worker:
         self._ws = _LRU(4)
         self.chunks_done = 0
         #: Redis outages ridden out; chunks whose records waited for Redis to come back;
-        #: chunks claimed from other (dead) workers
+        #: chunks claimed from other (dead) workers; hypotheses found recorded already (a chunk
+        #: delivered or run twice: counted once).  All in the heartbeat (``/v1/health``).
         self.outages = 0
         self.chunks_kept = 0
         self.chunks_claimed = 0
+        self.recorded_already = 0
         self._redis_down = False
         self._group_ready = False
         self._last = {"beat": 0.0, "claim": 0.0, "touch": 0.0, "cancel": 0.0}
@@ -260,6 +262,10 @@ class Worker:
             "chunks_done": self.chunks_done,
             "chunks_cancelled": self.chunks_cancelled,
             "chunks_over_budget": self.chunks_over_budget,
+            "chunks_claimed": self.chunks_claimed,
+            "chunks_kept": self.chunks_kept,
+            "redis_outages": self.outages,
+            "recorded_already": self.recorded_already,
             "rss_bytes": rss_bytes(),
             "rss_tree_bytes": tree_rss_bytes(),
             "memory_budget_bytes": self.settings.worker_memory(),
@@ -278,12 +284,9 @@ class Worker:
         ids = self._held_ids()
         try:
             if ids:
-                self.r.xclaim(
-                    self.queue.stream, self.queue.group, self.name, 0, ids,
-                    idle=self.settings.claim_idle_ms * 10, justid=True,
-                )
+                self.queue.release(self.name, ids, idle_ms=self.settings.claim_idle_ms * 10)
             else:  # nothing pending under our name: leave no stale consumer behind
-                self.r.xgroup_delconsumer(self.queue.stream, self.queue.group, self.name)
+                self.queue.leave(self.name)
             self.store.worker_gone(self.name)
         except redis.RedisError:
             pass
@@ -344,6 +347,7 @@ class Worker:
         if cached:
             added, _ = self.store.mark_cached(chunk.job_id, meta, cached)
             if added < len(cached):
+                self.recorded_already += len(cached) - added
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
                          chunk.entry_id, chunk.job_id, len(cached) - added)
         names = [n for n in chunk.names if n not in cached]
@@ -447,6 +451,7 @@ class Worker:
             records = {n: r for n, r in records.items() if n not in parts}
             added, _ = self.store.store_records(job_id, item.meta, records, compute_s=0.0 if parts else fin.elapsed)
             if added < len(records):  # HSETNX kept the first record of each: counted once
+                self.recorded_already += len(records) - added
                 log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
                          item.chunk.entry_id, job_id, len(records) - added)
         elif type(fin.error).__name__ == "Cancelled":  # its job was cancelled while it ran: nothing to record
@@ -471,9 +476,3 @@ class Worker:
                     self.inflight.pop(fut, None)
                     self.queue.ack([item.chunk.entry_id])
 
-
-def run_worker(settings: Settings, stop: threading.Event | None = None) -> None:
-    worker = Worker(settings)
-    if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), worker.stop()), daemon=True).start()
-    worker.run()

@@ -7,7 +7,9 @@
   and downloads.
 
 ``mount_web(app)`` adds them to the API app made by
-:func:`fitserve.service.api.create_app`.  ``FITSERVE_WEB_WARMUP`` chooses when
+:func:`fitserve.service.api.create_api` (:func:`fitserve.app.create_app` does
+both); the pages submit and read jobs through its submission desk
+(``app.state.desk``).  ``FITSERVE_WEB_WARMUP`` chooses when
 the quick-limit engine is compiled: ``startup`` (default: in a background
 thread when the server starts), ``lazy`` (when the form is first shown) or
 ``off``.
@@ -15,32 +17,22 @@ thread when the server starts), ``lazy`` (when the form is first shown) or
 
 from __future__ import annotations
 
-import os
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 
-WARMUP_MODES = ("startup", "lazy", "off")
-
-
-def warmup_mode() -> str:
-    mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
-    return mode if mode in WARMUP_MODES else "startup"
-
 
 def mount_web(app: FastAPI) -> None:
-    """Add the HTML pages and ``/static`` to ``app`` (which holds ``state.store``, ``queue``, ``settings``)."""
-    from fastapi.staticfiles import StaticFiles
-
-    from fitserve.web.counting import Warmup
-    from fitserve.web.routes import STATIC, router
+    """Add the HTML pages and ``/static`` to ``app`` (which holds the submission desk in ``state.desk``)."""
+    from urllib.parse import quote
 
     from fastapi import Request
     from fastapi.responses import RedirectResponse
-    from urllib.parse import quote
+    from fastapi.staticfiles import StaticFiles
 
-    from fitserve.web.routes import LoginRequired
+    from fitserve.web.counting import Warmup, warmup_mode
+    from fitserve.web.routes import STATIC, LoginRequired, router
 
     app.include_router(router)
 

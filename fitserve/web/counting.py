@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+
+from fitserve.engine import ScanOptions
 
 log = logging.getLogger("fitserve.web")
 
@@ -29,13 +32,16 @@ log = logging.getLogger("fitserve.web")
 MAX_BINS = 50
 #: Bin counts compiled in the background when the app starts.
 WARM_BINS = (1, 2, 3)
+#: When the quick-limit engine compiles (``FITSERVE_WEB_WARMUP``): at startup (in a background thread), on first use, never.
+WARMUP_MODES = ("startup", "lazy", "off")
+
+
+def warmup_mode() -> str:
+    mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
+    return mode if mode in WARMUP_MODES else "startup"
 FIELDS = ("observed", "background", "uncertainty", "signal")
-LABELS = {
-    "observed": "Observed events",
-    "background": "Expected background",
-    "uncertainty": "Background uncertainty",
-    "signal": "Expected signal",
-}
+#: How the quick limit is computed: qtilde at mu = 1, upper limits, the default 95% CL.
+OPTIONS = ScanOptions(limits=True)
 _SPLIT = re.compile(r"[,;\s]+")
 
 
@@ -180,6 +186,14 @@ class QuickLimit:
         return self.record.get("CLs_obs")
 
     @property
+    def excluded(self) -> bool | None:
+        return OPTIONS.excluded(self.cls_obs)
+
+    #: the CL of the verdict and the limits, as the page shows it ("95%"), and the CLs it is decided at
+    cl_text = f"{100 * OPTIONS.confidence_level:g}%"
+    exclusion_cls = OPTIONS.exclusion_cls
+
+    @property
     def cls_exp(self) -> list[float | None]:
         return self.record.get("CLs_exp") or [None] * 5
 
@@ -219,13 +233,13 @@ def compiled_sizes() -> list[int]:
 
 
 def compute(inp: CountingInput) -> QuickLimit:
-    """CLs at mu = 1 and the 95% CL upper limits (qtilde, asymptotics) with the engine."""
+    """CLs at mu = 1 and the upper limits at :data:`OPTIONS` (qtilde, asymptotics, 95% CL) with the engine."""
     from fitserve.engine.scan import scan
 
     ws = build_workspace(inp)
     t0 = time.perf_counter()
     with _lock(inp.n_bins):
-        out = scan(ws, None, {"limits": True})
+        out = scan(ws, None, OPTIONS)
         _compiled.add(inp.n_bins)
     record = next(iter(out["results"].values()))
     return QuickLimit(workspace=ws, record=record, signal_total=sum(inp.signal), seconds=time.perf_counter() - t0)

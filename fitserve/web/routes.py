@@ -1,4 +1,9 @@
-"""Routes of the web pages; the JSON API (``/v1``) stays the one source of jobs and results."""
+"""Routes of the web pages; the JSON API (``/v1``) stays the one source of jobs and results.
+
+Jobs get in through the service's submission desk (``app.state.desk``,
+:class:`fitserve.service.submission.SubmissionDesk`), the same as ``POST /v1/jobs``,
+and are read through its store; the pages never touch Redis keys themselves.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from fitserve import __version__
-from fitserve.engine.errors import InputError
-from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal, auth_mode
-from fitserve.web import counting, warmup_mode
+from fitserve.engine import InputError, ScanOptions
+from fitserve.service.auth import COOKIE, OPEN, AuthError, Principal
+from fitserve.service.describe import options_text
+from fitserve.service.limits import LimitExceeded, read_body, with_body
+from fitserve.service.submission import SubmissionDesk, principal_of, read_json
+from fitserve.web import counting
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
@@ -48,16 +56,20 @@ def when(ts: float) -> str:
     """A job's submission time, UTC, to the second (the same on every viewer's screen)."""
     import datetime as dt
 
-    return dt.datetime.fromtimestamp(float(ts), dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return dt.datetime.fromtimestamp(float(ts), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 templates.env.filters["when"] = when
 
 
+def _desk(request: Request) -> SubmissionDesk:
+    return request.app.state.desk
+
+
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     viewer = getattr(request.state, "viewer", None)
     context = {"version": __version__, "path": request.url.path, "viewer": viewer,
-               "auth": auth_mode(request.app.state.settings), **context}
+               "auth": _desk(request).auth_mode, **context}
     return templates.TemplateResponse(request, name, context, status_code=status)
 
 
@@ -73,8 +85,6 @@ def viewer(request: Request) -> Principal:
 
     Kept on ``request.state`` so the templates can show who is signed in.
     """
-    from fitserve.service.api import principal_of
-
     try:
         who = principal_of(request)
     except AuthError as exc:
@@ -92,7 +102,7 @@ def _safe_next(target: str | None) -> str:
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request, next: str = "/") -> Response:
-    if auth_mode(request.app.state.settings) == "open":
+    if _desk(request).auth_mode == "open":
         return RedirectResponse(_safe_next(next), status_code=303)
     return _page(request, "login.html", {"next": _safe_next(next), "error": None})
 
@@ -103,7 +113,7 @@ async def login_submit(request: Request) -> Response:
     form = await request.form(max_files=0, max_fields=4, max_part_size=4096)
     token = str(form.get("token") or "").strip()
     target = _safe_next(str(form.get("next") or "/"))
-    who = await run_in_threadpool(request.app.state.tokens.lookup, token) if token else None
+    who = await run_in_threadpool(_desk(request).tokens.lookup, token) if token else None
     if who is None:
         msg = "paste your API token" if not token else "this token is not valid (or has been revoked)"
         return _page(request, "login.html", {"next": target, "error": msg}, 401)
@@ -135,7 +145,7 @@ def quick_page(request: Request) -> HTMLResponse:
     submitted = any(k in params for k in counting.FIELDS)
     ctx: dict[str, Any] = {"form": {"mode": "absolute", **params}, "errors": {}, "result": None}
     status = 200
-    if warmup_mode() == "lazy":
+    if counting.warmup_mode() == "lazy":
         counting.Warmup.start()  # once per process
     if submitted:
         inp = counting.parse_form(params)
@@ -185,29 +195,25 @@ def _field_of(where: str | None) -> str:
     return "form"
 
 
-def _stash_key(request: Request, token: str) -> str:
-    """Uploads kept for the form are the uploader's: the key holds the user, so nobody else can use the token."""
-    return request.app.state.store.k("web", "upload", request.state.viewer.user, token)
-
-
 def _stash(request: Request, filename: str, raw: bytes) -> str:
+    """Keep an upload for the form shown again; it is the uploader's (nobody else can use the token)."""
     token = secrets.token_urlsafe(16)
     blob = json.dumps({"filename": filename}).encode() + b"\n" + zlib.compress(raw, 3)
-    request.app.state.store.r.set(_stash_key(request, token), blob, ex=STASH_TTL_S)
+    _desk(request).store.keep_upload(request.state.viewer.user, token, blob, STASH_TTL_S)
     return token
 
 
 def _unstash(request: Request, token: str) -> tuple[str, bytes] | None:
     if not re.fullmatch(r"[A-Za-z0-9_-]{10,64}", token or ""):
         return None
-    blob = request.app.state.store.r.get(_stash_key(request, token))
+    blob = _desk(request).store.kept_upload(request.state.viewer.user, token)
     if blob is None:
         return None
     head, _, body = blob.partition(b"\n")
     return json.loads(head)["filename"], zlib.decompress(body)
 
 
-def _options_from_form(form: dict[str, str], errors: dict[str, str]) -> dict[str, Any]:
+def _options_from_form(form: dict[str, str]) -> dict[str, Any]:
     opts: dict[str, Any] = {"limits": form.get("limits") == "on"}
     for key in ("test_stat", "modifier_settings", "measurement"):
         if form.get(key):
@@ -218,8 +224,6 @@ def _options_from_form(form: dict[str, str], errors: dict[str, str]) -> dict[str
     names = [n for n in re.split(r"[,\s]+", form.get("patches", "")) if n]
     if names:
         opts["patches"] = names
-    if opts.get("test_stat") == "q0" and opts["limits"]:
-        errors["limits"] = "upper limits need test statistic qtilde or q, not q0"
     return opts
 
 
@@ -236,11 +240,9 @@ def full_page(request: Request) -> HTMLResponse:
 @router.post("/full", response_class=HTMLResponse)
 async def full_submit(request: Request) -> Response:
     """Validate and submit exactly as ``POST /v1/jobs`` does; on an error show the form again, nothing lost."""
-    from fitserve.service.api import _json, enqueue_job, parse_options, prepare_job
-    from fitserve.service.limits import LimitExceeded, read_body, with_body
-
     who = viewer(request)
-    settings = request.app.state.settings
+    desk = _desk(request)
+    settings = desk.settings
     try:
         body = await read_body(request, settings.max_body_bytes)
     except LimitExceeded as exc:
@@ -267,35 +269,31 @@ async def full_submit(request: Request) -> Response:
             continue
         if name in raws:
             try:
-                docs[name] = _json(raws[name][1], where=name)
+                docs[name] = read_json(raws[name][1], where=name)
             except InputError as exc:
                 errors[name] = exc.message
     await form.close()
     if docs.get("patchset") is not None and not isinstance(docs.get("patchset"), dict):
         errors["patchset"] = "not a pyhf PatchSet (expected a JSON object)"
-    options = _options_from_form(values, errors)
+    options = _options_from_form(values)
     try:  # options are checked even when a file is at fault, so every mistake shows at once
-        parse_options(options)
+        desk.check_options(options)
     except InputError as exc:
         errors.setdefault(_field_of(exc.where), exc.message)
     if not errors:
         try:
-            job = await run_in_threadpool(prepare_job, docs.get("workspace"), docs.get("patchset"), options, settings)
+            job = await run_in_threadpool(desk.prepare, docs.get("workspace"), docs.get("patchset"), options)
         except InputError as exc:
             field = _field_of(exc.where)
             where = exc.where if exc.where and exc.where != field else None
             errors[field] = f"{where}: {exc.message}" if where and field in ("workspace", "patchset") else exc.message
         else:
-            store, queue = request.app.state.store, request.app.state.queue
             try:
-                job_id, n_todo = await run_in_threadpool(enqueue_job, job, store, queue, settings, who.user)
-                joblog = getattr(request.app.state, "joblog", None)
-                if joblog is not None:
-                    joblog.submitted(job_id, who.user, len(job.names), n_todo, job.options)
+                sub = await run_in_threadpool(desk.submit, job, who.user)
             except LimitExceeded as exc:
                 errors["form"] = exc.message
             else:
-                return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+                return RedirectResponse(f"/jobs/{sub.job_id}", status_code=303)
     # keep the uploads that are not at fault, so the user need not choose them again
     for name, (filename, raw) in raws.items():
         if name not in errors:
@@ -306,8 +304,8 @@ async def full_submit(request: Request) -> Response:
 # --- job page -------------------------------------------------------------------------
 
 
-def _rows(recs: dict[str, dict[str, Any]], cl: float = 0.95) -> list[dict[str, Any]]:
-    """Table rows; "excluded" at the job's own confidence level (CLs_obs < 1 - CL), not a fixed 0.05."""
+def _rows(recs: dict[str, dict[str, Any]], opts: ScanOptions) -> list[dict[str, Any]]:
+    """Table rows; "excluded" at the job's own confidence level (:meth:`ScanOptions.excluded`), not a fixed 0.05."""
     rows = []
     for name, rec in list(recs.items())[:MAX_TABLE_ROWS]:
         exp = rec.get("CLs_exp") or [None] * 5
@@ -320,25 +318,26 @@ def _rows(recs: dict[str, dict[str, Any]], cl: float = 0.95) -> list[dict[str, A
         rows.append({
             "name": name, "values": rec.get("values") or [], "cls_obs": rec.get("CLs_obs"), "cls_exp": exp[2],
             "cls_m1": exp[1], "cls_p1": exp[3], "ul_obs": ul.get("obs"), "ul_exp": ul_exp[2],
-            "excluded": None if rec.get("CLs_obs") is None else rec["CLs_obs"] < 1.0 - cl,
+            "excluded": opts.excluded(rec.get("CLs_obs")),
             "status": status, "error": rec.get("error"),
         })
     return rows
 
 
 def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[str, Any] | None:
-    store = request.app.state.store
-    st = store.status(job_id)
-    if st is None or not who.owns(st["owner"]):  # another user's job: as if it did not exist
+    desk = _desk(request)
+    st = desk.status(job_id, who)
+    if st is None:  # no such job, or another user's: as if it did not exist
         return None
     ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}",
                            "options": option_items(st.get("options") or {}),
-                           "discovery": (st.get("options") or {}).get("test_stat") == "q0"}
+                           "discovery": ScanOptions.stored(st.get("options")).discovery}
     if ctx["terminal"]:
-        meta = store.meta(job_id)
-        recs = store.results(job_id, meta) if meta else {}
-        cl = (meta or {}).get("options", {}).get("confidence_level", 0.95)
-        ctx.update(rows=_rows(recs, cl), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
+        meta = desk.store.meta(job_id)
+        recs = desk.store.results(job_id, meta) if meta else {}
+        opts = ScanOptions.stored((meta or {}).get("options"))
+        cl = opts.confidence_level
+        ctx.update(rows=_rows(recs, opts), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
                    labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
                    has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
                    or (st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())),
@@ -365,11 +364,8 @@ def option_items(opts: dict[str, Any]) -> list[tuple[str, str]]:
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request) -> HTMLResponse:
     """The signed-in user's jobs, newest first, so a closed tab does not lose one."""
-    from fitserve.client.commands import options_text
-
     who = viewer(request)
-    store, settings = request.app.state.store, request.app.state.settings
-    jobs = store.list_jobs(min(200, settings.max_jobs_listed), user=None if who.admin else who.user)
+    jobs = _desk(request).jobs(who, 200)
     rows = [{"job": st, "options": options_text(st.get("options") or {})} for st in jobs]
     return _page(request, "jobs.html", {"rows": rows})
 

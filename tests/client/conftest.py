@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from service.conftest import *  # noqa: F401,F403  (redis_url, settings, service, tiny, Service, ...)
 from service.conftest import REPO, Service
 
-from fitserve.executors.local import LocalExecutor
 from fitserve.executors.base import run_chunk_task
+from fitserve.executors.local import LocalExecutor
 from fitserve.service.settings import Settings
 
 EXAMPLE = REPO / "workspaces" / "example"

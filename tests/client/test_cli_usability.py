@@ -7,11 +7,11 @@ import re
 import time
 
 import pytest
+from service.workload import tiny_inputs
 from typer.testing import CliRunner
 
 from fitserve import __version__
 from fitserve.cli import app
-from service.workload import tiny_inputs
 
 runner = CliRunner()
 
@@ -103,7 +103,7 @@ def test_jobs_lists_the_options(live, example_paths) -> None:
     bkg, ps = example_paths
     env = {"FITSERVE_URL": live.url}
     job_id = run("submit", bkg, ps, "--poi-test", "0.45", "--patch", "sig_400_0", "--wait", "--no-progress", env=env).stdout.strip()
-    line = next(l for l in run("jobs", env=env).stdout.splitlines() if l.startswith(job_id))
+    line = next(row for row in run("jobs", env=env).stdout.splitlines() if row.startswith(job_id))
     assert "qtilde mu=0.45 CL=95%" in line and "asymptotic" in line
 
 

@@ -8,12 +8,12 @@ import re
 import time
 
 import pytest
+from service.conftest import Service, free_port, tiny_inputs
+from service.test_e2e import assert_records_equal
 
 from fitserve import AsyncClient, Client
 from fitserve.client import BadInput, Conflict, JobFailed, JobTimeout, NotFound, RetryPolicy, ServerUnavailable
 from fitserve.executors.local import LocalExecutor
-from service.conftest import Service, free_port, tiny_inputs
-from service.test_e2e import assert_records_equal
 
 FAST_RETRY = RetryPolicy(retries=2, backoff=0.01, connect_retries=2)
 

@@ -197,9 +197,14 @@ def test_waiter_drives_a_bar_from_finished_hypotheses():
 
 
 def test_importing_fitserve_stays_light():
+    """``from fitserve import Client`` imports httpx only; the command line (every client command) no JAX, pyhf or Redis."""
     code = ("import sys, fitserve; assert 'fitserve.client' not in sys.modules; "
-            "from fitserve import Client, AsyncClient; import fitserve.client.commands; "
-            "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'fitserve.engine', 'fitserve.service') if m in sys.modules]; "
-            "assert not heavy, heavy; print(Client.__module__, AsyncClient.__module__)")
+            "from fitserve import Client, AsyncClient; "
+            "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'pydantic', 'fitserve.engine', 'fitserve.service') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "import fitserve.cli; "
+            "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'redis', 'fastapi', 'pydantic', 'fitserve.engine.scan', "
+            "'fitserve.service.store') if m in sys.modules]; assert not heavy, heavy; "
+            "print(Client.__module__, AsyncClient.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["fitserve.client.sync", "fitserve.client.aio"]

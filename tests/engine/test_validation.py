@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import pytest
 
@@ -214,7 +213,8 @@ def test_finite_extremes_are_numbers():
 
 
 def test_published_and_example_inputs_pass_quickly():
-    """No false alarms on real likelihoods; the per-patch checks cost about a millisecond."""
+    """No false alarms on real likelihoods; the per-patch checks are cheap (about a millisecond) because a
+    patched workspace is a copy-on-write of the background: what the patch does not touch is shared, not copied."""
     need_shared(RJ)
     for path in sorted(LIKELIHOODS.glob("*/BkgOnly.json")) + [EXAMPLE / "BkgOnly.json"]:
         bkg = load(path)
@@ -223,11 +223,16 @@ def test_published_and_example_inputs_pass_quickly():
     for bkg_path, ps_path in [(RJ / "BkgOnly.json", RJ / "patchset.json"), (EXAMPLE / "BkgOnly.json", EXAMPLE / "patchset.json")]:
         bkg, ps = load(bkg_path), load(ps_path)
         validate_patchset(ps)
-        t0 = time.perf_counter()
         for p in ps["patches"]:
             where = f"patchset: patch {p['metadata']['name']!r}"
-            check_measurement(apply_patch(bkg, p["patch"], where=where), where=where)
-        per_patch = (time.perf_counter() - t0) / len(ps["patches"])
-        assert per_patch < 0.02, f"{per_patch * 1e3:.1f} ms per patch"
+            patched = apply_patch(bkg, p["patch"], where=where)
+            check_measurement(patched, where=where)
+            # every background sample no operation points into is the background's own object in the patched one
+            paths = [op.get("path", "").split("/")[1:] for op in p["patch"]]
+            for i, channel in enumerate(bkg["channels"]):
+                kept = {id(s) for s in patched["channels"][i]["samples"]}
+                for j, sample in enumerate(channel["samples"]):
+                    if not any(path[:4] == ["channels", str(i), "samples", str(j)] for path in paths):
+                        assert id(sample) in kept, (where, channel["name"], sample["name"])
         hyps = expand_hypotheses(bkg, ps["patches"][:3])  # the engine's own path: schema of what each patch changed
         assert len(hyps) == 3

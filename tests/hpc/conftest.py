@@ -17,7 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from service.conftest import *  # noqa: F401,F403  (redis_url, settings, service, tiny, Service, wait_until, ...)
 from service.conftest import REPO
 
@@ -88,7 +87,7 @@ def engine_from_template(site: str, overrides: dict, provider_overrides: dict) -
     """The GlobusComputeEngine of endpoints/globus-compute/<site>/config.yaml with test values, via the endpoint's loader."""
     from globus_compute_endpoint.endpoint.config.utils import load_config_yaml
 
-    from fitserve.endpoint_commands import render_template
+    from fitserve.cli.endpoint import render_template
     from fitserve.executors.parsl import _venv_on_path
 
     _venv_on_path()  # the engine starts `globus-compute-endpoint python-exec ...` through PATH, as an endpoint does

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from pathlib import Path
 
 import pytest
 import yaml
@@ -129,7 +128,7 @@ def test_containerfile_and_apptainer_definition():
     args = {i["value"].split("=")[0]: i["value"].split("=", 1)[1] for i in structure if i["instruction"] == "ARG" and "=" in i["value"]}
     assert set(args["EXTRAS"].split(",")) <= extras and "cuda" in extras
     py = args["PYTHON"]
-    assert all(f"python:${{PYTHON}}" in b or py in b for b in parents)
+    assert all("python:${PYTHON}" in b or py in b for b in parents)
     assert re.match(r">=3\.(\d+)", pyproject["project"]["requires-python"]) and py >= "3.11"
     for ins in structure:
         if ins["instruction"] == "COPY" and "--from" not in ins["value"]:

@@ -228,7 +228,7 @@ def test_user_endpoint_config_from_the_site_file_reaches_the_template(tiny, clou
     from typer.testing import CliRunner
 
     from fitserve.cli import app
-    from fitserve.endpoint_commands import check_multi_user
+    from fitserve.cli.endpoint import check_multi_user
 
     ws, ps = tiny
     site = tmp_path / "globus.yaml"

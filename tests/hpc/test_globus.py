@@ -15,7 +15,6 @@ from __future__ import annotations
 import uuid
 
 import pytest
-import yaml
 from typer.testing import CliRunner
 
 pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'")
@@ -24,7 +23,7 @@ pytest.importorskip("globus_compute_sdk", reason="needs the Globus Compute SDK: 
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml  # noqa: E402
 
 from fitserve.cli import app  # noqa: E402
-from fitserve.endpoint_commands import SITES, render_template  # noqa: E402
+from fitserve.cli.endpoint import SITES  # noqa: E402
 from fitserve.executors import get_executor, run_chunk_task  # noqa: E402
 from fitserve.executors.globus import GlobusComputeExecutor  # noqa: E402
 
@@ -93,9 +92,10 @@ def test_task_function_travels_by_reference(tiny):
 @pytest.mark.slow
 def test_local_engine_runs_the_task(local_engine, tiny):
     ws, ps = tiny
-    from fitserve.executors.base import decode_workspace  # noqa: F401  (the workspace travels compressed)
     import json
     import zlib
+
+    from fitserve.executors.base import decode_workspace  # noqa: F401  (the workspace travels compressed)
 
     packed_ws = zlib.compress(json.dumps(ws).encode())
     got = run_on_engine(local_engine, run_chunk_task, packed_ws, ps["patches"], {}).result(timeout=180)

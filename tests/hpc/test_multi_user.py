@@ -15,7 +15,7 @@ pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute 
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml  # noqa: E402
 
 from fitserve.cli import app  # noqa: E402
-from fitserve.endpoint_commands import MULTI_USER_SITES, check_multi_user  # noqa: E402
+from fitserve.cli.endpoint import MULTI_USER_SITES, check_multi_user  # noqa: E402
 
 PROVIDERS = {"slurm": "SlurmProvider", "pbs": "PBSProProvider", "kubernetes": "KubernetesProvider", "slurm-gpu": "SlurmProvider"}
 

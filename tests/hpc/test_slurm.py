@@ -19,7 +19,7 @@ import yaml
 
 from fitserve.executors import get_executor
 
-from .conftest import REPO, slurm_jobs, slurm_site, wait_until
+from .conftest import slurm_jobs, slurm_site, wait_until
 
 pytestmark = pytest.mark.slow
 

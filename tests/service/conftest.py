@@ -99,7 +99,7 @@ class Service:
     def __init__(self, settings: Settings) -> None:
         import uvicorn
 
-        from fitserve.service.api import create_app
+        from fitserve.app import create_app
 
         self.settings = settings
         self.port = free_port()
@@ -120,9 +120,9 @@ class Service:
         return w
 
     def stop_workers(self) -> None:
-        for w, t in self.workers:
+        for w, _ in self.workers:
             w.stop()
-        for w, t in self.workers:
+        for _, t in self.workers:
             t.join(60)
         self.workers.clear()
 

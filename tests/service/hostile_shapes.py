@@ -51,7 +51,7 @@ def union_blowup(k: int, n: int = 16, salt: float = 0.0) -> tuple[dict[str, Any]
         ops = [_signal(value=3.0 + 0.1 * j + salt)]
         for s in subset:
             mods = [{"name": f"p{j}_s{i}", "type": "normsys", "data": {"hi": 1.02, "lo": 0.98}} for i in range(k)]
-            for mi, mod in enumerate(mods):
+            for mod in mods:
                 ops.append({"op": "add", "path": f"/channels/0/samples/{s}/modifiers/-", "value": mod})
         patches.append({"metadata": {"name": f"u{j}", "values": [float(j)]}, "patch": ops})
     return five_sample_workspace(), _patchset(patches, "union-blowup")

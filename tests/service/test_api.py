@@ -10,8 +10,8 @@ import json
 
 import pytest
 
+from fitserve.engine import clean_record
 from fitserve.engine.scan import scan
-from fitserve.executors.base import clean_record
 
 
 def test_health_reports_redis_and_workers(service):

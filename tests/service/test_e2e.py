@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from fitserve.engine import clean_record
 from fitserve.engine.scan import scan
-from fitserve.executors.base import clean_record
 
 from .conftest import E2E_PATCHES, spread, wait_until
 

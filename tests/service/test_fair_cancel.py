@@ -16,8 +16,8 @@ import redis
 
 from fitserve.service.auth import TokenStore
 from fitserve.service.guard import tree_cpu_seconds
-from fitserve.service.store import JobStore
 from fitserve.service.localhost import wait_until
+from fitserve.service.store import JobStore
 
 from .conftest import Service
 from .hostile_shapes import union_blowup

@@ -24,8 +24,8 @@ import redis
 
 from fitserve.client import Client
 from fitserve.client.errors import NotFound
+from fitserve.engine import clean_record
 from fitserve.engine.scan import scan
-from fitserve.executors.base import clean_record
 from fitserve.service.auth import TokenStore
 from service.conftest import Service
 from service.workload import TimedTransport, load_job, percentile

@@ -38,8 +38,8 @@ def test_a_chunk_that_keeps_killing_workers_is_given_up(service, tiny):
 
 def test_chunks_wait_per_user_and_are_dispatched_round_robin(service):
     """Without a worker, chunks wait on their owners' lists; a read takes one user's chunk after the other's."""
-    from fitserve.service.api import enqueue_job, prepare_job
     from fitserve.service.store import JobStore
+    from fitserve.service.submission import enqueue_job, prepare_job
 
     r = redis.Redis.from_url(service.settings.redis_url)
     settings = service.settings

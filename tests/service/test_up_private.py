@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -42,7 +41,7 @@ class Up:
         )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
 
-    def wait_up(self) -> "Up":
+    def wait_up(self) -> Up:
         line = self.proc.stdout.readline()
         assert "fitserve is up" in line, line + (self.proc.stderr.read() if self.proc.poll() is not None else "")
         wait_until(lambda: self.http.get("/v1/health").json()["status"] == "ok", timeout=90, what="worker")

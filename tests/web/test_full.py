@@ -7,8 +7,7 @@ import io
 import json
 
 import pytest
-
-from service.conftest import E2E_PATCHES, RJ, REPO, spread
+from service.conftest import E2E_PATCHES, REPO, RJ, spread
 
 EXAMPLE = REPO / "workspaces" / "example"
 

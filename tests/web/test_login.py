@@ -6,9 +6,9 @@ import json
 
 import pytest
 import redis
+from service.conftest import Service, tiny_inputs
 
 from fitserve.service.auth import TokenStore
-from service.conftest import Service, tiny_inputs
 
 
 @pytest.fixture

@@ -98,7 +98,6 @@ def workspace_of(pdf, data):
 
 def validation_cases(src: Path) -> list[dict]:
     """pyhf's ``test_validation`` cases, captured from pyhf's own test code."""
-    import pyhf
     import pytest
 
     captured: list[dict] = []

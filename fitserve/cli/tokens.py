@@ -11,6 +11,8 @@ from typing import Optional
 
 import typer
 
+from fitserve.cli.common import service_settings
+
 REDIS_HELP = "Redis URL of the service (default: FITSERVE_REDIS_URL or redis://127.0.0.1:6379/0)."
 
 token_app = typer.Typer(no_args_is_help=True, help="Create, list and revoke API tokens (stored hashed in Redis).")
@@ -20,10 +22,9 @@ def _tokens(redis_url: Optional[str]):
     import redis
 
     from fitserve.service.auth import TokenStore
-    from fitserve.service.commands import _settings
     from fitserve.service.worker import redis_client
 
-    settings = _settings(redis_url=redis_url)
+    settings = service_settings(redis_url=redis_url)
     client = redis_client(settings)
     try:
         client.ping()
@@ -59,7 +60,7 @@ def list_tokens(redis_url: Optional[str] = typer.Option(None, help=REDIS_HELP)) 
         typer.echo("no tokens", err=True)
         return
     for t in rows:
-        when = dt.datetime.fromtimestamp(t["created"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        when = dt.datetime.fromtimestamp(t["created"], dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         typer.echo(f"{t['id']}  {t['user']:<24} {'admin' if t['admin'] else 'user ':<5}  {when}  {t['label']}")
 
 

@@ -13,19 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-
-def _settings(**overrides: Any):
-    from pydantic import ValidationError
-
-    from fitserve.service.settings import Settings
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = ".".join(str(p) for p in err.get("loc", ()))
-        typer.echo(f"fitserve: error: setting {name!r} (--{name.replace('_', '-')} / FITSERVE_{name.upper()}): {err.get('msg')}", err=True)
-        raise typer.Exit(2)
+from fitserve.cli.common import service_settings
 
 
 def _settings_env(settings: Any) -> dict[str, str]:
@@ -108,11 +96,10 @@ def register(app: typer.Typer) -> None:
         """Run the HTTP API (FastAPI under uvicorn); needs Redis and at least one `fitserve worker`."""
         import uvicorn
 
-        from fitserve.service.api import create_app
-
+        from fitserve.app import create_app
         from fitserve.service.joblog import log_to_stderr
 
-        settings = _auth_for(_settings(redis_url=redis_url, auth=auth), host)
+        settings = _auth_for(service_settings(redis_url=redis_url, auth=auth), host)
         log_to_stderr()
         typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
@@ -132,7 +119,7 @@ def register(app: typer.Typer) -> None:
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("parsl").setLevel(logging.WARNING)
-        settings = _settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
+        settings = service_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, parsl_site=site)
         if settings.parsl_site is not None and settings.executor in ("parsl", "globus"):
             from fitserve.executors.sites import SiteError, check_site
 
@@ -168,7 +155,7 @@ def register(app: typer.Typer) -> None:
         auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
         """Everything on one machine: a private Redis (or FITSERVE_REDIS_URL), one worker, and the API. Ctrl-C stops all."""
-        settings = _auth_for(_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
+        settings = _auth_for(service_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
         sock = _bind_or_exit(host, port)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock, embedded, settings = _start_redis(settings)
@@ -191,7 +178,7 @@ def _bind_or_exit(host: str, port: int) -> Any:
     except OSError as exc:
         hint = ""
         if exc.errno == errno.EADDRINUSE:
-            hint = f" (another fitserve up?); pick a free one with --port N (quickstart: PORT=N ./quickstart.sh)"
+            hint = " (another fitserve up?); pick a free one with --port N (quickstart: PORT=N ./quickstart.sh)"
         typer.echo(f"fitserve: error: cannot listen on {host}:{port}: {exc.strerror or exc}{hint}", err=True)
         raise typer.Exit(2)
     sock.set_inheritable(True)
@@ -225,7 +212,7 @@ def _run_up(settings: Any, host: str, port: int, sock: Any, embedded: Any) -> No
     """Worker child, API in this process; on any exit stop them in order (children also die with us)."""
     import uvicorn
 
-    from fitserve.service.api import create_app
+    from fitserve.app import create_app
     from fitserve.service.joblog import log_to_stderr
     from fitserve.service.redis_server import die_with_parent
 

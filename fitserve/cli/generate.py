@@ -1,8 +1,7 @@
 """``fitserve generate``: write example workspaces and synthetic signal grids.
 
 Kept apart from :mod:`fitserve.generate` so the generator stays importable
-without typer, and from :mod:`fitserve.cli` so that module stays a table of
-contents (it calls :func:`register`).
+without typer.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from fitserve.engine.errors import InputError
+from fitserve.engine import InputError
 
 generate_app = typer.Typer(no_args_is_help=True, help="Write example workspaces and synthetic signal patchsets.")
 

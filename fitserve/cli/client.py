@@ -1,6 +1,6 @@
 """``fitserve submit | status | results | plot | cancel | jobs``: the client on the command line.
 
-Registered into ``fitserve.cli`` by :func:`register`.  The server URL and the
+Added to the ``fitserve`` app by :func:`register`.  The server URL and the
 token come from ``--server`` / ``--token``, else ``FITSERVE_URL`` /
 ``FITSERVE_TOKEN``, else the client config file (``~/.config/fitserve/client.toml``
 or ``FITSERVE_CLIENT_CONFIG``), else ``http://127.0.0.1:8000``.
@@ -16,6 +16,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import typer
+
+from fitserve.cli.common import parse_modifier_settings
+from fitserve.service.describe import options_text
 
 SERVER_HELP = "Server URL (default: FITSERVE_URL, the client config file, http://127.0.0.1:8000)."
 TOKEN_HELP = "API token, sent as 'Authorization: Bearer' (default: FITSERVE_TOKEN, the client config file)."
@@ -52,30 +55,6 @@ def _summary(st: dict[str, Any]) -> str:
     if st["state"] in ("done", "failed", "cancelled"):
         text += f" in {_fmt_s(t.get('total_s'))}"
     return text
-
-
-def options_text(opts: dict[str, Any]) -> str:
-    """The options that tell jobs apart, short: ``qtilde mu=1 CL=95% limits atlas``.
-
-    Shown by ``fitserve jobs`` (and the web pages use the same words), so a mu=0.5 job,
-    a limits job and a default job no longer look the same.  All fits are asymptotic.
-    """
-    if not opts:
-        return "-"
-    parts = [str(opts.get("test_stat", "qtilde"))]
-    if opts.get("test_stat") != "q0":
-        parts.append(f"mu={opts.get('poi_test', 1.0):g}")
-    parts.append(f"CL={100 * float(opts.get('confidence_level', 0.95)):g}%")
-    if opts.get("limits"):
-        parts.append("limits")
-    if opts.get("cls_only"):
-        parts.append("cls-only")
-    ms = opts.get("modifier_settings", "atlas")
-    parts.append(ms if isinstance(ms, str) else "custom-interp")
-    if opts.get("measurement"):
-        parts.append(f"measurement={opts['measurement']}")
-    parts.append("asymptotic")
-    return " ".join(parts)
 
 
 def _settle(job: Any, before: dict[str, Any], timeout: float = 15.0) -> tuple[dict[str, Any], bool]:
@@ -144,8 +123,6 @@ def register(app: typer.Typer) -> None:
         if output is not None:
             with _client(server, token):
                 _check_suffix(output, "output")
-        from fitserve.cli import parse_modifier_settings
-
         options = {
             "test_stat": test_stat, "poi_test": poi_test, "limits": limits or None, "cls_only": cls_only or None,
             "confidence_level": confidence_level, "modifier_settings": parse_modifier_settings(modifier_settings),

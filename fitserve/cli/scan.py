@@ -1,9 +1,4 @@
-"""The ``fitserve`` command line.
-
-``scan`` runs the engine locally.  The service, client and endpoint commands
-live beside the code they drive and register themselves here, so this module
-stays a thin table of contents.
-"""
+"""``fitserve scan``: the engine on this machine, no service (workspace and patchset files in, results JSON out)."""
 
 from __future__ import annotations
 
@@ -14,71 +9,15 @@ from typing import Any, Optional
 
 import typer
 
-from fitserve.engine.errors import InputError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batched CLs fits of pyhf likelihoods, locally or as a service.")
-
-
-def _no_flag_placeholders() -> None:
-    """Help without ``<bool>`` after flags that take no value (``--limits``, ``--help``).
-
-    Typer's rich help prints every option's type; for a flag there is no value to type,
-    so the placeholder only misleads.  Options that take a value keep theirs.
-    """
-    from typer.core import TyperOption
-
-    original = TyperOption.display_type_rich
-    if getattr(original, "_fitserve", False):
-        return
-
-    def display_type_rich(self: TyperOption, ctx: Any) -> str | None:
-        if self.is_flag and self.metavar is None:
-            return None
-        return original(self, ctx)
-
-    display_type_rich._fitserve = True  # type: ignore[attr-defined]
-    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+from fitserve.cli.common import MODIFIER_SETTINGS_HELP, fail, parse_modifier_settings
+from fitserve.engine import InputError
 
 
-_no_flag_placeholders()
+def register(app: typer.Typer) -> None:
+    """Add ``fitserve scan`` to the main app."""
+    app.command()(scan)
 
 
-def _version(value: bool) -> None:
-    if value:
-        from fitserve import __version__
-
-        typer.echo(f"fitserve {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """Batched CLs fits of pyhf likelihoods, locally or as a service."""
-
-
-def fail(message: str, code: int = 2) -> None:
-    """Print a one-line error on stderr and exit non-zero."""
-    typer.echo(f"fitserve: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-MODIFIER_SETTINGS_HELP = ("'atlas' (normsys code4, histosys code4p; default), 'legacy' (code1, code0; pyhf < 0.7's default; 'pyhf' is an alias), "
-                          "or a pyhf-style JSON object, e.g. '{\"normsys\": {\"interpcode\": \"code4\"}, \"histosys\": {\"interpcode\": \"code0\"}}'.")
-
-
-def parse_modifier_settings(value: Optional[str]) -> Any:
-    """A settings name as is, or a JSON object (the explicit pyhf ``modifier_settings`` mapping)."""
-    if value is None or not value.lstrip().startswith("{"):
-        return value
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise typer.BadParameter(f"not valid JSON ({exc.msg} at character {exc.pos})", param_hint="--modifier-settings")
-
-
-@app.command()
 def scan(
     workspace: Path = typer.Argument(..., metavar="WORKSPACE", help="Background-only workspace (with PATCHSET) or one full workspace."),
     patchset: Optional[Path] = typer.Argument(None, metavar="[PATCHSET]", help="pyhf PatchSet JSON with one patch per signal hypothesis."),
@@ -97,8 +36,8 @@ def scan(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
+    from fitserve.engine import ScanOptions
     from fitserve.engine.inputs import load_json, validate_patchset
-    from fitserve.engine.options import ScanOptions
     from fitserve.engine.scan import scan as run_scan
 
     try:
@@ -124,7 +63,8 @@ def scan(
     except InputError as exc:
         fail(str(exc))
     if patchset is None:
-        result["results"] = {name or workspace.stem: rec for rec in result["results"].values()}
+        (rec,) = result["results"].values()  # one full workspace: one hypothesis, named after the file or --name
+        result["results"] = {name or workspace.stem: rec}
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     if cls_only:
@@ -158,7 +98,7 @@ def scan_summary(result: dict[str, Any], options: Any) -> str:
     return text
 
 
-def _compile_notice(bar: Optional["_progress_bar"]) -> Any:
+def _compile_notice(bar: Optional[_progress_bar]) -> Any:
     """``on_event`` for the engine: one line when a model structure compiles (the slow first step)."""
 
     def on_event(event: str, info: dict[str, Any]) -> None:
@@ -200,23 +140,3 @@ class _progress_bar:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-def _register_subcommands() -> None:
-    """Let the service, client and endpoint packages add their commands."""
-    import importlib
-
-    for module in ("fitserve.generate_cli", "fitserve.service.commands", "fitserve.service.token_commands", "fitserve.client.commands", "fitserve.endpoint_commands"):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name == module or (exc.name and module.startswith(exc.name + ".")):
-                continue  # that part of fitserve is not built yet
-            raise
-        mod.register(app)
-
-
-_register_subcommands()
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

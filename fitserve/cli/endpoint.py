@@ -26,7 +26,7 @@ import typer
 SITES = ("slurm", "pbs", "kubernetes", "local")
 MULTI_USER_SITES = ("slurm", "pbs", "kubernetes", "slurm-gpu")
 #: where the ready-to-edit files live (a source checkout, or an editable install)
-ENDPOINTS_DIR = Path(__file__).resolve().parents[1] / "endpoints"
+ENDPOINTS_DIR = Path(__file__).resolve().parents[2] / "endpoints"
 TEMPLATES_DIR = ENDPOINTS_DIR / "globus-compute"
 MULTI_USER_DIR = TEMPLATES_DIR / "multi-user"
 DEFAULT_IMAGE = "ghcr.io/your-org/fitserve-worker:0.1.0"
@@ -128,6 +128,7 @@ def check_multi_user(directory: Path, user_options: dict | None = None) -> str:
     import os
     import pwd
     import uuid
+    from dataclasses import asdict
 
     from globus_compute_endpoint.endpoint.config.utils import (
         load_config_yaml,
@@ -137,8 +138,6 @@ def check_multi_user(directory: Path, user_options: dict | None = None) -> str:
     )
     from globus_compute_endpoint.endpoint.identity_mapper import MappedPosixIdentity
     from globus_compute_sdk.sdk.batch import create_user_runtime
-
-    from dataclasses import asdict
 
     cfg_path = directory / "config.yaml"
     try:
