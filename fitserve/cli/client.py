@@ -115,6 +115,9 @@ def register(app: typer.Typer) -> None:
         modifier_settings: Optional[str] = typer.Option(None, "--modifier-settings", help="atlas (default), legacy/pyhf, or a pyhf-style JSON object (as for scan)."),
         measurement: Optional[str] = typer.Option(None, "--measurement", help="Measurement name in the workspace."),
         patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."),
+        calculator: Optional[str] = typer.Option(None, "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."),
+        n_toys: Optional[int] = typer.Option(None, "--n-toys", help="With --calculator toybased: toys per distribution (default 1000)."),
+        seed: Optional[int] = typer.Option(None, "--seed", help="With --calculator toybased: random seed (default 0)."),
     ) -> None:
         """Submit a CLs scan to a fitserve server; prints the job id on stdout."""
         if output is not None and not wait:
@@ -128,6 +131,7 @@ def register(app: typer.Typer) -> None:
             "confidence_level": confidence_level, "modifier_settings": parse_modifier_settings(modifier_settings),
             "measurement": measurement,
             "patches": list(patch) if patch else None,
+            "calculator": calculator, "n_toys": n_toys, "seed": seed,
         }
         with _client(server, token) as client:
             job = client.submit(workspace, patchset, **options)

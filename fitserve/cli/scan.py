@@ -33,6 +33,9 @@ def scan(
     modifier_settings: str = typer.Option("atlas", "--modifier-settings", help=MODIFIER_SETTINGS_HELP),
     restarts: int = typer.Option(0, "--restarts", help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima)."),
     limit_max: Optional[float] = typer.Option(None, "--limit-max", help="How far the limit search goes (default: 10x the POI's upper bound)."),
+    calculator: str = typer.Option("asymptotics", "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."),
+    n_toys: int = typer.Option(1000, "--n-toys", help="With --calculator toybased: toys per distribution (s+b and b-only)."),
+    seed: int = typer.Option(0, "--seed", help="With --calculator toybased: random seed (same seed, same numbers)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
@@ -44,7 +47,7 @@ def scan(
         options = ScanOptions(
             test_stat=test_stat, poi_test=poi_test, limits=limits, cls_only=cls_only, confidence_level=confidence_level,
             modifier_settings=parse_modifier_settings(modifier_settings), measurement=measurement,
-            restarts=restarts, limit_max=limit_max,
+            restarts=restarts, limit_max=limit_max, calculator=calculator, n_toys=n_toys, seed=seed,
         )
     except ValueError as exc:
         fail(f"bad option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")

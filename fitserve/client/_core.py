@@ -479,6 +479,14 @@ class JobMethods:
         parse = (lambda r: r.content) if path is None else (lambda r: _write(path, r.content))
         return self._client._request(Call("GET", f"{API}/jobs/{self.id}/plot.{fmt}", parse=parse))
 
+    def toys_plot(self, patch: str, path: str | os.PathLike[str] | None = None) -> Any:
+        """Toy-based jobs: the two test-statistic distributions of hypothesis ``patch`` with the observed value,
+        as PNG: written to ``path`` (returns the Path), or its bytes if no path."""
+        from urllib.parse import quote
+
+        parse = (lambda r: r.content) if path is None else (lambda r: _write(path, r.content))
+        return self._client._request(Call("GET", f"{API}/jobs/{self.id}/toys/{quote(patch, safe='')}.png", parse=parse))
+
     def cancel(self) -> Any:
         """Cancel the job (chunks not started are skipped); returns its status.  Raises Conflict if it has finished."""
         return self._client._request(Call("DELETE", f"{API}/jobs/{self.id}", parse=self._remember))
@@ -503,7 +511,8 @@ class ClientMethods:
         ``pyhf.PatchSet``.  ``options``: ``test_stat`` (qtilde, q, q0),
         ``poi_test``, ``limits``, ``cls_only``, ``confidence_level``,
         ``modifier_settings`` (atlas, pyhf or a mapping), ``measurement``,
-        ``patches`` (a subset of patch names).  Bad input raises
+        ``patches`` (a subset of patch names), ``calculator`` (``"asymptotics"``
+        or ``"toybased"``) with ``n_toys`` and ``seed``.  Bad input raises
         :class:`~fitserve.client.errors.BadInput` with the server's message.
         """
         call = Call("POST", f"{API}/jobs", body=submit_request(workspace, patchset, options),
