@@ -38,7 +38,8 @@ TERMINAL = ("done", "failed", "cancelled")
 MAX_TABLE_ROWS = 2000
 #: uploads kept for a form shown again with an error (seconds)
 STASH_TTL_S = 3600
-FULL_OPTION_FIELDS = ("test_stat", "poi_test", "confidence_level", "modifier_settings", "measurement", "patches")
+FULL_OPTION_FIELDS = ("test_stat", "poi_test", "confidence_level", "modifier_settings", "measurement", "patches",
+                      "calculator", "n_toys", "seed")
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -215,10 +216,11 @@ def _unstash(request: Request, token: str) -> tuple[str, bytes] | None:
 
 def _options_from_form(form: dict[str, str]) -> dict[str, Any]:
     opts: dict[str, Any] = {"limits": form.get("limits") == "on"}
-    for key in ("test_stat", "modifier_settings", "measurement"):
+    for key in ("test_stat", "modifier_settings", "measurement", "calculator"):
         if form.get(key):
             opts[key] = form[key]
-    for key in ("poi_test", "confidence_level"):
+    toys = opts.get("calculator") == "toybased"
+    for key in ("poi_test", "confidence_level") + (("n_toys", "seed") if toys else ()):
         if form.get(key, "").strip():
             opts[key] = form[key].strip()  # pydantic parses numbers and explains bad ones
     names = [n for n in re.split(r"[,\s]+", form.get("patches", "")) if n]
@@ -228,7 +230,7 @@ def _options_from_form(form: dict[str, str]) -> dict[str, Any]:
 
 
 FULL_DEFAULTS = {"test_stat": "qtilde", "poi_test": "1.0", "confidence_level": "0.95", "modifier_settings": "atlas",
-                 "measurement": "", "patches": "", "limits": ""}
+                 "measurement": "", "patches": "", "limits": "", "calculator": "asymptotics", "n_toys": "1000", "seed": "0"}
 
 
 @router.get("/full", response_class=HTMLResponse)
@@ -341,7 +343,8 @@ def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[s
                    labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
                    has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
                    or (st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())),
-                   limits=any(r.get("upper_limit") for r in recs.values()), cl=cl)
+                   limits=any(r.get("upper_limit") for r in recs.values()), cl=cl,
+                   toys=opts.calculator == "toybased")
     return ctx
 
 

@@ -134,3 +134,26 @@ def test_upload_errors_are_shown_next_to_the_field_and_nothing_is_lost(page, web
 
     page.goto(web.url + "/jobs/doesnotexist")
     assert "No such job" in page.content()
+
+
+def test_full_form_runs_toys_and_links_their_distributions(page, web, shot):
+    """The full upload with the toy calculator: the job's records are toy-based, each row links its toy plot."""
+    web.start_worker()
+    page.goto(web.url + "/full")
+    page.set_input_files("#workspace", str(EXAMPLE / "BkgOnly.json"))
+    page.set_input_files("#patchset", str(EXAMPLE / "patchset.json"))
+    page.fill("#patches", "sig_750_87p5")
+    page.select_option("#calculator", "toybased")
+    page.fill("#n_toys", "150")
+    page.fill("#seed", "4")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/jobs/*")
+    job_id = page.url.rsplit("/", 1)[1]
+    page.wait_for_selector("[data-testid=job-state]:text('done')", timeout=600_000)
+    doc = page.request.get(f"{web.url}/v1/jobs/{job_id}/results").json()
+    rec = doc["results"]["sig_750_87p5"]
+    assert rec["calculator"] == "toybased" and rec["toys"]["n_toys"] == 150 and rec["toys"]["seed"] == 4
+    link = page.get_by_test_id("toys-plot")
+    resp = page.request.get(web.url + link.get_attribute("href"))
+    assert resp.ok and resp.body()[:4] == b"\x89PNG"
+    shot(page, "job-toys", widths=("laptop",))
