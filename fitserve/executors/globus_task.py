@@ -6,7 +6,7 @@ Globus Compute caps every submission, every batch request and every result at
 workspace with every chunk.  It sends one *request* mapping per task::
 
     {"protocol": 1,
-     "expect":   {"fitserve": "0.1.0", "engine": "jax-1", "python": "3.11"},
+     "expect":   {"fitserve": "0.1.0", "engine": "jax-2", "python": "3.11"},
      "ws_sha":   "<sha256 of the compressed workspace bytes>",
      "ws":       b"<zlib JSON>" or None,        # None: the worker should have it cached
      "patches":  [b"<zlib JSON of one patch>", ...] or None,

@@ -101,12 +101,11 @@ def test_padding_equals_unpadded(rj):
                 assert float(fg) == pytest.approx(float(fa), rel=1e-13, abs=1e-9)
 
 
-def test_closed_form_derivatives_match_autodiff(rj):
+def _derivative_check(bkg, patches, h):
     import jax
 
-    bkg, ps, _ = rj
-    [bm] = compile_hypotheses(expand_hypotheses(bkg, ps["patches"][:3]), bkg)
-    t = bm.hypothesis(2)
+    [bm] = compile_hypotheses(expand_hypotheses(bkg, patches), bkg)
+    t = bm.hypothesis(h)
     obs = lh.observed_data(t)
     rng = np.random.default_rng(0)
     for codes in (("code4", "code4p"), ("code1", "code0")):
@@ -116,6 +115,30 @@ def test_closed_form_derivatives_match_autodiff(rj):
         assert float(v) == pytest.approx(float(f(x)), rel=1e-14)
         np.testing.assert_allclose(g, jax.grad(f)(x), rtol=1e-9, atol=1e-9 * float(jnp.abs(g).max()))
         np.testing.assert_allclose(h, jax.hessian(f)(x), rtol=1e-9, atol=1e-9 * float(jnp.abs(h).max()))
+    # at a kink (alphas exactly 0, legacy codes): the gradient has the right derivatives, the extra one the left
+    codes = ("code1", "code0")
+    n_a = lh.n_alpha(t)
+    x0 = x.at[:n_a].set(0.0)
+    _, g_right, _, _, g_left = lh.value_grad_hess_fisher(x0, t, obs, codes, left=True)
+    f = lambda y: lh.nll_variable(y, t, obs, codes)  # noqa: E731
+    # autodiff just beside the kink, inside each smooth side: the one-sided derivatives
+    right = jax.grad(f)(x0.at[:n_a].set(1e-300))
+    left = jax.grad(f)(x0.at[:n_a].set(-1e-300))
+    np.testing.assert_allclose(g_right, right, rtol=1e-9, atol=1e-9 * float(jnp.abs(right).max()))
+    np.testing.assert_allclose(g_left, left, rtol=1e-9, atol=1e-9 * float(jnp.abs(left).max()))
+    assert not np.allclose(g_left[:n_a], g_right[:n_a])  # the kinks are real in these models
+    np.testing.assert_allclose(g_left[n_a:], g_right[n_a:], rtol=0, atol=0)
+
+
+def test_closed_form_derivatives_match_autodiff_on_the_example(example):
+    """Every modifier type (workspaces/example); no shared data needed."""
+    bkg, ps = example
+    _derivative_check(bkg, ps["patches"][:3], 2)
+
+
+def test_closed_form_derivatives_match_autodiff(rj):
+    bkg, ps, _ = rj
+    _derivative_check(bkg, ps["patches"][:3], 2)
 
 
 @pytest.mark.parametrize("code", ["code1", "code4"])
