@@ -29,6 +29,7 @@ from fitserve.engine import budget, infer, toys
 from fitserve.engine.inputs import expand_hypotheses, validate_workspace
 from fitserve.engine.model import BatchedModel, compile_each, compile_hypotheses
 from fitserve.engine.options import ScanOptions
+from fitserve.engine.records import cls_only, finite, make_record
 
 #: Hypotheses whose tensors sit together on the device (at most).  Fits run on
 #: a pool of lanes (:mod:`fitserve.engine.fit`) whose cost per hypothesis does
@@ -64,15 +65,10 @@ def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
     return min(width, max(max_batch, 1))
 
 
-def _finite(x: Any) -> float | None:
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
 def _limit_record(ul: infer.UpperLimits, i: int) -> dict[str, Any]:
     """Six limits kept separately; an edge beyond the search is ``None`` with its bound in ``above``."""
-    vals = [_finite(v) if ok else None for v, ok in zip(ul.limits[i], ul.converged[i])]
-    above = [_finite(a) if ok else None for a, ok in zip(ul.above[i], ul.converged[i])]
+    vals = [finite(v) if ok else None for v, ok in zip(ul.limits[i], ul.converged[i])]
+    above = [finite(a) if ok else None for a, ok in zip(ul.above[i], ul.converged[i])]
     rec: dict[str, Any] = {"obs": vals[0], "exp": vals[1:]}
     if any(a is not None for a in above):
         rec["above"] = above
@@ -84,20 +80,10 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
     out: dict[str, dict[str, Any]] = {}
     for i in range(n):
         ok = bool(ht.converged[i])
-        rec: dict[str, Any] = {
-            "values": list(model.values[i]),
-            "CLs_obs": _finite(ht.cls_obs[i]) if ok else None,
-            "CLs_exp": [_finite(v) for v in ht.cls_exp[i]] if ok else None,
-            "CLsb_obs": _finite(ht.clsb_obs[i]) if ok else None,
-            "CLb_obs": _finite(ht.clb_obs[i]) if ok else None,
-            "mu_hat": _finite(ht.mu_hat[i]) if ok else None,
-            "nll_free": _finite(ht.nll_free[i]) if ok else None,
-            "nll_fixed": _finite(ht.nll_fixed[i]) if ok else None,
-            "converged": ok,
-            "edm": _finite(ht.edm_max[i]),
-            "upper_limit": None,
-            "error": None if ok else diagnose(model, ht, i, codes),
-        }
+        rec: dict[str, Any] = make_record(
+            model.values[i], converged=ok, error=None if ok else diagnose(model, ht, i, codes), edm=ht.edm_max[i],
+            cls_obs=ht.cls_obs[i], cls_exp=ht.cls_exp[i], clsb_obs=ht.clsb_obs[i], clb_obs=ht.clb_obs[i],
+            mu_hat=ht.mu_hat[i], nll_free=ht.nll_free[i], nll_fixed=ht.nll_fixed[i])
         if ht.multimodal[i]:
             rec["multimodal"] = True
             rec["warning"] = ("fits of this hypothesis ended in different minima; the lowest was kept"
@@ -109,7 +95,7 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
                 names = ["observed"] + [f"expected {s}" for s in ("-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma")]
                 rec["warning"] = "upper-limit search did not converge for: " + ", ".join(names[k] for k in missing)
         if opts.cls_only:
-            rec = {k: rec[k] for k in ("values", "CLs_obs", "converged", "error")}
+            rec = cls_only(rec)
         out[model.names[i]] = rec
     return out
 
@@ -163,7 +149,7 @@ def _check_poi(model: BatchedModel, opts: ScanOptions) -> BatchedModel:
     hi = model.arrays["hi"][:, model.poi_index]
     name = next((lab for lab in model.param_labels[0] if lab is not None and lab == model.param_names[model.poi_index]),
                 model.param_names[model.poi_index])
-    mu = opts.poi_test if opts.test_stat != "q0" else 0.0
+    mu = opts.tested_poi
     outside = (mu < lo) | (mu > hi)
     if outside.any():
         k = int(np.argmax(outside))
@@ -241,11 +227,7 @@ def scan(
     ``n_params``, ``n_bins``, ``width``) before the first fit of a model
     structure this process has not fitted yet, the slow first step.
     """
-    opts = _as_options(options)
-    if opts.limits and opts.test_stat == "q0":
-        from fitserve.engine.errors import InputError
-
-        raise InputError("upper limits need test_stat qtilde or q, not q0", where="options")
+    opts = _as_options(options).check_combination(where="options")
     t_start = time.perf_counter()
     if validate is True:
         validate_workspace(workspace, where=where)
