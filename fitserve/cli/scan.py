@@ -31,7 +31,7 @@ def scan(
     name: Optional[str] = typer.Option(None, "--name", help="Name of the hypothesis of a single full workspace (default: the file name)."),
     cls_only: bool = typer.Option(False, "--cls-only", help="Print only the observed CLs per hypothesis."),
     modifier_settings: str = typer.Option("atlas", "--modifier-settings", help=MODIFIER_SETTINGS_HELP),
-    restarts: int = typer.Option(0, "--restarts", help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima)."),
+    restarts: Optional[int] = typer.Option(None, "--restarts", help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima; default: 4 for models of at most 8 free parameters, else 0)."),
     limit_max: Optional[float] = typer.Option(None, "--limit-max", help="How far the limit search goes (default: 10x the POI's upper bound)."),
     calculator: str = typer.Option("asymptotics", "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."),
     n_toys: int = typer.Option(1000, "--n-toys", help="With --calculator toybased: toys per distribution (s+b and b-only)."),

@@ -153,6 +153,8 @@ class Engine:
         self.init = np.asarray(t["init"])[:n]
         self.lo, self.hi = np.asarray(t["lo"])[:n], np.asarray(t["hi"])[:n]
         self.base_free = ~np.asarray(t["fixed"])[:n]
+        #: free parameters of the largest hypothesis (padding parameters are fixed)
+        self.max_free = int(self.base_free.sum(axis=1).max()) if n else 0
         self.observed = {k: v[:n] for k, v in _np(_observed(self.t)).items()}
 
     def free_mask(self, fix_poi: bool) -> np.ndarray:

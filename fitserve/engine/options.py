@@ -23,6 +23,9 @@ NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "legacy": LEGACY_MO
 PYHF_MODIFIER_SETTINGS = LEGACY_MODIFIER_SETTINGS  # old name
 
 
+#: restarts of a small model when ``restarts`` is unset
+AUTO_RESTARTS = 4
+AUTO_RESTARTS_MAX_FREE = 8
 #: most toys per distribution and hypothesis (memory: 16 bytes per toy and distribution)
 MAX_TOYS = 10_000_000
 
@@ -37,7 +40,9 @@ class ScanOptions(BaseModel):
 
     ``restarts``: extra free and fixed-POI fits per hypothesis from spread
     starting points (the lowest minimum is kept; disagreeing fits flag the
-    hypothesis ``multimodal``).  ``limit_rtol``: relative tolerance of the
+    hypothesis ``multimodal``); unset, :data:`AUTO_RESTARTS` for models of at
+    most :data:`AUTO_RESTARTS_MAX_FREE` free parameters (where local minima
+    are common and fits cost next to nothing), none for larger ones.  ``limit_rtol``: relative tolerance of the
     upper-limit root finding.  ``limit_max``: how far the limit search goes
     (default: 10x the POI's upper bound).  ``widen_poi_bounds``: accept a
     ``poi_test`` outside the POI's bounds by widening them (pyhf refuses it,
@@ -61,7 +66,7 @@ class ScanOptions(BaseModel):
     confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
     modifier_settings: str | dict[str, dict[str, str]] = "atlas"
     measurement: str | None = None
-    restarts: int = Field(0, ge=0, le=16)
+    restarts: int | None = Field(None, ge=0, le=16)
     limit_rtol: float = Field(1e-3, gt=0.0, le=0.1)
     limit_max: float | None = Field(None, gt=0.0, allow_inf_nan=False)
     widen_poi_bounds: bool = False
@@ -94,6 +99,12 @@ class ScanOptions(BaseModel):
         if isinstance(value, dict):
             resolve_interpcodes(value)
         return value
+
+    def restarts_for(self, n_free: int) -> int:
+        """The restarts a hypothesis with ``n_free`` free parameters gets (``restarts``, or the automatic rule)."""
+        if self.restarts is not None:
+            return self.restarts
+        return AUTO_RESTARTS if n_free <= AUTO_RESTARTS_MAX_FREE else 0
 
     def interpcodes(self) -> tuple[str, str]:
         """(normsys code, histosys code) for these options."""

@@ -172,7 +172,7 @@ def _fit_batch(model: BatchedModel, opts: ScanOptions, n_real: int,
     codes = opts.interpcodes()
     t0 = time.perf_counter()
     engine = infer.Engine(model.tensors(), model.poi_index, codes, n_real=n_real, cancel=cancel)
-    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts)
+    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts_for(engine.max_free))
     ul = (
         infer.upper_limits(engine, ht, cl=opts.confidence_level, rtol=opts.limit_rtol, search_max=opts.limit_max)
         if opts.limits
@@ -187,7 +187,7 @@ def _fit_toys(model: BatchedModel, opts: ScanOptions,
     codes = opts.interpcodes()
     t0 = time.perf_counter()
     engine = infer.Engine(model.tensors(), model.poi_index, codes, n_real=1, cancel=cancel)
-    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts)
+    ht = infer.hypotest(engine, opts.poi_test, opts.test_stat, restarts=opts.restarts_for(engine.max_free))
     rec = _records(model, 1, ht, None, opts.model_copy(update={"cls_only": False}), codes)[model.names[0]]
     rec["calculator"] = "toybased"
     rec["asymptotic"] = {"CLs_obs": rec["CLs_obs"], "CLs_exp": rec["CLs_exp"]}

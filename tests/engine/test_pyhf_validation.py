@@ -98,7 +98,7 @@ LOCAL_SILENT = pytest.mark.xfail(strict=True, reason=(
     "0.138; the XML coupled-histosys cases: the fixed-POI fit, NLL 14.512 vs 14.239, CLs_obs 0.066 vs 0.114)"))
 
 
-@pytest.mark.parametrize("restarts", [pytest.param(0, marks=LOCAL_SILENT), 4])
+@pytest.mark.parametrize("restarts", [pytest.param(0, marks=LOCAL_SILENT), None, 4])
 @pytest.mark.parametrize("name", MULTIMODAL)
 def test_multimodal_case_global_or_flagged(name, restarts):
     """Several local minima: fitserve's answer is the global-minimum one (within 0.01), or it says it may not be.
