@@ -71,8 +71,13 @@ KINDS = ("submit", "status", "results", "list")
 def summary(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
-    return {"n": len(values), "p50": percentile(values, 50), "p95": percentile(values, 95), "max": max(values),
-            "mean": sum(values) / len(values)}
+    return {
+        "n": len(values),
+        "p50": percentile(values, 50),
+        "p95": percentile(values, 95),
+        "max": max(values),
+        "mean": sum(values) / len(values),
+    }
 
 
 def max_rel_diff(got: dict[str, Any], want: dict[str, Any]) -> float:
@@ -105,20 +110,34 @@ class Stack:
         self.prefix = f"load-{secrets.token_hex(4)}"
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "FITSERVE_REDIS_URL": self.redis.url, "FITSERVE_KEY_PREFIX": self.prefix,
-                    "FITSERVE_EXECUTOR": "local", "FITSERVE_PARSL_WORKERS": str(args.threads),
-                    "FITSERVE_CHUNK_SIZE": str(args.chunk_size), "FITSERVE_DATA_DIR": str(data_dir),
-                    "FITSERVE_AUTH": "token",
-                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        self.env = {
+            **os.environ,
+            "FITSERVE_REDIS_URL": self.redis.url,
+            "FITSERVE_KEY_PREFIX": self.prefix,
+            "FITSERVE_EXECUTOR": "local",
+            "FITSERVE_PARSL_WORKERS": str(args.threads),
+            "FITSERVE_CHUNK_SIZE": str(args.chunk_size),
+            "FITSERVE_DATA_DIR": str(data_dir),
+            "FITSERVE_AUTH": "token",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         self.procs: list[tuple[str, subprocess.Popen]] = []
-        self._spawn("api", ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--auth", "token", "--log-level", "warning"])
+        self._spawn(
+            "api",
+            ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--auth", "token", "--log-level", "warning"],
+        )
         for i in range(args.workers):
             self._spawn(f"worker{i}", ["worker", "--name", f"load-worker-{i}"])
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.data_dir / f"{name}.log", "wb")
-        proc = subprocess.Popen([sys.executable, "-m", "fitserve.cli", *argv], env=self.env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fitserve.cli", *argv],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         self.procs.append((name, proc))
 
@@ -126,7 +145,9 @@ class Stack:
         def ready() -> bool:
             for name, proc in self.procs:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with code {proc.returncode}; see {self.data_dir / (name + '.log')}")
+                    raise RuntimeError(
+                        f"{name} exited with code {proc.returncode}; see {self.data_dir / (name + '.log')}"
+                    )
             try:
                 h = httpx.get(f"{self.url}/v1/health", timeout=5).json()
             except httpx.HTTPError:
@@ -161,8 +182,16 @@ class Stack:
 
 
 # ---------------------------------------------------------------------------- the load
-def run_load(url: str, tokens: list[str], first_user: int, jobs: int, patches: int, poll: float,
-             log: list[tuple[str, int, float]], salt: float = 0.0) -> dict[str, Any]:
+def run_load(
+    url: str,
+    tokens: list[str],
+    first_user: int,
+    jobs: int,
+    patches: int,
+    poll: float,
+    log: list[tuple[str, int, float]],
+    salt: float = 0.0,
+) -> dict[str, Any]:
     """Each token's client submits ``jobs`` jobs, waits for them, fetches results and lists its jobs."""
     from fitserve.client import Client
 
@@ -186,8 +215,16 @@ def run_load(url: str, tokens: list[str], first_user: int, jobs: int, patches: i
                 for job, t0, j in sent:
                     st = job.wait(timeout=1800, poll_interval=poll)
                     t_done = time.perf_counter()
-                    mine.append({"id": job.id, "user": i, "job": j, "status": st, "turnaround_s": t_done - t0,
-                                 "results": job.results()["results"]})
+                    mine.append(
+                        {
+                            "id": job.id,
+                            "user": i,
+                            "job": j,
+                            "status": st,
+                            "turnaround_s": t_done - t0,
+                            "results": job.results()["results"],
+                        }
+                    )
                 listed[i] = [j.id for j in client.jobs()]
                 out[i] = mine
         except Exception as exc:  # noqa: BLE001 - reported below
@@ -233,8 +270,11 @@ def main() -> None:
 
     n_jobs = args.clients * args.jobs
     n_hyp = n_jobs * args.patches
-    print(f"{args.clients} clients x {args.jobs} jobs x {args.patches} hypotheses = {n_jobs} jobs, {n_hyp} hypotheses; "
-          f"{args.workers} worker process(es) x {args.threads} thread(s), chunk size {args.chunk_size}", flush=True)
+    print(
+        f"{args.clients} clients x {args.jobs} jobs x {args.patches} hypotheses = {n_jobs} jobs, {n_hyp} hypotheses; "
+        f"{args.workers} worker process(es) x {args.threads} thread(s), chunk size {args.chunk_size}",
+        flush=True,
+    )
 
     data_dir = Path(tempfile.mkdtemp(prefix="fitserve-load-"))
     log: list[tuple[str, int, float]] = []
@@ -244,8 +284,11 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         stack.wait_ready(args.workers)
-        print(f"API (separate process) and {args.workers} worker(s) up in {time.perf_counter() - t0:.1f} s; "
-              f"logs in {data_dir}", flush=True)
+        print(
+            f"API (separate process) and {args.workers} worker(s) up in {time.perf_counter() - t0:.1f} s; "
+            f"logs in {data_dir}",
+            flush=True,
+        )
         users = [f"user{i}" for i in range(args.clients)]
         tokens = stack.tokens(users + ["warmup"])
         warmup_s = None
@@ -258,7 +301,9 @@ def main() -> None:
             warmup_s = warm["wall_s"]
             print(f"warm-up: {len(warm['jobs'])} jobs in {warmup_s:.2f} s", flush=True)
         # the same requests from one client alone: the latency baseline of the table
-        alone = run_load(stack.url, [tokens["warmup"]], 0, args.jobs, args.patches, args.poll_interval, alone_log, salt=0.0125)
+        alone = run_load(
+            stack.url, [tokens["warmup"]], 0, args.jobs, args.patches, args.poll_interval, alone_log, salt=0.0125
+        )
         if alone["failures"]:
             raise SystemExit(f"single client failed: {alone['failures']}")
         print(f"one client alone: {len(alone['jobs'])} jobs in {alone['wall_s']:.2f} s", flush=True)
@@ -273,8 +318,11 @@ def main() -> None:
     ws = tiny_workspace()
     scan(ws, load_job(0, 0, args.patches, salt=0.025)[1]["patches"])  # compile (yields of no load job)
     t0 = time.perf_counter()
-    refs = {(u, j): scan(ws, load_job(u, j, args.patches)[1]["patches"])["results"]
-            for u in range(args.clients) for j in range(args.jobs)}
+    refs = {
+        (u, j): scan(ws, load_job(u, j, args.patches)[1]["patches"])["results"]
+        for u in range(args.clients)
+        for j in range(args.jobs)
+    }
     bare_per_job_s = time.perf_counter() - t0
     every = []
     for u in range(args.clients):
@@ -305,8 +353,10 @@ def main() -> None:
     by_user: dict[int, set[str]] = {}
     for j in load["jobs"]:
         by_user.setdefault(j["user"], set()).add(j["id"])
-    isolated = all(set(load["listed"].get(u, [])) == by_user.get(u, set()) and len(by_user.get(u, ())) == args.jobs
-                   for u in range(args.clients))
+    isolated = all(
+        set(load["listed"].get(u, [])) == by_user.get(u, set()) and len(by_user.get(u, ())) == args.jobs
+        for u in range(args.clients)
+    )
     codes = [code for _, code, _ in log]
     n5xx = sum(1 for c in codes if c >= 500)
     n4xx = sum(1 for c in codes if 400 <= c < 500)
@@ -321,46 +371,79 @@ def main() -> None:
     ok = len(done) == n_jobs and wrong_count == 0 and worst <= 1e-9 and n5xx == 0 and isolated and cached == 0
 
     out = {
-        "benchmark": "bench_load", "fitserve_version": __version__,
+        "benchmark": "bench_load",
+        "fitserve_version": __version__,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
-        "setup": {"clients": args.clients, "jobs_per_client": args.jobs, "hypotheses_per_job": args.patches,
-                  "worker_processes": args.workers, "threads_per_worker": args.threads, "executor": "local",
-                  "chunk_size": args.chunk_size, "poll_interval_s": args.poll_interval, "auth": "token",
-                  "api": "separate process (python -m fitserve.cli serve)", "warmup": not args.no_warmup,
-                  "warmup_s": warmup_s},
-        "jobs": n_jobs, "jobs_done": len(done), "hypotheses": n_hyp, "hypotheses_from_cache": cached,
-        "latency_ms": latency, "latency_ms_one_client_alone": latency_alone,
-        "turnaround_s": turnaround, "turnaround_s_one_client_alone": turnaround_alone, "server_turnaround_s": server_turnaround,
+        "setup": {
+            "clients": args.clients,
+            "jobs_per_client": args.jobs,
+            "hypotheses_per_job": args.patches,
+            "worker_processes": args.workers,
+            "threads_per_worker": args.threads,
+            "executor": "local",
+            "chunk_size": args.chunk_size,
+            "poll_interval_s": args.poll_interval,
+            "auth": "token",
+            "api": "separate process (python -m fitserve.cli serve)",
+            "warmup": not args.no_warmup,
+            "warmup_s": warmup_s,
+        },
+        "jobs": n_jobs,
+        "jobs_done": len(done),
+        "hypotheses": n_hyp,
+        "hypotheses_from_cache": cached,
+        "latency_ms": latency,
+        "latency_ms_one_client_alone": latency_alone,
+        "turnaround_s": turnaround,
+        "turnaround_s_one_client_alone": turnaround_alone,
+        "server_turnaround_s": server_turnaround,
         "server_queued_s": queued,
-        "wall_s": wall, "hypotheses_per_s": n_hyp / wall, "jobs_per_s": n_jobs / wall,
+        "wall_s": wall,
+        "hypotheses_per_s": n_hyp / wall,
+        "jobs_per_s": n_jobs / wall,
         "http": {"requests": len(codes), "5xx": n5xx, "4xx": n4xx},
         "correct": {"max_rel_diff_vs_engine": worst, "jobs_with_wrong_hypotheses": wrong_count, "tolerance": 1e-9},
         "isolation": {"each_user_lists_exactly_its_jobs": isolated},
-        "bare_engine": {"per_job_scans_s": bare_per_job_s, "one_scan_s": bare_one_s, "one_scan_cold_s": bare_one_cold_s,
-                        "ratio_service_to_per_job_scans": wall / bare_per_job_s, "ratio_service_to_one_scan": wall / bare_one_s},
+        "bare_engine": {
+            "per_job_scans_s": bare_per_job_s,
+            "one_scan_s": bare_one_s,
+            "one_scan_cold_s": bare_one_cold_s,
+            "ratio_service_to_per_job_scans": wall / bare_per_job_s,
+            "ratio_service_to_one_scan": wall / bare_one_s,
+        },
         "ok": ok,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
 
-    print(f"\nAPI latency, ms ({len(codes)} requests under load; body read included), "
-          f"{args.clients} clients at once | one client alone")
+    print(
+        f"\nAPI latency, ms ({len(codes)} requests under load; body read included), "
+        f"{args.clients} clients at once | one client alone"
+    )
     print(f"  {'request':8s} {'count':>6s} {'p50':>8s} {'p95':>8s} {'max':>8s} | {'count':>6s} {'p50':>8s} {'p95':>8s}")
     for k in KINDS:
         s, a = latency[k], latency_alone[k]
         if s["n"]:
             right = f"{a['n']:6d} {a['p50']:8.1f} {a['p95']:8.1f}" if a["n"] else f"{0:6d}"
             print(f"  {k:8s} {s['n']:6d} {s['p50']:8.1f} {s['p95']:8.1f} {s['max']:8.1f} | {right}")
-    print(f"job turnaround, s: client (submit sent to done seen) p50 {turnaround['p50']:.2f}  p95 {turnaround['p95']:.2f}  "
-          f"max {turnaround['max']:.2f};  server (created to finished) p50 {server_turnaround['p50']:.2f}  "
-          f"p95 {server_turnaround['p95']:.2f};  one client alone: p50 {turnaround_alone['p50']:.2f}  "
-          f"p95 {turnaround_alone['p95']:.2f}")
-    print(f"wall {wall:.2f} s for {n_jobs} jobs / {n_hyp} hypotheses: {n_hyp / wall:.1f} hypotheses/s, {n_jobs / wall:.1f} jobs/s")
-    print(f"HTTP: {n5xx} 5xx, {n4xx} 4xx;  jobs done {len(done)}/{n_jobs};  from cache {cached};  "
-          f"max rel. diff to the engine {worst:.1e};  every user lists exactly its own jobs: {isolated}")
-    print(f"bare engine in one process (warm): {n_jobs} scan() calls {bare_per_job_s:.2f} s -> service/bare "
-          f"x{wall / bare_per_job_s:.2f};  one scan() of all {n_hyp} {bare_one_s:.2f} s (cold {bare_one_cold_s:.2f} s) "
-          f"-> service/bare x{wall / bare_one_s:.2f}")
+    print(
+        f"job turnaround, s: client (submit sent to done seen) p50 {turnaround['p50']:.2f}  p95 {turnaround['p95']:.2f}  "
+        f"max {turnaround['max']:.2f};  server (created to finished) p50 {server_turnaround['p50']:.2f}  "
+        f"p95 {server_turnaround['p95']:.2f};  one client alone: p50 {turnaround_alone['p50']:.2f}  "
+        f"p95 {turnaround_alone['p95']:.2f}"
+    )
+    print(
+        f"wall {wall:.2f} s for {n_jobs} jobs / {n_hyp} hypotheses: {n_hyp / wall:.1f} hypotheses/s, {n_jobs / wall:.1f} jobs/s"
+    )
+    print(
+        f"HTTP: {n5xx} 5xx, {n4xx} 4xx;  jobs done {len(done)}/{n_jobs};  from cache {cached};  "
+        f"max rel. diff to the engine {worst:.1e};  every user lists exactly its own jobs: {isolated}"
+    )
+    print(
+        f"bare engine in one process (warm): {n_jobs} scan() calls {bare_per_job_s:.2f} s -> service/bare "
+        f"x{wall / bare_per_job_s:.2f};  one scan() of all {n_hyp} {bare_one_s:.2f} s (cold {bare_one_cold_s:.2f} s) "
+        f"-> service/bare x{wall / bare_one_s:.2f}"
+    )
     print(("OK" if ok else "FAILED") + f" -> {args.out}")
     if not ok:
         raise SystemExit(1)

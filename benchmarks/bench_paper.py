@@ -82,11 +82,26 @@ def inputs(name: str) -> tuple[dict, list[dict]]:
 def small_patches(bkg: dict) -> list[dict]:
     """16 signal points with only the POI and lumi: a 3-parameter simplified likelihood."""
     total = sum(s["data"][0] for s in bkg["channels"][0]["samples"])
-    return [{"metadata": {"name": f"sig_{i}", "values": [100.0 + 25 * i]},
-             "patch": [{"op": "add", "path": "/channels/0/samples/-", "value": {
-                 "name": "signal", "data": [round(0.5 * total ** 0.5 * (1 + 0.3 * i), 6)],
-                 "modifiers": [{"name": "mu_SIG", "type": "normfactor", "data": None},
-                               {"name": "lumi", "type": "lumi", "data": None}]}}]} for i in range(16)]
+    return [
+        {
+            "metadata": {"name": f"sig_{i}", "values": [100.0 + 25 * i]},
+            "patch": [
+                {
+                    "op": "add",
+                    "path": "/channels/0/samples/-",
+                    "value": {
+                        "name": "signal",
+                        "data": [round(0.5 * total**0.5 * (1 + 0.3 * i), 6)],
+                        "modifiers": [
+                            {"name": "mu_SIG", "type": "normfactor", "data": None},
+                            {"name": "lumi", "type": "lumi", "data": None},
+                        ],
+                    },
+                }
+            ],
+        }
+        for i in range(16)
+    ]
 
 
 def lbb_variant() -> tuple[dict, list[dict]]:
@@ -151,8 +166,15 @@ def child(kind: str, name: str, extra: str) -> None:
                     op["value"]["data"] = [v * (1 + 0.05 * copy) for v in op["value"]["data"]]
                 many.append(q)
         out = scan_mod.scan(bkg, many, {}, validate=False)
-        print(json.dumps({"hypotheses": len(out["results"]), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
-                          "converged": sum(r["converged"] for r in out["results"].values())}))
+        print(
+            json.dumps(
+                {
+                    "hypotheses": len(out["results"]),
+                    "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+                    "converged": sum(r["converged"] for r in out["results"].values()),
+                }
+            )
+        )
         return
     if kind == "widths":
         bkg, patches = inputs(name)
@@ -165,7 +187,10 @@ def child(kind: str, name: str, extra: str) -> None:
             r = scan_mod.scan(bkg, patches, {}, validate=False)
             lane = fit.STATS["lane_iterations"] - before["lane_iterations"]
             task = fit.STATS["task_iterations"] - before["task_iterations"]
-            out[width] = {"fit_s_per_hypothesis": r["timing"]["fit_s"] / len(patches), "idle_lane_iterations": 1 - task / lane}
+            out[width] = {
+                "fit_s_per_hypothesis": r["timing"]["fit_s"] / len(patches),
+                "idle_lane_iterations": 1 - task / lane,
+            }
         print(json.dumps(out))
         return
     bkg, patches = inputs(name)
@@ -176,9 +201,15 @@ def child(kind: str, name: str, extra: str) -> None:
     res = r["results"]
     lane = fit.STATS["lane_iterations"] - before["lane_iterations"]
     task = fit.STATS["task_iterations"] - before["task_iterations"]
-    out = {"wall_in_process_s": wall, "timing": r["timing"], "n": len(res), "converged": sum(v["converged"] for v in res.values()),
-           "idle_lane_iterations": 1 - task / max(lane, 1), "fits": fit.STATS["fits"] - before["fits"],
-           "iterations_per_fit": task / max(fit.STATS["fits"] - before["fits"], 1)}
+    out = {
+        "wall_in_process_s": wall,
+        "timing": r["timing"],
+        "n": len(res),
+        "converged": sum(v["converged"] for v in res.values()),
+        "idle_lane_iterations": 1 - task / max(lane, 1),
+        "fits": fit.STATS["fits"] - before["fits"],
+        "iterations_per_fit": task / max(fit.STATS["fits"] - before["fits"], 1),
+    }
     if name == "1Lbb":
         out["C1N2_Wh_hbb_1000_0"] = {k: res["C1N2_Wh_hbb_1000_0"][k] for k in ("CLs_obs", "CLs_exp")}
     print(json.dumps(out))
@@ -190,7 +221,9 @@ def run_child(kind: str, name: str, cache: str | None, extra: str = "", env: dic
     if cache:
         e["FITSERVE_JAX_CACHE"] = cache
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, name, extra], capture_output=True, text=True, env=e)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, name, extra], capture_output=True, text=True, env=e
+    )
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise RuntimeError(f"child {kind} {name} failed:\n{proc.stderr[-3000:]}")
@@ -245,15 +278,24 @@ def iteration_profile(name: str, lanes: int = 32) -> dict[str, float]:
         "value_gradient_hessian_fisher": bench(vgh, x, t, obs),
         "of_which_interpolation": bench(jax.vmap(interp, in_axes=(0, ax)), x, t),
         "value_only": bench(jax.vmap(lambda x, th, d: lh.nll_variable(x, th, d, codes), in_axes=(0, ax, 0)), x, t, obs),
-        "newton_step_cholesky": bench(jax.vmap(fit._step), x, f, g, h, fi, jnp.zeros(n, bool), jnp.zeros(n), t["lo"], t["hi"], free),
+        "newton_step_cholesky": bench(
+            jax.vmap(fit._step), x, f, g, h, fi, jnp.zeros(n, bool), jnp.zeros(n), t["lo"], t["hi"], free
+        ),
     }
-    out["shape"] = {"P": int(m.n_params), "bins": int(t["observed"].shape[-1]), "slot_bins": int(t["nominal"].shape[-1]),
-                    "alphas": int(lh.n_alpha(t)), "lanes": int(n)}
+    out["shape"] = {
+        "P": int(m.n_params),
+        "bins": int(t["observed"].shape[-1]),
+        "slot_bins": int(t["nominal"].shape[-1]),
+        "alphas": int(lh.n_alpha(t)),
+        "lanes": int(n),
+    }
     return out
 
 
 def burner(stop_after: float) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", f"import time\nt=time.time()\nwhile time.time()-t<{stop_after}: pass"])
+    return subprocess.Popen(
+        [sys.executable, "-c", f"import time\nt=time.time()\nwhile time.time()-t<{stop_after}: pass"]
+    )
 
 
 def main() -> None:
@@ -281,15 +323,19 @@ def main() -> None:
     n = cold["n"]
     ratio = pyhf_s["1Lbb"] * n / cold["wall_s"]
     report["1Lbb_cold"] = {**cold, "pyhf_s": pyhf_s["1Lbb"] * n, "ratio": ratio}
-    say(f"1Lbb cold, {n} points: {cold['wall_s']:.1f} s wall (build {cold['timing']['build_s']:.1f}, compile "
+    say(
+        f"1Lbb cold, {n} points: {cold['wall_s']:.1f} s wall (build {cold['timing']['build_s']:.1f}, compile "
         f"{cold['timing']['compile_s']:.1f}, fit {cold['timing']['fit_s']:.1f}); pyhf {pyhf_s['1Lbb'] * n:.0f} s -> x{ratio:.0f}; "
         f"paper: {PAPER['four_nodes_s']:.0f} s on 4 nodes, {PAPER['one_node_s']:.0f} s on one; converged {cold['converged']}/{n}; "
-        f"C1N2_Wh_hbb_1000_0 CLs_obs {cold['C1N2_Wh_hbb_1000_0']['CLs_obs']:.6f}")
+        f"C1N2_Wh_hbb_1000_0 CLs_obs {cold['C1N2_Wh_hbb_1000_0']['CLs_obs']:.6f}"
+    )
 
     # 2. a second workspace of the same bucket, on the cache the cold run filled
     second = run_child("scan", "1Lbb-variant", str(tmp / "cache-1lbb"))
     report["second_workspace_same_bucket"] = second
-    say(f"second workspace, same bucket: compile {second['timing']['compile_s']:.2f} s (cache), wall {second['wall_s']:.1f} s")
+    say(
+        f"second workspace, same bucket: compile {second['timing']['compile_s']:.2f} s (cache), wall {second['wall_s']:.1f} s"
+    )
 
     # 3. steady state
     from fitserve.engine import fit
@@ -304,10 +350,17 @@ def main() -> None:
         per = r["timing"]["fit_s"] / len(patches)
         lane = fit.STATS["lane_iterations"] - before["lane_iterations"]
         task = fit.STATS["task_iterations"] - before["task_iterations"]
-        steady[name] = {"n": len(patches), "fit_s_per_hypothesis": per, "ratio": pyhf_s[name] / per,
-                        "converged": sum(v["converged"] for v in r["results"].values()), "idle_lane_iterations": 1 - task / lane}
-        say(f"steady {name:10s} {per * 1e3:7.1f} ms per hypothesis -> x{pyhf_s[name] / per:.0f}  "
-            f"(idle lane iterations {100 * (1 - task / lane):.0f}%, converged {steady[name]['converged']}/{len(patches)})")
+        steady[name] = {
+            "n": len(patches),
+            "fit_s_per_hypothesis": per,
+            "ratio": pyhf_s[name] / per,
+            "converged": sum(v["converged"] for v in r["results"].values()),
+            "idle_lane_iterations": 1 - task / lane,
+        }
+        say(
+            f"steady {name:10s} {per * 1e3:7.1f} ms per hypothesis -> x{pyhf_s[name] / per:.0f}  "
+            f"(idle lane iterations {100 * (1 - task / lane):.0f}%, converged {steady[name]['converged']}/{len(patches)})"
+        )
     report["steady"] = steady
 
     # 4. cold staus
@@ -319,10 +372,16 @@ def main() -> None:
     run_child("scan", "small-b", str(tmp / "cache-small"))
     small = run_child("scan", "small", str(tmp / "cache-small"))
     small_pyhf = run_child("pyhf", "small", None)
-    report["small"] = {"fitserve_wall_s": small["wall_s"], "pyhf_wall_s": small_pyhf["wall_s"],
-                       "ratio": small_pyhf["wall_s"] / small["wall_s"], "compile_s": small["timing"]["compile_s"]}
-    say(f"small model (3 parameters), 16 points incl. process start: fitserve {small['wall_s']:.2f} s "
-        f"(compile {small['timing']['compile_s']:.2f} s), pyhf {small_pyhf['wall_s']:.2f} s -> x{report['small']['ratio']:.2f}")
+    report["small"] = {
+        "fitserve_wall_s": small["wall_s"],
+        "pyhf_wall_s": small_pyhf["wall_s"],
+        "ratio": small_pyhf["wall_s"] / small["wall_s"],
+        "compile_s": small["timing"]["compile_s"],
+    }
+    say(
+        f"small model (3 parameters), 16 points incl. process start: fitserve {small['wall_s']:.2f} s "
+        f"(compile {small['timing']['compile_s']:.2f} s), pyhf {small_pyhf['wall_s']:.2f} s -> x{report['small']['ratio']:.2f}"
+    )
 
     # 6. under load: one CPU-bound process beside each
     bkg, patches = inputs("1Lbb")
@@ -336,16 +395,28 @@ def main() -> None:
         loaded_p = pyhf_seconds(bkg, patches, 1)
     finally:
         b.kill()
-    report["under_load"] = {"fitserve_slowdown": loaded_f / quiet_f, "pyhf_slowdown": loaded_p / quiet_p,
-                            "fitserve_s": [quiet_f, loaded_f], "pyhf_s": [quiet_p, loaded_p]}
-    say(f"under load (one CPU-bound process beside it): fitserve x{loaded_f / quiet_f:.2f} slower, pyhf x{loaded_p / quiet_p:.2f} slower")
+    report["under_load"] = {
+        "fitserve_slowdown": loaded_f / quiet_f,
+        "pyhf_slowdown": loaded_p / quiet_p,
+        "fitserve_s": [quiet_f, loaded_f],
+        "pyhf_s": [quiet_p, loaded_p],
+    }
+    say(
+        f"under load (one CPU-bound process beside it): fitserve x{loaded_f / quiet_f:.2f} slower, pyhf x{loaded_p / quiet_p:.2f} slower"
+    )
 
     if not args.quick:
         # 7. large model, cold, and where an iteration's time goes
         lg = run_child("scan", "large", str(tmp / "cache-large"))
-        report["large_cold"] = {**lg, "ratio": pyhf_s["large"] * lg["n"] / lg["wall_s"], "profile_ms_per_lane": iteration_profile("large")}
-        say(f"large model cold, {lg['n']} points: {lg['wall_s']:.1f} s wall, pyhf {pyhf_s['large']:.1f} s/hyp -> "
-            f"x{report['large_cold']['ratio']:.0f}; one iteration (ms per lane): {report['large_cold']['profile_ms_per_lane']}")
+        report["large_cold"] = {
+            **lg,
+            "ratio": pyhf_s["large"] * lg["n"] / lg["wall_s"],
+            "profile_ms_per_lane": iteration_profile("large"),
+        }
+        say(
+            f"large model cold, {lg['n']} points: {lg['wall_s']:.1f} s wall, pyhf {pyhf_s['large']:.1f} s/hyp -> "
+            f"x{report['large_cold']['ratio']:.0f}; one iteration (ms per lane): {report['large_cold']['profile_ms_per_lane']}"
+        )
         report["1Lbb_profile_ms_per_lane"] = iteration_profile("1Lbb")
         say(f"1Lbb one iteration (ms per lane): {report['1Lbb_profile_ms_per_lane']}")
         # 8. batch widths
@@ -353,13 +424,20 @@ def main() -> None:
         widths.pop("wall_s")
         best = min(v["fit_s_per_hypothesis"] for v in widths.values())
         report["widths"] = {w: {**v, "vs_best": v["fit_s_per_hypothesis"] / best} for w, v in widths.items()}
-        say("1Lbb per hypothesis by batch width: " + ", ".join(
-            f"{w}: {v['fit_s_per_hypothesis'] * 1e3:.1f} ms ({v['fit_s_per_hypothesis'] / best:.2f}x best, idle "
-            f"{100 * v['idle_lane_iterations']:.0f}%)" for w, v in widths.items()))
+        say(
+            "1Lbb per hypothesis by batch width: "
+            + ", ".join(
+                f"{w}: {v['fit_s_per_hypothesis'] * 1e3:.1f} ms ({v['fit_s_per_hypothesis'] / best:.2f}x best, idle "
+                f"{100 * v['idle_lane_iterations']:.0f}%)"
+                for w, v in widths.items()
+            )
+        )
         # 9. memory
         mem = run_child("memory", "1Lbb", str(tmp / "cache-1lbb"))
         report["memory_1000_1Lbb"] = mem
-        say(f"peak RSS for {mem['hypotheses']} 1Lbb hypotheses: {mem['peak_rss_gib']:.2f} GiB (converged {mem['converged']})")
+        say(
+            f"peak RSS for {mem['hypotheses']} 1Lbb hypotheses: {mem['peak_rss_gib']:.2f} GiB (converged {mem['converged']})"
+        )
 
     dest = REPO / "benchmarks" / "results"
     dest.mkdir(parents=True, exist_ok=True)

@@ -88,11 +88,21 @@ def main() -> None:
         run_chunk_task(ws_bytes, part, options)
         bare.append(time.perf_counter() - t)
     chunk_s = statistics.median(bare)
-    print(f"bare run_chunk_task: {chunk_s:.3f} s per chunk of {args.chunk_size} ({args.chunk_size / chunk_s:.1f} hyp/s)", flush=True)
+    print(
+        f"bare run_chunk_task: {chunk_s:.3f} s per chunk of {args.chunk_size} ({args.chunk_size / chunk_s:.1f} hyp/s)",
+        flush=True,
+    )
 
-    results = {"hypotheses": len(patches), "chunk_size": args.chunk_size, "chunks": len(parts), "bare_chunk_s": chunk_s,
-               "bare_hyp_per_s": args.chunk_size / chunk_s, "cpus": os.cpu_count(), "python": platform.python_version(),
-               "runs": []}
+    results = {
+        "hypotheses": len(patches),
+        "chunk_size": args.chunk_size,
+        "chunks": len(parts),
+        "bare_chunk_s": chunk_s,
+        "bare_hyp_per_s": args.chunk_size / chunk_s,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "runs": [],
+    }
     for workers in args.workers:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
@@ -113,11 +123,20 @@ def main() -> None:
             finally:
                 ex.shutdown()
         assert n == len(patches)
-        run = {"workers": workers, "wall_s": wall, "hyp_per_s": n / wall, "startup_and_warmup_s": warm_s,
-               "parsl_round_trip_s": statistics.median(trips), "per_chunk_s": wall * min(workers, len(parts)) / len(parts)}
+        run = {
+            "workers": workers,
+            "wall_s": wall,
+            "hyp_per_s": n / wall,
+            "startup_and_warmup_s": warm_s,
+            "parsl_round_trip_s": statistics.median(trips),
+            "per_chunk_s": wall * min(workers, len(parts)) / len(parts),
+        }
         results["runs"].append(run)
-        print(f"parsl {workers} worker(s): {wall:.1f} s, {n / wall:.1f} hyp/s; start+warm-up {warm_s:.1f} s; "
-              f"empty-task round trip {run['parsl_round_trip_s'] * 1e3:.1f} ms", flush=True)
+        print(
+            f"parsl {workers} worker(s): {wall:.1f} s, {n / wall:.1f} hyp/s; start+warm-up {warm_s:.1f} s; "
+            f"empty-task round trip {run['parsl_round_trip_s'] * 1e3:.1f} ms",
+            flush=True,
+        )
     if len(results["runs"]) >= 2:
         r1, r2 = results["runs"][0], results["runs"][1]
         results["speedup"] = r2["hyp_per_s"] / r1["hyp_per_s"]

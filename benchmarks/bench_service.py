@@ -42,7 +42,9 @@ def run_job(http: httpx.Client, body: dict) -> tuple[float, dict]:
     resp = http.post("/v1/jobs", json=body)
     resp.raise_for_status()
     job_id = resp.json()["id"]
-    st = wait_until(lambda: (s := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("done", "failed", "cancelled") and s, 3600)
+    st = wait_until(
+        lambda: (s := http.get(f"/v1/jobs/{job_id}").json())["state"] in ("done", "failed", "cancelled") and s, 3600
+    )
     wall = time.perf_counter() - t0
     if st["state"] != "done":
         raise RuntimeError(f"job {job_id} ended {st['state']}: {st['errors'][:3]}")
@@ -89,36 +91,72 @@ def main() -> None:
     runs = []
     try:
         for n in args.workers:
-            settings = Settings(redis_url=rds.url, key_prefix=f"bench-{secrets.token_hex(4)}", executor="parsl",
-                                parsl_workers=n, chunk_size=args.chunk_size, data_dir=data_dir, auth="open")
+            settings = Settings(
+                redis_url=rds.url,
+                key_prefix=f"bench-{secrets.token_hex(4)}",
+                executor="parsl",
+                parsl_workers=n,
+                chunk_size=args.chunk_size,
+                data_dir=data_dir,
+                auth="open",
+            )
             port = free_port()
-            server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+            )
             th = threading.Thread(target=server.run, daemon=True)
             th.start()
-            env = {**os.environ, "FITSERVE_REDIS_URL": rds.url, "FITSERVE_KEY_PREFIX": settings.key_prefix,
-                   "FITSERVE_EXECUTOR": "parsl", "FITSERVE_PARSL_WORKERS": str(n), "FITSERVE_DATA_DIR": str(data_dir),
-                   "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-            worker = subprocess.Popen([sys.executable, "-m", "fitserve.cli", "worker"], env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env = {
+                **os.environ,
+                "FITSERVE_REDIS_URL": rds.url,
+                "FITSERVE_KEY_PREFIX": settings.key_prefix,
+                "FITSERVE_EXECUTOR": "parsl",
+                "FITSERVE_PARSL_WORKERS": str(n),
+                "FITSERVE_DATA_DIR": str(data_dir),
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            }
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "fitserve.cli", "worker"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
             try:
                 wait_until(lambda: server.started, 30)
                 wait_until(lambda: http.get("/v1/health").json()["workers"], 120)
-                t_warm, _ = run_job(http, {"workspace": ws, "patchset": ps, "options": {"patches": names, "poi_test": 0.9}})
+                t_warm, _ = run_job(
+                    http, {"workspace": ws, "patchset": ps, "options": {"patches": names, "poi_test": 0.9}}
+                )
                 print(f"service, Parsl {n} worker(s): warm-up {t_warm:.2f} s; {len(names)} points ...", flush=True)
                 wall, doc = run_job(http, {"workspace": ws, "patchset": ps, "options": {"patches": names}})
-                diffs = [abs(doc["results"][k]["CLs_obs"] - v["CLs_obs"]) / max(abs(v["CLs_obs"]), 1e-300)
-                         for k, v in bare["results"].items()
-                         if v["CLs_obs"] is not None and v["CLs_obs"] == v["CLs_obs"] and doc["results"][k]["CLs_obs"] is not None]
+                diffs = [
+                    abs(doc["results"][k]["CLs_obs"] - v["CLs_obs"]) / max(abs(v["CLs_obs"]), 1e-300)
+                    for k, v in bare["results"].items()
+                    if v["CLs_obs"] is not None
+                    and v["CLs_obs"] == v["CLs_obs"]
+                    and doc["results"][k]["CLs_obs"] is not None
+                ]
                 max_rel = max(diffs, default=0.0)
                 same = max_rel < 1e-6
                 t_cache, _ = run_job(http, {"workspace": ws, "patchset": ps, "options": {"patches": names}})
-                run = {"parsl_workers": n, "chunk_size": args.chunk_size, "wall_s": wall, "hypotheses_per_s": len(names) / wall,
-                       "ratio_to_bare": wall / bare_s, "cache_hit_resubmit_s": t_cache, "warmup_s": t_warm,
-                       "results_equal_bare": same, "max_rel_diff_cls_obs": max_rel}
+                run = {
+                    "parsl_workers": n,
+                    "chunk_size": args.chunk_size,
+                    "wall_s": wall,
+                    "hypotheses_per_s": len(names) / wall,
+                    "ratio_to_bare": wall / bare_s,
+                    "cache_hit_resubmit_s": t_cache,
+                    "warmup_s": t_warm,
+                    "results_equal_bare": same,
+                    "max_rel_diff_cls_obs": max_rel,
+                }
                 runs.append(run)
-                print(f"  {wall:.2f} s, {run['hypotheses_per_s']:.2f} hypotheses/s, {run['ratio_to_bare']:.2f}x bare; "
-                      f"cached resubmission {t_cache * 1000:.0f} ms; CLs_obs max rel. diff to bare {max_rel:.1e}", flush=True)
+                print(
+                    f"  {wall:.2f} s, {run['hypotheses_per_s']:.2f} hypotheses/s, {run['ratio_to_bare']:.2f}x bare; "
+                    f"cached resubmission {t_cache * 1000:.0f} ms; CLs_obs max rel. diff to bare {max_rel:.1e}",
+                    flush=True,
+                )
             finally:
                 http.close()
                 worker.send_signal(signal.SIGTERM)
@@ -132,10 +170,15 @@ def main() -> None:
         rds.stop()
 
     out = {
-        "benchmark": "bench_service", "fitserve_version": __version__, "points": len(names),
-        "likelihood": "atlas-susy-2018-06-3L-RJ", "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                                                             "platform": platform.platform()},
-        "bare_scan_s": bare_s, "bare_cold_scan_s": bare_cold_s, "bare_hypotheses_per_s": len(names) / bare_s, "service": runs,
+        "benchmark": "bench_service",
+        "fitserve_version": __version__,
+        "points": len(names),
+        "likelihood": "atlas-susy-2018-06-3L-RJ",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "bare_scan_s": bare_s,
+        "bare_cold_scan_s": bare_cold_s,
+        "bare_hypotheses_per_s": len(names) / bare_s,
+        "service": runs,
         "target": "service (1 Parsl worker) / bare < 1.3 for 64+ points",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -144,8 +187,10 @@ def main() -> None:
     print(f"  bare engine      {bare_s:8.2f} s  {len(names) / bare_s:6.2f} hyp/s")
     for run in runs:
         ok = "OK" if run["parsl_workers"] != 1 or run["ratio_to_bare"] < 1.3 else "ABOVE TARGET"
-        print(f"  service parsl x{run['parsl_workers']} {run['wall_s']:8.2f} s  {run['hypotheses_per_s']:6.2f} hyp/s  "
-              f"ratio {run['ratio_to_bare']:.2f}x {ok if run['parsl_workers'] == 1 else ''}")
+        print(
+            f"  service parsl x{run['parsl_workers']} {run['wall_s']:8.2f} s  {run['hypotheses_per_s']:6.2f} hyp/s  "
+            f"ratio {run['ratio_to_bare']:.2f}x {ok if run['parsl_workers'] == 1 else ''}"
+        )
     print(f"-> {args.out}")
 
 

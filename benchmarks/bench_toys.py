@@ -39,11 +39,24 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from bench_paper import inputs  # noqa: E402
 
-ONE_BIN = {"channels": [{"name": "singlechannel", "samples": [
-    {"name": "signal", "data": [10.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    {"name": "background", "data": [50.0], "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": [7.0]}]}]}],
+ONE_BIN = {
+    "channels": [
+        {
+            "name": "singlechannel",
+            "samples": [
+                {"name": "signal", "data": [10.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+                {
+                    "name": "background",
+                    "data": [50.0],
+                    "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": [7.0]}],
+                },
+            ],
+        }
+    ],
     "observations": [{"name": "singlechannel", "data": [55.0]}],
-    "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+    "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+    "version": "1.0.0",
+}
 LBB_POINT = "C1N2_Wh_hbb_550_200"
 
 
@@ -85,16 +98,23 @@ def fitserve_run(name: str, n: int) -> dict[str, Any]:
     out = scan(bkg, patches, {"calculator": "toybased", "n_toys": n})
     wall = time.perf_counter() - t0
     (rec,) = out["results"].values()
-    return {"toys_per_s": 2 * n / wall, "wall_s": wall, "CLs_obs": rec["CLs_obs"],
-            "CLs_obs_err": rec["uncertainty"]["CLs_obs"] if rec.get("uncertainty") else None,
-            "CLs_asymptotic": rec["asymptotic"]["CLs_obs"], "failed": [rec["toys"]["failed_sb"], rec["toys"]["failed_b"]]}
+    return {
+        "toys_per_s": 2 * n / wall,
+        "wall_s": wall,
+        "CLs_obs": rec["CLs_obs"],
+        "CLs_obs_err": rec["uncertainty"]["CLs_obs"] if rec.get("uncertainty") else None,
+        "CLs_asymptotic": rec["asymptotic"]["CLs_obs"],
+        "failed": [rec["toys"]["failed_sb"], rec["toys"]["failed_b"]],
+    }
 
 
 def new_process_seconds(n: int) -> float:
     """10k + 10k toys of the 1-bin model in a new interpreter (persistent compilation cache as it is)."""
-    code = ("import json,sys; from fitserve.engine.scan import scan; "
-            f"ws=json.loads(sys.argv[1]); r=scan(ws,None,{{'calculator':'toybased','n_toys':{n}}}); "
-            "print(json.dumps(next(iter(r['results'].values()))['CLs_obs']))")
+    code = (
+        "import json,sys; from fitserve.engine.scan import scan; "
+        f"ws=json.loads(sys.argv[1]); r=scan(ws,None,{{'calculator':'toybased','n_toys':{n}}}); "
+        "print(json.dumps(next(iter(r['results'].values()))['CLs_obs']))"
+    )
     t0 = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, json.dumps(ONE_BIN)], check=True, capture_output=True)
     return time.perf_counter() - t0
@@ -126,8 +146,15 @@ def parsl_scaling(n_toys: int, chunk: int, workers: int) -> dict[str, Any]:
         finally:
             ex.shutdown()
     merged = toys.merge_records(parts, "qtilde", n_toys, 0, 0.01)
-    return {"workers": workers, "wall_s": wall, "toys_per_s": 2 * n_toys / wall, "chunks": len(ranges),
-            "CLs_obs": merged["CLs_obs"], "CLs_exp": merged["CLs_exp"], "uncertainty": merged["uncertainty"]}
+    return {
+        "workers": workers,
+        "wall_s": wall,
+        "toys_per_s": 2 * n_toys / wall,
+        "chunks": len(ranges),
+        "CLs_obs": merged["CLs_obs"],
+        "CLs_exp": merged["CLs_exp"],
+        "uncertainty": merged["uncertainty"],
+    }
 
 
 def main() -> None:
@@ -137,27 +164,45 @@ def main() -> None:
     args = ap.parse_args()
     q = args.quick
     # toys per distribution: (pyhf, fitserve)
-    plan = {"1-bin": (200, 10_000), "staus": (4 if q else 15, 200 if q else 2000), "1Lbb": (2 if q else 6, 100 if q else 1000)}
+    plan = {
+        "1-bin": (200, 10_000),
+        "staus": (4 if q else 15, 200 if q else 2000),
+        "1Lbb": (2 if q else 6, 100 if q else 1000),
+    }
     res: dict[str, Any] = {"cpus": os.cpu_count(), "models": {}}
     for name, (n_pyhf, n_ours) in plan.items():
         theirs = pyhf_toys_per_s(name, n_pyhf)
         ours = fitserve_run(name, n_ours)
-        res["models"][name] = {"pyhf_toys": 2 * n_pyhf, "pyhf_toys_per_s": theirs, "fitserve_toys": 2 * n_ours, **ours,
-                               "ratio": ours["toys_per_s"] / theirs}
-        print(f"{name:6s} pyhf {theirs:8.2f} toys/s ({2 * n_pyhf} toys) | fitserve {ours['toys_per_s']:9.1f} toys/s "
-              f"({2 * n_ours} toys, {ours['wall_s']:.2f} s) | x{ours['toys_per_s'] / theirs:.0f} | CLs {ours['CLs_obs']:.4f} "
-              f"+- {ours['CLs_obs_err'] or 0:.4f} (asymptotic {ours['CLs_asymptotic']:.4f}); failed {ours['failed']}", flush=True)
+        res["models"][name] = {
+            "pyhf_toys": 2 * n_pyhf,
+            "pyhf_toys_per_s": theirs,
+            "fitserve_toys": 2 * n_ours,
+            **ours,
+            "ratio": ours["toys_per_s"] / theirs,
+        }
+        print(
+            f"{name:6s} pyhf {theirs:8.2f} toys/s ({2 * n_pyhf} toys) | fitserve {ours['toys_per_s']:9.1f} toys/s "
+            f"({2 * n_ours} toys, {ours['wall_s']:.2f} s) | x{ours['toys_per_s'] / theirs:.0f} | CLs {ours['CLs_obs']:.4f} "
+            f"+- {ours['CLs_obs_err'] or 0:.4f} (asymptotic {ours['CLs_asymptotic']:.4f}); failed {ours['failed']}",
+            flush=True,
+        )
     one = res["models"]["1-bin"]
     res["one_bin_10k_warm_s"] = one["wall_s"]
     res["one_bin_10k_new_process_s"] = new_process_seconds(10_000)
-    print(f"1-bin 10,000 + 10,000 toys: {one['wall_s']:.2f} s warm, {res['one_bin_10k_new_process_s']:.2f} s in a new "
-          "process (import, build, compile from the cache)", flush=True)
+    print(
+        f"1-bin 10,000 + 10,000 toys: {one['wall_s']:.2f} s warm, {res['one_bin_10k_new_process_s']:.2f} s in a new "
+        "process (import, build, compile from the cache)",
+        flush=True,
+    )
     n_scale = 1000 if q else 10_000
     runs = [parsl_scaling(n_scale, 100 if q else 1000, w) for w in (1, 2)]
     res["parsl"] = runs
     for r in runs:
-        print(f"Parsl, 1Lbb {n_scale} + {n_scale} toys, {r['workers']} worker(s): {r['wall_s']:.1f} s "
-              f"({r['toys_per_s']:.0f} toys/s, {r['chunks']} chunks); CLs {r['CLs_obs']}", flush=True)
+        print(
+            f"Parsl, 1Lbb {n_scale} + {n_scale} toys, {r['workers']} worker(s): {r['wall_s']:.1f} s "
+            f"({r['toys_per_s']:.0f} toys/s, {r['chunks']} chunks); CLs {r['CLs_obs']}",
+            flush=True,
+        )
     res["parsl_speedup"] = runs[0]["wall_s"] / runs[1]["wall_s"]
     res["parsl_identical"] = runs[0]["CLs_exp"] == runs[1]["CLs_exp"] and runs[0]["CLs_obs"] == runs[1]["CLs_obs"]
     print(f"speed-up 2 vs 1 workers: {res['parsl_speedup']:.2f}x; merged numbers identical: {res['parsl_identical']}")

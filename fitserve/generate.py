@@ -120,7 +120,9 @@ def _normsys_names(channel: Spec) -> list[str]:
     samples = {s["name"].lower() for s in channel["samples"]}
     names = sorted({m["name"] for s in channel["samples"] for m in s["modifiers"] if m["type"] == "normsys"})
     experimental = [
-        n for n in names if not any(w in n.lower() for w in _NOT_EXPERIMENTAL) and not samples & set(n.lower().split("_"))
+        n
+        for n in names
+        if not any(w in n.lower() for w in _NOT_EXPERIMENTAL) and not samples & set(n.lower().split("_"))
     ]
     return experimental or names
 
@@ -195,11 +197,17 @@ def signal_patchset(
             modifiers: list[Spec] = [{"name": poi, "type": "normfactor", "data": None}]
             if has_lumi:
                 modifiers.append({"name": "lumi", "type": "lumi", "data": None})
-            modifiers.append({"name": "SigXSec", "type": "normsys", "data": {"hi": _r(1 + xsec_unc), "lo": _r(1 - xsec_unc)}})
+            modifiers.append(
+                {"name": "SigXSec", "type": "normsys", "data": {"hi": _r(1 + xsec_unc), "lo": _r(1 - xsec_unc)}}
+            )
             for name, hi, lo in exp_sys:
                 modifiers.append({"name": name, "type": "normsys", "data": {"hi": _r(hi), "lo": _r(lo)}})
             modifiers.append(
-                {"name": f"shape_mcstat_{sample_name}_{cname}", "type": "shapesys", "data": [_r(mcstat * y) for y in yields]}
+                {
+                    "name": f"shape_mcstat_{sample_name}_{cname}",
+                    "type": "shapesys",
+                    "data": [_r(mcstat * y) for y in yields],
+                }
             )
             ops.append(
                 {
@@ -249,7 +257,9 @@ def example_workspace(n_channels: int = 3, n_bins: int = 3, seed: int = 0) -> Sp
     channels, observations = [], []
     for cname, (n_tt, n_vv, n_fk, n_ot) in regions.items():
         shape = falling * rng.uniform(0.9, 1.1, n_bins)
-        tt, vv, fk, ot = (np.maximum(n * shape * rng.uniform(0.85, 1.15, n_bins), 0.05) for n in (n_tt, n_vv, n_fk, n_ot))
+        tt, vv, fk, ot = (
+            np.maximum(n * shape * rng.uniform(0.85, 1.15, n_bins), 0.05) for n in (n_tt, n_vv, n_fk, n_ot)
+        )
         jes = rng.uniform(0.03, 0.08, n_bins) * np.linspace(1.0, 1.5, n_bins)
         stat = f"staterror_{cname}"
 
@@ -308,7 +318,13 @@ def example_workspace(n_channels: int = 3, n_bins: int = 3, seed: int = 0) -> Sp
                 "config": {
                     "poi": "mu_SIG",
                     "parameters": [
-                        {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.915, 1.085]], "inits": [1.0]}
+                        {
+                            "name": "lumi",
+                            "auxdata": [1.0],
+                            "sigmas": [0.017],
+                            "bounds": [[0.915, 1.085]],
+                            "inits": [1.0],
+                        }
                     ],
                 },
             }
@@ -316,8 +332,9 @@ def example_workspace(n_channels: int = 3, n_bins: int = 3, seed: int = 0) -> Sp
     }
 
 
-def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, n_systematics: int = 60,
-                    seed: int = 0) -> Spec:
+def sized_workspace(
+    n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, n_systematics: int = 60, seed: int = 0
+) -> Spec:
     """A background-only workspace of a chosen size, for benchmarks at both ends of the size range.
 
     ``n_channels`` channels (the first half named ``SR*``) of ``n_bins`` bins,
@@ -349,11 +366,25 @@ def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, 
             third = max(1, n_systematics // 3)
             for j in chosen[:third]:
                 up = rng.uniform(0.01, 0.08)
-                mods.append({"name": systs[j], "type": "normsys", "data": {"hi": _r(1 + up), "lo": _r(1 - up * rng.uniform(0.7, 1.3))}})
+                mods.append(
+                    {
+                        "name": systs[j],
+                        "type": "normsys",
+                        "data": {"hi": _r(1 + up), "lo": _r(1 - up * rng.uniform(0.7, 1.3))},
+                    }
+                )
             for j in chosen[third : 2 * third] if n_systematics > 1 else []:
                 shift = rng.uniform(0.01, 0.06) * np.linspace(-1, 1, n_bins) * nom
-                mods.append({"name": systs[j], "type": "histosys",
-                             "data": {"hi_data": [_r(v) for v in nom + shift], "lo_data": [_r(v) for v in nom - 0.9 * shift]}})
+                mods.append(
+                    {
+                        "name": systs[j],
+                        "type": "histosys",
+                        "data": {
+                            "hi_data": [_r(v) for v in nom + shift],
+                            "lo_data": [_r(v) for v in nom - 0.9 * shift],
+                        },
+                    }
+                )
             if n_bins > 1 or n_samples > 1:
                 mods.append({"name": f"staterror_{name}", "type": "staterror", "data": [_r(v) for v in 0.05 * nom]})
             samples.append({"name": f"bkg_{k}", "data": [_r(v) for v in nom], "modifiers": mods})
@@ -363,9 +394,24 @@ def sized_workspace(n_channels: int = 10, n_bins: int = 12, n_samples: int = 4, 
         "version": "1.0.0",
         "channels": channels,
         "observations": observations,
-        "measurements": [{"name": "meas", "config": {"poi": "mu_SIG", "parameters": [
-            {"name": "lumi", "auxdata": [1.0], "sigmas": [0.017], "bounds": [[0.915, 1.085]], "inits": [1.0]},
-            {"name": "mu_SIG", "bounds": [[0.0, 10.0]], "inits": [1.0]}]}}],
+        "measurements": [
+            {
+                "name": "meas",
+                "config": {
+                    "poi": "mu_SIG",
+                    "parameters": [
+                        {
+                            "name": "lumi",
+                            "auxdata": [1.0],
+                            "sigmas": [0.017],
+                            "bounds": [[0.915, 1.085]],
+                            "inits": [1.0],
+                        },
+                        {"name": "mu_SIG", "bounds": [[0.0, 10.0]], "inits": [1.0]},
+                    ],
+                },
+            }
+        ],
     }
 
 

@@ -120,8 +120,13 @@ def test_arrows_point_down_only():
 
 def test_the_engine_stands_alone():
     """The engine imports nothing of fitserve outside itself but the version from the package root."""
-    out = {(src, dst) for src, targets in GRAPH.items() if room(src) == "engine"
-           for dst in internal(targets) if room(dst) != "engine"}
+    out = {
+        (src, dst)
+        for src, targets in GRAPH.items()
+        if room(src) == "engine"
+        for dst in internal(targets)
+        if room(dst) != "engine"
+    }
     assert {dst for _, dst in out} <= {"fitserve"}, out
 
 
@@ -152,8 +157,13 @@ def test_the_client_imports_only_httpx():
 
 def test_other_rooms_enter_the_engine_by_its_front_door():
     """Outside the engine, ``fitserve.engine`` is imported, not its modules (but the listed debts)."""
-    deep = {(src, dst) for src, targets in GRAPH.items() if room(src) != "engine"
-            for dst in internal(targets) if dst.startswith("fitserve.engine.")}
+    deep = {
+        (src, dst)
+        for src, targets in GRAPH.items()
+        if room(src) != "engine"
+        for dst in internal(targets)
+        if dst.startswith("fitserve.engine.")
+    }
     new = deep - ENGINE_DEEP_IMPORTS
     assert not new, f"import these through fitserve.engine (or add them to its front door): {sorted(new)}"
     gone = ENGINE_DEEP_IMPORTS - deep

@@ -57,7 +57,7 @@ def blocks(text: str) -> list[tuple[str, list[str]]]:
         while j < len(lines) and not lines[j].startswith("```"):
             body.append(lines[j])
             j += 1
-        before = "\n".join(lines[max(0, i - 2):i])
+        before = "\n".join(lines[max(0, i - 2) : i])
         if ILLUSTRATIVE not in before and not (not SHARED.exists() and "../shared" in "\n".join(body)):
             out.append((lang, body))
         i = j + 1
@@ -68,12 +68,14 @@ def _command(cmd: str, must_fail: bool, n: int) -> str:
     """One documented command in the script: run it in this shell (cd, variables stay), check its exit code."""
     show = shlex.quote(cmd)
     if re.match(r"([A-Z_]+=\S*\s+)*((\./)?quickstart\.sh|fitserve up)\b", cmd):
-        return (f"echo '::: '{show}\n(\n{cmd}\n) > up-{n}.log 2>&1 &\nUP_PIDS=\"$UP_PIDS $!\"\n"
-                f"wait_up up-{n}.log\n")
+        return f"echo '::: '{show}\n(\n{cmd}\n) > up-{n}.log 2>&1 &\nUP_PIDS=\"$UP_PIDS $!\"\nwait_up up-{n}.log\n"
     if "# may fail" in cmd:  # documented as racing with the service (e.g. a cancel of a job that may be done)
         return f"echo '::: '{show}\n{cmd}\n"
-    check = 'if [ "$rc" = 0 ]; then echo "::: expected a failure"; exit 97; fi' if must_fail else \
-        'if [ "$rc" != 0 ]; then echo "::: failed with $rc"; exit 98; fi'
+    check = (
+        'if [ "$rc" = 0 ]; then echo "::: expected a failure"; exit 97; fi'
+        if must_fail
+        else 'if [ "$rc" != 0 ]; then echo "::: failed with $rc"; exit 98; fi'
+    )
     return f"echo '::: '{show}\n{cmd}\nrc=$?\n{check}\n"
 
 
@@ -98,8 +100,10 @@ def doc_script(text: str) -> str:
                 parts.append(f"cat > {first[2:]} <<'PYEOF'\n{code}\nPYEOF\n")
             else:
                 n += 1
-                parts.append(f"echo '::: python block'\npython - <<'PYEOF'\n{code}\nPYEOF\n"
-                             'rc=$?; if [ "$rc" != 0 ]; then echo "::: python block failed"; exit 98; fi\n')
+                parts.append(
+                    f"echo '::: python block'\npython - <<'PYEOF'\n{code}\nPYEOF\n"
+                    'rc=$?; if [ "$rc" != 0 ]; then echo "::: python block failed"; exit 98; fi\n'
+                )
     return "\n".join(parts)
 
 
@@ -124,20 +128,41 @@ def run_doc(doc: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     work.mkdir()
     for name in ("workspaces", "quickstart.sh"):
         (work / name).symlink_to(REPO / name)
-    (work / ".venv").symlink_to(Path(sys.executable).parents[1])  # what the quickstart made: `source .venv/bin/activate`
+    (work / ".venv").symlink_to(
+        Path(sys.executable).parents[1]
+    )  # what the quickstart made: `source .venv/bin/activate`
     guide = tmp_path / "guide"
-    text = doc.read_text().replace("/tmp/guide", str(guide)).replace(":8000", f":{port}").replace("--port 8000", f"--port {port}")
-    assert "8000" not in "\n".join(line for _, body in blocks(text) for line in body), "a port 8000 the test did not rewrite"
+    text = (
+        doc.read_text()
+        .replace("/tmp/guide", str(guide))
+        .replace(":8000", f":{port}")
+        .replace("--port 8000", f"--port {port}")
+    )
+    assert "8000" not in "\n".join(line for _, body in blocks(text) for line in body), (
+        "a port 8000 the test did not rewrite"
+    )
     text = text.replace("./quickstart.sh", f"QUICKSTART_NO_INSTALL=1 PORT={port} ./quickstart.sh")
     script = PRELUDE + doc_script(text)
     (tmp_path / "doc.sh").write_text(script)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
-    env.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO),
-               FITSERVE_URL=f"http://127.0.0.1:{port}", FITSERVE_WEB_WARMUP="off", VIRTUAL_ENV=str(Path(sys.executable).parents[1]))
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO),
+        FITSERVE_URL=f"http://127.0.0.1:{port}",
+        FITSERVE_WEB_WARMUP="off",
+        VIRTUAL_ENV=str(Path(sys.executable).parents[1]),
+    )
     if "FITSERVE_JAX_CACHE" in os.environ:
         env["FITSERVE_JAX_CACHE"] = os.environ["FITSERVE_JAX_CACHE"]
-    proc = subprocess.Popen(["bash", str(tmp_path / "doc.sh")], cwd=work, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(tmp_path / "doc.sh")],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=900)
     except subprocess.TimeoutExpired:

@@ -110,7 +110,9 @@ def test_every_patch_applies_and_builds(bkg: dict, patchset: dict) -> None:
 
 
 def test_signal_sample_modifiers(bkg: dict, patchset: dict) -> None:
-    bkg_normsys = {m["name"] for c in bkg["channels"] for s in c["samples"] for m in s["modifiers"] if m["type"] == "normsys"}
+    bkg_normsys = {
+        m["name"] for c in bkg["channels"] for s in c["samples"] for m in s["modifiers"] if m["type"] == "normsys"
+    }
     for op in patchset["patches"][6]["patch"]:
         assert op["op"] == "add"
         sample = op["value"]
@@ -206,7 +208,17 @@ def test_cli_example_and_signal(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "ex" / "patchset.json").read_text())["patches"]) == 9
 
     out = tmp_path / "ps.json"
-    args = ["generate", "signal", str(tmp_path / "ex" / "BkgOnly.json"), "-o", str(out), "--n-parent", "4", "--n-lsp", "2"]
+    args = [
+        "generate",
+        "signal",
+        str(tmp_path / "ex" / "BkgOnly.json"),
+        "-o",
+        str(out),
+        "--n-parent",
+        "4",
+        "--n-lsp",
+        "2",
+    ]
     result = runner.invoke(app, args + ["--seed", "3", "--strength", "0.5"])
     assert result.exit_code == 0, result.output
     ps = json.loads(out.read_text())

@@ -20,7 +20,9 @@ from fitserve.cli.common import no_flag_placeholders
 
 no_flag_placeholders()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batched CLs fits of pyhf likelihoods, locally or as a service.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Batched CLs fits of pyhf likelihoods, locally or as a service."
+)
 
 
 def _version(value: bool) -> None:
@@ -33,7 +35,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Batched CLs fits of pyhf likelihoods, locally or as a service."""
 

@@ -50,8 +50,10 @@ def _fmt_s(value: Any) -> str:
 
 def _summary(st: dict[str, Any]) -> str:
     p, c, t = st["progress"], st["counts"], st["timings"]
-    text = (f"job {st['id']} {st['state']}: {p['done']}/{p['total']} hypotheses "
-            f"({c['computed']} computed, {c['cached']} cached, {c['errors']} errors, {c['not_converged']} not converged)")
+    text = (
+        f"job {st['id']} {st['state']}: {p['done']}/{p['total']} hypotheses "
+        f"({c['computed']} computed, {c['cached']} cached, {c['errors']} errors, {c['not_converged']} not converged)"
+    )
     if st["state"] in ("done", "failed", "cancelled"):
         text += f" in {_fmt_s(t.get('total_s'))}"
     return text
@@ -99,24 +101,40 @@ def _check_suffix(path: Optional[Path], kind: str) -> None:
 def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Client")
     def submit(
-        workspace: Path = typer.Argument(..., help="Background-only workspace (with PATCHSET) or one full workspace (JSON)."),
+        workspace: Path = typer.Argument(
+            ..., help="Background-only workspace (with PATCHSET) or one full workspace (JSON)."
+        ),
         patchset: Optional[Path] = typer.Argument(None, help="pyhf PatchSet JSON, one patch per signal hypothesis."),
         server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
         token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
         wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish (progress bar on stderr)."),
-        progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar while waiting (default: if stderr is a terminal)."),
-        timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: give up waiting after this many seconds (the job keeps running)."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="With --wait: write the results here (.json or .csv)."),
+        progress: Optional[bool] = typer.Option(
+            None, "--progress/--no-progress", help="Progress bar while waiting (default: if stderr is a terminal)."
+        ),
+        timeout: Optional[float] = typer.Option(
+            None, "--timeout", help="With --wait: give up waiting after this many seconds (the job keeps running)."
+        ),
+        output: Optional[Path] = typer.Option(
+            None, "-o", "--output", help="With --wait: write the results here (.json or .csv)."
+        ),
         test_stat: Optional[str] = typer.Option(None, "--test-stat", help="qtilde (default), q or q0."),
         poi_test: Optional[float] = typer.Option(None, "--poi-test", help="POI value tested for CLs (default 1)."),
         limits: bool = typer.Option(False, "--limits", help="Also compute upper limits on the POI."),
         cls_only: bool = typer.Option(False, "--cls-only", help="Only the observed CLs per hypothesis."),
         confidence_level: Optional[float] = typer.Option(None, "--cl", help="Confidence level (default 0.95)."),
-        modifier_settings: Optional[str] = typer.Option(None, "--modifier-settings", help="atlas (default), legacy/pyhf, or a pyhf-style JSON object (as for scan)."),
+        modifier_settings: Optional[str] = typer.Option(
+            None, "--modifier-settings", help="atlas (default), legacy/pyhf, or a pyhf-style JSON object (as for scan)."
+        ),
         measurement: Optional[str] = typer.Option(None, "--measurement", help="Measurement name in the workspace."),
-        patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."),
-        calculator: Optional[str] = typer.Option(None, "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."),
-        n_toys: Optional[int] = typer.Option(None, "--n-toys", help="With --calculator toybased: toys per distribution (default 1000)."),
+        patch: Optional[list[str]] = typer.Option(
+            None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."
+        ),
+        calculator: Optional[str] = typer.Option(
+            None, "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."
+        ),
+        n_toys: Optional[int] = typer.Option(
+            None, "--n-toys", help="With --calculator toybased: toys per distribution (default 1000)."
+        ),
         seed: Optional[int] = typer.Option(None, "--seed", help="With --calculator toybased: random seed (default 0)."),
     ) -> None:
         """Submit a CLs scan to a fitserve server; prints the job id on stdout."""
@@ -127,17 +145,26 @@ def register(app: typer.Typer) -> None:
             with _client(server, token):
                 _check_suffix(output, "output")
         options = {
-            "test_stat": test_stat, "poi_test": poi_test, "limits": limits or None, "cls_only": cls_only or None,
-            "confidence_level": confidence_level, "modifier_settings": parse_modifier_settings(modifier_settings),
+            "test_stat": test_stat,
+            "poi_test": poi_test,
+            "limits": limits or None,
+            "cls_only": cls_only or None,
+            "confidence_level": confidence_level,
+            "modifier_settings": parse_modifier_settings(modifier_settings),
             "measurement": measurement,
             "patches": list(patch) if patch else None,
-            "calculator": calculator, "n_toys": n_toys, "seed": seed,
+            "calculator": calculator,
+            "n_toys": n_toys,
+            "seed": seed,
         }
         with _client(server, token) as client:
             job = client.submit(workspace, patchset, **options)
             info = job.info
-            typer.echo(f"submitted job {job.id} to {client.url}: {info['total']} hypotheses "
-                       f"({info['cached']} cached, {info['to_compute']} to compute)", err=True)
+            typer.echo(
+                f"submitted job {job.id} to {client.url}: {info['total']} hypotheses "
+                f"({info['cached']} cached, {info['to_compute']} to compute)",
+                err=True,
+            )
             typer.echo(job.id)
             if wait:
                 st = _wait(job, progress, timeout)
@@ -179,7 +206,12 @@ def register(app: typer.Typer) -> None:
     @app.command(rich_help_panel="Client")
     def results(
         job_id: str = typer.Argument(..., metavar="JOB", help="Job id."),
-        output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write to this file: .json (the results document) or .csv (one row per hypothesis). Default: JSON on stdout."),
+        output: Optional[Path] = typer.Option(
+            None,
+            "-o",
+            "--output",
+            help="Write to this file: .json (the results document) or .csv (one row per hypothesis). Default: JSON on stdout.",
+        ),
         server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
         token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
         wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish first."),
@@ -198,12 +230,16 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"wrote {job.save_results(output)}", err=True)
         if st["state"] != "done":
             p = st["progress"]
-            typer.echo(f"warning: job {st['state']}, results are partial ({p['done']}/{p['total']} hypotheses)", err=True)
+            typer.echo(
+                f"warning: job {st['state']}, results are partial ({p['done']}/{p['total']} hypotheses)", err=True
+            )
 
     @app.command(rich_help_panel="Client")
     def plot(
         job_id: str = typer.Argument(..., metavar="JOB", help="Job id."),
-        output: Path = typer.Option(Path("exclusion.png"), "-o", "--output", help="Where to write the plot: .png, .svg or .pdf."),
+        output: Path = typer.Option(
+            Path("exclusion.png"), "-o", "--output", help="Where to write the plot: .png, .svg or .pdf."
+        ),
         server: Optional[str] = typer.Option(None, "--server", help=SERVER_HELP),
         token: Optional[str] = typer.Option(None, "--token", help=TOKEN_HELP),
         wait: bool = typer.Option(False, "--wait", help="Wait for the job to finish first."),
@@ -252,4 +288,6 @@ def register(app: typer.Typer) -> None:
             st = job.info
             created = dt.datetime.fromtimestamp(st["timings"]["created"]).strftime("%Y-%m-%d %H:%M:%S")
             p = st["progress"]
-            typer.echo(f"{job.id}  {created}  {st['state']:<9}  {p['done']:>5}/{p['total']:<5}  {options_text(st.get('options') or {})}")
+            typer.echo(
+                f"{job.id}  {created}  {st['state']:<9}  {p['done']:>5}/{p['total']:<5}  {options_text(st.get('options') or {})}"
+            )

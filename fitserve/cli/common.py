@@ -35,8 +35,10 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-MODIFIER_SETTINGS_HELP = ("'atlas' (normsys code4, histosys code4p; default), 'legacy' (code1, code0; pyhf < 0.7's default; 'pyhf' is an alias), "
-                          "or a pyhf-style JSON object, e.g. '{\"normsys\": {\"interpcode\": \"code4\"}, \"histosys\": {\"interpcode\": \"code0\"}}'.")
+MODIFIER_SETTINGS_HELP = (
+    "'atlas' (normsys code4, histosys code4p; default), 'legacy' (code1, code0; pyhf < 0.7's default; 'pyhf' is an alias), "
+    'or a pyhf-style JSON object, e.g. \'{"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code0"}}\'.'
+)
 
 
 def parse_modifier_settings(value: Optional[str]) -> Any:
@@ -60,5 +62,8 @@ def service_settings(**overrides: Any) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = ".".join(str(p) for p in err.get("loc", ()))
-        typer.echo(f"fitserve: error: setting {name!r} (--{name.replace('_', '-')} / FITSERVE_{name.upper()}): {err.get('msg')}", err=True)
+        typer.echo(
+            f"fitserve: error: setting {name!r} (--{name.replace('_', '-')} / FITSERVE_{name.upper()}): {err.get('msg')}",
+            err=True,
+        )
         raise typer.Exit(2)

@@ -39,20 +39,24 @@ def template_path(site: str) -> Path:
         raise ValueError(f"unknown site {site!r}; choose one of {', '.join(SITES)}")
     path = TEMPLATES_DIR / site / "config.yaml"
     if not path.exists():
-        raise FileNotFoundError(f"endpoint template {path} not found (templates ship in the fitserve source tree: endpoints/globus-compute/)")
+        raise FileNotFoundError(
+            f"endpoint template {path} not found (templates ship in the fitserve source tree: endpoints/globus-compute/)"
+        )
     return path
 
 
-def render_template(site: str, display_name: str | None = None, venv: str | None = None, pip_spec: str | None = None) -> str:
+def render_template(
+    site: str, display_name: str | None = None, venv: str | None = None, pip_spec: str | None = None
+) -> str:
     """The template's text with the chosen display name, venv and pip requirement filled in."""
     text = template_path(site).read_text()
     if display_name is not None:
         text, n = re.subn(r"(?m)^display_name: .*$", f"display_name: {_yaml_str(display_name)}", text)
         assert n == 1
     if venv is not None:
-        text = text.replace('${FITSERVE_VENV:-$HOME/.fitserve/venv}', "${FITSERVE_VENV:-" + venv + "}")
+        text = text.replace("${FITSERVE_VENV:-$HOME/.fitserve/venv}", "${FITSERVE_VENV:-" + venv + "}")
     if pip_spec is not None:
-        text = text.replace('${FITSERVE_PIP_SPEC:-fitserve[globus]}', "${FITSERVE_PIP_SPEC:-" + pip_spec + "}")
+        text = text.replace("${FITSERVE_PIP_SPEC:-fitserve[globus]}", "${FITSERVE_PIP_SPEC:-" + pip_spec + "}")
     return text
 
 
@@ -83,8 +87,15 @@ def check_endpoint_config(path: Path) -> str:
     return f"{cfg_path}: {type(config).__name__}, {type(engine).__name__} with {type(provider).__name__}"
 
 
-def write_multi_user(directory: Path, site: str, venv: str | None = None, container_type: str | None = None,
-                     container_uri: str | None = None, display_name: str | None = None, force: bool = False) -> list[Path]:
+def write_multi_user(
+    directory: Path,
+    site: str,
+    venv: str | None = None,
+    container_type: str | None = None,
+    container_uri: str | None = None,
+    display_name: str | None = None,
+    force: bool = False,
+) -> list[Path]:
     """Write a multi-user endpoint directory for ``site``; returns the files written."""
     import json
 
@@ -95,22 +106,30 @@ def write_multi_user(directory: Path, site: str, venv: str | None = None, contai
     ctype = container_type or "none"
     uri = container_uri or (DEFAULT_IMAGE if site == "kubernetes" or ctype in ("docker", "podman") else "")
     if ctype in ("apptainer", "singularity") and not container_uri:
-        raise ValueError("--container-uri is required with an apptainer/singularity container (e.g. /sw/fitserve/fitserve-worker.sif)")
+        raise ValueError(
+            "--container-uri is required with an apptainer/singularity container (e.g. /sw/fitserve/fitserve-worker.sif)"
+        )
     directory = directory.expanduser().resolve()
     config = (MULTI_USER_DIR / "config.yaml").read_text().replace("__ENDPOINT_DIR__", str(directory))
     if display_name is not None:
         config, n = re.subn(r"(?m)^display_name: .*$", f"display_name: {_yaml_str(display_name)}", config)
     template = (MULTI_USER_DIR / f"user_config_template.{site}.yaml.j2").read_text()
-    template = (template.replace("__FITSERVE_VENV__", venv or "/sw/fitserve/venv")
-                .replace("__CONTAINER_TYPE__", ctype).replace("__CONTAINER_URI__", uri))
+    template = (
+        template.replace("__FITSERVE_VENV__", venv or "/sw/fitserve/venv")
+        .replace("__CONTAINER_TYPE__", ctype)
+        .replace("__CONTAINER_URI__", uri)
+    )
     schema = json.loads((MULTI_USER_DIR / "user_config_schema.json").read_text())
     if site != "kubernetes":
         schema["required"] = ["ACCOUNT_ID"]
     if site != "slurm-gpu":
         schema["properties"].pop("GPUS_PER_NODE")
-    files = {"config.yaml": config, "user_config_template.yaml.j2": template,
-             "user_config_schema.json": json.dumps(schema, indent=2) + "\n",
-             "identity_mapping.json": (MULTI_USER_DIR / "identity_mapping.json").read_text()}
+    files = {
+        "config.yaml": config,
+        "user_config_template.yaml.j2": template,
+        "user_config_schema.json": json.dumps(schema, indent=2) + "\n",
+        "identity_mapping.json": (MULTI_USER_DIR / "identity_mapping.json").read_text(),
+    }
     existing = [directory / f for f in files if (directory / f).exists()]
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists (use --force to overwrite)")
@@ -154,23 +173,37 @@ def check_multi_user(directory: Path, user_options: dict | None = None) -> str:
     opts = dict(EXAMPLE_USER_OPTIONS if user_options is None else user_options)
     if schema and "GPUS_PER_NODE" in schema.get("properties", {}) and user_options is None:
         opts["GPUS_PER_NODE"] = 4
-    me = MappedPosixIdentity(local_user_record=pwd.getpwuid(os.getuid()), matched_identity=uuid.UUID(int=0),
-                             globus_identity_candidates=[])
+    me = MappedPosixIdentity(
+        local_user_record=pwd.getpwuid(os.getuid()), matched_identity=uuid.UUID(int=0), globus_identity_candidates=[]
+    )
     try:
-        rendered = render_config_user_template(parent, load_user_config_template(tpl_path), tpl_path, me, schema, opts,
-                                               json.loads(json.dumps(asdict(create_user_runtime()))))
+        rendered = render_config_user_template(
+            parent,
+            load_user_config_template(tpl_path),
+            tpl_path,
+            me,
+            schema,
+            opts,
+            json.loads(json.dumps(asdict(create_user_runtime()))),
+        )
     except Exception as exc:
         msg = getattr(exc, "message", None) or str(exc)
-        raise ValueError(f"{tpl_path}: with user options {json.dumps(opts)}: {type(exc).__name__}: {msg.splitlines()[0]}") from exc
+        raise ValueError(
+            f"{tpl_path}: with user options {json.dumps(opts)}: {type(exc).__name__}: {msg.splitlines()[0]}"
+        ) from exc
     try:
         user = load_config_yaml(rendered)
     except Exception as exc:
-        raise ValueError(f"{tpl_path}: the rendered configuration does not load: {getattr(exc, 'message', None) or exc}") from exc
+        raise ValueError(
+            f"{tpl_path}: the rendered configuration does not load: {getattr(exc, 'message', None) or exc}"
+        ) from exc
     engine = user.engine
     try:
         provider = engine.provider
-        summary = (f"{cfg_path}: multi-user endpoint; {tpl_path.name} rendered for {json.dumps(opts)}: "
-                   f"{type(engine).__name__} with {type(provider).__name__}")
+        summary = (
+            f"{cfg_path}: multi-user endpoint; {tpl_path.name} rendered for {json.dumps(opts)}: "
+            f"{type(engine).__name__} with {type(provider).__name__}"
+        )
         for attr in ("account", "partition", "queue", "nodes_per_block", "walltime"):
             if getattr(provider, attr, None) not in (None, ""):
                 summary += f", {attr}={getattr(provider, attr)}"
@@ -196,24 +229,40 @@ def versions_report(python: str | None = None) -> dict:
     code = "import json; from fitserve.executors.globus_task import versions; print(json.dumps(versions()))"
     proc = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
-        raise ValueError(f"{python}: cannot report fitserve versions: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+        raise ValueError(
+            f"{python}: cannot report fitserve versions: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     return json.loads(proc.stdout)
 
 
 def register(app: typer.Typer) -> None:
-    endpoint = typer.Typer(no_args_is_help=True, help="Globus Compute endpoint configurations and site files for HPC centres.")
+    endpoint = typer.Typer(
+        no_args_is_help=True, help="Globus Compute endpoint configurations and site files for HPC centres."
+    )
     app.add_typer(endpoint, name="endpoint")
 
     @endpoint.command("init")
     def init(
         directory: Path = typer.Argument(..., help="Endpoint directory, e.g. ~/.globus_compute/fitserve (created)."),
-        site: str = typer.Option(..., "--site", help="slurm, pbs, kubernetes or local (multi-user: slurm, pbs, kubernetes, slurm-gpu)."),
-        multi_user: bool = typer.Option(False, "--multi-user", help="Write a multi-user (manager) endpoint with a per-user template."),
-        container_type: Optional[str] = typer.Option(None, help="Multi-user: run workers in a container (apptainer, singularity, docker, podman)."),
-        container_uri: Optional[str] = typer.Option(None, help="Multi-user: the fitserve worker image (a .sif path or an image reference)."),
+        site: str = typer.Option(
+            ..., "--site", help="slurm, pbs, kubernetes or local (multi-user: slurm, pbs, kubernetes, slurm-gpu)."
+        ),
+        multi_user: bool = typer.Option(
+            False, "--multi-user", help="Write a multi-user (manager) endpoint with a per-user template."
+        ),
+        container_type: Optional[str] = typer.Option(
+            None, help="Multi-user: run workers in a container (apptainer, singularity, docker, podman)."
+        ),
+        container_uri: Optional[str] = typer.Option(
+            None, help="Multi-user: the fitserve worker image (a .sif path or an image reference)."
+        ),
         display_name: Optional[str] = typer.Option(None, help="Name shown in the Globus web app."),
-        venv: Optional[str] = typer.Option(None, help="Virtual environment the workers use (default $HOME/.fitserve/venv)."),
-        pip_spec: Optional[str] = typer.Option(None, help="What worker_init installs if fitserve is missing (default fitserve[globus])."),
+        venv: Optional[str] = typer.Option(
+            None, help="Virtual environment the workers use (default $HOME/.fitserve/venv)."
+        ),
+        pip_spec: Optional[str] = typer.Option(
+            None, help="What worker_init installs if fitserve is missing (default fitserve[globus])."
+        ),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing config.yaml."),
         check: bool = typer.Option(True, "--check/--no-check", help="Validate with globus_compute_endpoint's loader."),
     ) -> None:
@@ -231,7 +280,10 @@ def register(app: typer.Typer) -> None:
                 try:
                     typer.echo("checked: " + check_multi_user(directory.expanduser().resolve()))
                 except ImportError:
-                    typer.echo("not checked: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')", err=True)
+                    typer.echo(
+                        "not checked: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')",
+                        err=True,
+                    )
                 except ValueError as exc:
                     typer.echo(f"fitserve: warning: {exc}", err=True)
                     raise typer.Exit(1)
@@ -247,22 +299,32 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         directory.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
-        typer.echo(f"wrote {target} ({site}); edit the lines marked EDIT, then: globus-compute-endpoint start {directory.name}")
+        typer.echo(
+            f"wrote {target} ({site}); edit the lines marked EDIT, then: globus-compute-endpoint start {directory.name}"
+        )
         if check:
             try:
                 typer.echo("checked: " + check_endpoint_config(target))
             except ImportError:
-                typer.echo("not checked: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')", err=True)
+                typer.echo(
+                    "not checked: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')", err=True
+                )
             except ValueError as exc:
                 typer.echo(f"fitserve: warning: {exc}", err=True)
                 raise typer.Exit(1)
 
     @endpoint.command("check")
     def check_cmd(
-        path: Path = typer.Argument(..., help="An endpoint directory or config.yaml, or a site file (endpoints/*.yaml)."),
+        path: Path = typer.Argument(
+            ..., help="An endpoint directory or config.yaml, or a site file (endpoints/*.yaml)."
+        ),
         executor: str = typer.Option("parsl", help="For site files: parsl or globus."),
-        user_options: Optional[Path] = typer.Option(None, help="Multi-user: JSON user options to render the template with."),
-        python: Optional[str] = typer.Option(None, help="Also report the versions of this interpreter (e.g. the workers' venv python)."),
+        user_options: Optional[Path] = typer.Option(
+            None, help="Multi-user: JSON user options to render the template with."
+        ),
+        python: Optional[str] = typer.Option(
+            None, help="Also report the versions of this interpreter (e.g. the workers' venv python)."
+        ),
     ) -> None:
         """Check a configuration without starting anything; errors name the file and key.
 
@@ -292,7 +354,9 @@ def register(app: typer.Typer) -> None:
                 check_site(path, executor)
                 typer.echo(f"ok: {path} ({executor} site)")
         except ImportError:
-            typer.echo("fitserve: error: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')", err=True)
+            typer.echo(
+                "fitserve: error: globus-compute-endpoint is not installed (pip install 'fitserve[globus]')", err=True
+            )
             raise typer.Exit(2)
         except (SiteError, ValueError) as exc:
             typer.echo(f"fitserve: error: {exc}", err=True)
@@ -311,4 +375,6 @@ def register(app: typer.Typer) -> None:
         for s in SITES:
             typer.echo(f"endpoint init  --site {s:<10} ({TEMPLATES_DIR / s / 'config.yaml'})")
         for s in MULTI_USER_SITES:
-            typer.echo(f"endpoint init  --multi-user --site {s:<10} ({MULTI_USER_DIR / f'user_config_template.{s}.yaml.j2'})")
+            typer.echo(
+                f"endpoint init  --multi-user --site {s:<10} ({MULTI_USER_DIR / f'user_config_template.{s}.yaml.j2'})"
+            )

@@ -48,9 +48,15 @@ def signal(
     n_parent: int = typer.Option(8, "--n-parent", min=1, help="Grid points along the parent mass."),
     n_lsp: int = typer.Option(8, "--n-lsp", min=1, help="Grid points along the LSP mass."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed (systematics chosen, MC-stat sizes)."),
-    strength: float = typer.Option(1.0, "--strength", help="Scale all signal yields (1: about 40% of the grid excluded)."),
-    channel: Optional[list[str]] = typer.Option(None, "--channel", help="Signal channels (repeatable; default: the SR channels)."),
-    hepdata: Optional[str] = typer.Option(None, "--hepdata", help="INSPIRE id of the analysis (insNNNNNNN) for the metadata."),
+    strength: float = typer.Option(
+        1.0, "--strength", help="Scale all signal yields (1: about 40% of the grid excluded)."
+    ),
+    channel: Optional[list[str]] = typer.Option(
+        None, "--channel", help="Signal channels (repeatable; default: the SR channels)."
+    ),
+    hepdata: Optional[str] = typer.Option(
+        None, "--hepdata", help="INSPIRE id of the analysis (insNNNNNNN) for the metadata."
+    ),
 ) -> None:
     """Write a synthetic signal patchset (2-D mass grid) for a background-only workspace."""
     from fitserve.engine.inputs import load_json, validate_patchset, validate_workspace

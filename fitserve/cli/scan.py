@@ -19,22 +19,44 @@ def register(app: typer.Typer) -> None:
 
 
 def scan(
-    workspace: Path = typer.Argument(..., metavar="WORKSPACE", help="Background-only workspace (with PATCHSET) or one full workspace."),
-    patchset: Optional[Path] = typer.Argument(None, metavar="[PATCHSET]", help="pyhf PatchSet JSON with one patch per signal hypothesis."),
+    workspace: Path = typer.Argument(
+        ..., metavar="WORKSPACE", help="Background-only workspace (with PATCHSET) or one full workspace."
+    ),
+    patchset: Optional[Path] = typer.Argument(
+        None, metavar="[PATCHSET]", help="pyhf PatchSet JSON with one patch per signal hypothesis."
+    ),
     output: Path = typer.Option(Path("results.json"), "-o", "--output", help="Where to write the results JSON."),
-    limits: bool = typer.Option(False, "--limits", help="Also compute upper limits on the POI at --cl (observed and expected band)."),
+    limits: bool = typer.Option(
+        False, "--limits", help="Also compute upper limits on the POI at --cl (observed and expected band)."
+    ),
     test_stat: str = typer.Option("qtilde", "--test-stat", help="qtilde, q or q0 (discovery: p0 instead of CLs)."),
     poi_test: float = typer.Option(1.0, "--poi-test", help="POI value tested for CLs."),
     confidence_level: float = typer.Option(0.95, "--cl", help="Confidence level of the exclusion and the limits."),
-    measurement: Optional[str] = typer.Option(None, "--measurement", help="Measurement name in the workspace (default: the first)."),
-    patch: Optional[list[str]] = typer.Option(None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the hypothesis of a single full workspace (default: the file name)."),
+    measurement: Optional[str] = typer.Option(
+        None, "--measurement", help="Measurement name in the workspace (default: the first)."
+    ),
+    patch: Optional[list[str]] = typer.Option(
+        None, "--patch", help="Only this patch; repeat for several (--patch A --patch B)."
+    ),
+    name: Optional[str] = typer.Option(
+        None, "--name", help="Name of the hypothesis of a single full workspace (default: the file name)."
+    ),
     cls_only: bool = typer.Option(False, "--cls-only", help="Print only the observed CLs per hypothesis."),
     modifier_settings: str = typer.Option("atlas", "--modifier-settings", help=MODIFIER_SETTINGS_HELP),
-    restarts: Optional[int] = typer.Option(None, "--restarts", help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima; default: 4 for models of at most 8 free parameters, else 0)."),
-    limit_max: Optional[float] = typer.Option(None, "--limit-max", help="How far the limit search goes (default: 10x the POI's upper bound)."),
-    calculator: str = typer.Option("asymptotics", "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."),
-    n_toys: int = typer.Option(1000, "--n-toys", help="With --calculator toybased: toys per distribution (s+b and b-only)."),
+    restarts: Optional[int] = typer.Option(
+        None,
+        "--restarts",
+        help="Extra free and fixed-POI fits per hypothesis from spread starts (local minima; default: 4 for models of at most 8 free parameters, else 0).",
+    ),
+    limit_max: Optional[float] = typer.Option(
+        None, "--limit-max", help="How far the limit search goes (default: 10x the POI's upper bound)."
+    ),
+    calculator: str = typer.Option(
+        "asymptotics", "--calculator", help="asymptotics (default) or toybased (pseudo-experiments)."
+    ),
+    n_toys: int = typer.Option(
+        1000, "--n-toys", help="With --calculator toybased: toys per distribution (s+b and b-only)."
+    ),
     seed: int = typer.Option(0, "--seed", help="With --calculator toybased: random seed (same seed, same numbers)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
@@ -45,9 +67,18 @@ def scan(
 
     try:
         options = ScanOptions(
-            test_stat=test_stat, poi_test=poi_test, limits=limits, cls_only=cls_only, confidence_level=confidence_level,
-            modifier_settings=parse_modifier_settings(modifier_settings), measurement=measurement,
-            restarts=restarts, limit_max=limit_max, calculator=calculator, n_toys=n_toys, seed=seed,
+            test_stat=test_stat,
+            poi_test=poi_test,
+            limits=limits,
+            cls_only=cls_only,
+            confidence_level=confidence_level,
+            modifier_settings=parse_modifier_settings(modifier_settings),
+            measurement=measurement,
+            restarts=restarts,
+            limit_max=limit_max,
+            calculator=calculator,
+            n_toys=n_toys,
+            seed=seed,
         )
     except ValueError as exc:
         fail(f"bad option: {exc.errors()[0]['msg'] if hasattr(exc, 'errors') else exc}")
@@ -58,8 +89,15 @@ def scan(
             patches = validate_patchset(load_json(patchset), where=str(patchset))["patches"]
         bar = _progress_bar() if progress else None
         try:
-            result = run_scan(ws, patches, options, names=patch, progress=bar.update if bar else None,
-                              where=str(workspace), on_event=_compile_notice(bar))
+            result = run_scan(
+                ws,
+                patches,
+                options,
+                names=patch,
+                progress=bar.update if bar else None,
+                where=str(workspace),
+                on_event=_compile_notice(bar),
+            )
         finally:
             if bar:
                 bar.close()
@@ -74,8 +112,11 @@ def scan(
         for key, rec in result["results"].items():
             typer.echo(f"{key}\t{rec['CLs_obs']}")
     else:
-        typer.echo(f"{scan_summary(result, options)}; compile {result['timing']['compile_s']:.1f} s, "
-                   f"fit {result['timing']['fit_s']:.1f} s -> {output}", err=True)
+        typer.echo(
+            f"{scan_summary(result, options)}; compile {result['timing']['compile_s']:.1f} s, "
+            f"fit {result['timing']['fit_s']:.1f} s -> {output}",
+            err=True,
+        )
 
 
 #: One-sided p-values of 3 and 5 sigma (evidence, discovery).
@@ -94,10 +135,14 @@ def scan_summary(result: dict[str, Any], options: Any) -> str:
 
     text = f"{len(recs)} hypotheses (discovery, q0), {bad} not converged"
     if ok:
-        best_name, best = min(((k, r) for k, r in result["results"].items() if r in ok), key=lambda kv: kv[1]["CLs_obs"])
+        best_name, best = min(
+            ((k, r) for k, r in result["results"].items() if r in ok), key=lambda kv: kv[1]["CLs_obs"]
+        )
         p0 = best["CLs_obs"]
-        text += (f"; smallest p0 {p0:.3g} (Z = {norm.isf(p0):.2f} sigma) at {best_name}; "
-                 f"{sum(r['CLs_obs'] < P_3SIGMA for r in ok)} with p0 below 3 sigma, {sum(r['CLs_obs'] < P_5SIGMA for r in ok)} below 5 sigma")
+        text += (
+            f"; smallest p0 {p0:.3g} (Z = {norm.isf(p0):.2f} sigma) at {best_name}; "
+            f"{sum(r['CLs_obs'] < P_3SIGMA for r in ok)} with p0 below 3 sigma, {sum(r['CLs_obs'] < P_5SIGMA for r in ok)} below 5 sigma"
+        )
     return text
 
 
@@ -107,8 +152,10 @@ def _compile_notice(bar: Optional[_progress_bar]) -> Any:
     def on_event(event: str, info: dict[str, Any]) -> None:
         if event != "compile":
             return
-        line = (f"compiling the fit for this model structure (first time: {info.get('n_params', '?')} parameters, "
-                f"{info.get('n_bins', '?')} bins; typically 5-20 s)...")
+        line = (
+            f"compiling the fit for this model structure (first time: {info.get('n_params', '?')} parameters, "
+            f"{info.get('n_bins', '?')} bins; typically 5-20 s)..."
+        )
         if bar is not None:
             bar.write(line)
         else:

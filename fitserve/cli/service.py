@@ -37,7 +37,9 @@ def _auth_for(settings: Any, host: str) -> Any:
         typer.secho(
             f"fitserve: WARNING: open mode (no authentication) on {host}: anybody who can reach this address "
             "can read and cancel every job. Use --auth token on a shared network.",
-            err=True, fg="red", bold=True,
+            err=True,
+            fg="red",
+            bold=True,
         )
     elif mode == "token":
         typer.echo("auth: API tokens required (create one with `fitserve token create --user NAME`)", err=True)
@@ -89,7 +91,9 @@ def register(app: typer.Typer) -> None:
     def serve(
         host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
         port: int = typer.Option(8000, help="Port to listen on."),
-        redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL or redis://127.0.0.1:6379/0)."),
+        redis_url: Optional[str] = typer.Option(
+            None, help="Redis URL (default: FITSERVE_REDIS_URL or redis://127.0.0.1:6379/0)."
+        ),
         log_level: str = typer.Option("info", help="uvicorn log level."),
         auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
@@ -101,16 +105,24 @@ def register(app: typer.Typer) -> None:
 
         settings = _auth_for(service_settings(redis_url=redis_url, auth=auth), host)
         log_to_stderr()
-        typer.echo(f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}", err=True)
+        typer.echo(
+            f"fitserve API on http://{host}:{port} (docs: http://{host}:{port}/docs), Redis {settings.redis_url}",
+            err=True,
+        )
         uvicorn.run(create_app(settings), host=host, port=port, log_level=log_level)
 
     @app.command()
     def worker(
-        executor: Optional[str] = typer.Option(None, help="local, parsl or globus (default: FITSERVE_EXECUTOR or local)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes / local threads (FITSERVE_PARSL_WORKERS)."),
+        executor: Optional[str] = typer.Option(
+            None, help="local, parsl or globus (default: FITSERVE_EXECUTOR or local)."
+        ),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", help="Parsl worker processes / local threads (FITSERVE_PARSL_WORKERS)."
+        ),
         redis_url: Optional[str] = typer.Option(None, help="Redis URL (default: FITSERVE_REDIS_URL)."),
         site: Optional[Path] = typer.Option(
-            None, help="Site file (YAML): a Parsl provider (endpoints/slurm.yaml, pbspro.yaml, kubernetes.yaml) or a Globus Compute endpoint (endpoints/globus.yaml)."
+            None,
+            help="Site file (YAML): a Parsl provider (endpoints/slurm.yaml, pbspro.yaml, kubernetes.yaml) or a Globus Compute endpoint (endpoints/globus.yaml).",
         ),
         name: Optional[str] = typer.Option(None, help="Consumer name in the queue (default: host-pid-random)."),
     ) -> None:
@@ -149,13 +161,24 @@ def register(app: typer.Typer) -> None:
         host: str = typer.Option("127.0.0.1", help="Interface the API listens on."),
         port: int = typer.Option(8000, help="Port the API listens on."),
         executor: str = typer.Option("parsl", help="Executor of the worker: parsl (local pool) or local (in-process)."),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Parsl worker processes (default: FITSERVE_PARSL_WORKERS or 1)."),
-        redis_url: Optional[str] = typer.Option(None, help="Use this Redis (also FITSERVE_REDIS_URL); default: a private embedded Redis of this service."),
-        data_dir: Optional[Path] = typer.Option(None, help="Where the embedded Redis keeps its socket and AOF (default: FITSERVE_DATA_DIR or ./var)."),
+        workers: Optional[int] = typer.Option(
+            None, "--workers", help="Parsl worker processes (default: FITSERVE_PARSL_WORKERS or 1)."
+        ),
+        redis_url: Optional[str] = typer.Option(
+            None, help="Use this Redis (also FITSERVE_REDIS_URL); default: a private embedded Redis of this service."
+        ),
+        data_dir: Optional[Path] = typer.Option(
+            None, help="Where the embedded Redis keeps its socket and AOF (default: FITSERVE_DATA_DIR or ./var)."
+        ),
         auth: Optional[str] = typer.Option(None, help=AUTH_HELP),
     ) -> None:
         """Everything on one machine: a private Redis (or FITSERVE_REDIS_URL), one worker, and the API. Ctrl-C stops all."""
-        settings = _auth_for(service_settings(executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth), host)
+        settings = _auth_for(
+            service_settings(
+                executor=executor, parsl_workers=workers, redis_url=redis_url, data_dir=data_dir, auth=auth
+            ),
+            host,
+        )
         sock = _bind_or_exit(host, port)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock, embedded, settings = _start_redis(settings)
@@ -195,7 +218,10 @@ def _start_redis(settings: Any) -> tuple[Any, Any, Any]:
         if "redis_url" in settings.model_fields_set:  # --redis-url, FITSERVE_REDIS_URL, .env or settings file
             embedded = ensure_redis(settings.redis_url, settings.data_dir)
             if embedded is None:
-                typer.echo(f"using the Redis at {settings.redis_url} (set explicitly; other services using it share its jobs)", err=True)
+                typer.echo(
+                    f"using the Redis at {settings.redis_url} (set explicitly; other services using it share its jobs)",
+                    err=True,
+                )
             else:
                 typer.echo(f"started Redis {embedded.binary} on {embedded.url} (AOF in {embedded.dir})", err=True)
             return lock, embedded, settings
@@ -204,7 +230,10 @@ def _start_redis(settings: Any) -> tuple[Any, Any, Any]:
         lock.release()
         typer.echo(f"fitserve: error: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"started a private Redis for this service on {embedded.unix_socket} (no TCP port; AOF in {embedded.dir})", err=True)
+    typer.echo(
+        f"started a private Redis for this service on {embedded.unix_socket} (no TCP port; AOF in {embedded.dir})",
+        err=True,
+    )
     return lock, embedded, settings.model_copy(update={"redis_url": embedded.url})
 
 
@@ -220,7 +249,10 @@ def _run_up(settings: Any, host: str, port: int, sock: Any, embedded: Any) -> No
 
     env = _venv_path_env({**os.environ, **_settings_env(settings)})
     worker_proc = subprocess.Popen(
-        [sys.executable, "-m", "fitserve.cli", "worker"], env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "fitserve.cli", "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
         preexec_fn=die_with_parent(),
     )
     stopping = threading.Event()
@@ -236,7 +268,9 @@ def _run_up(settings: Any, host: str, port: int, sock: Any, embedded: Any) -> No
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets=sockets)
             if self.started:
-                typer.echo(f"fitserve is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; Ctrl-C to stop)")
+                typer.echo(
+                    f"fitserve is up: http://{host}:{port}  (API docs: http://{host}:{port}/docs; Ctrl-C to stop)"
+                )
                 sys.stdout.flush()
 
     server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))

@@ -48,7 +48,9 @@ def create(
     except ValueError as exc:
         typer.echo(f"fitserve: error: --user: {exc}", err=True)
         raise typer.Exit(2)
-    typer.echo(f"token for {user!r}{' (admin)' if admin else ''}; give it to the user, it is not shown again:", err=True)
+    typer.echo(
+        f"token for {user!r}{' (admin)' if admin else ''}; give it to the user, it is not shown again:", err=True
+    )
     typer.echo(token)
 
 

@@ -26,6 +26,20 @@ from fitserve.client.errors import (
 from fitserve.client.sync import Client, Job
 
 __all__ = [
-    "Client", "Job", "AsyncClient", "AsyncJob", "Results", "RetryPolicy", "ClientConfig", "resolve",
-    "FitserveError", "BadInput", "NotFound", "Unauthorised", "Conflict", "ServerUnavailable", "JobFailed", "JobTimeout",
+    "Client",
+    "Job",
+    "AsyncClient",
+    "AsyncJob",
+    "Results",
+    "RetryPolicy",
+    "ClientConfig",
+    "resolve",
+    "FitserveError",
+    "BadInput",
+    "NotFound",
+    "Unauthorised",
+    "Conflict",
+    "ServerUnavailable",
+    "JobFailed",
+    "JobTimeout",
 ]

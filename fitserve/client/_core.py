@@ -123,11 +123,17 @@ class Call:
 
 # ---------------------------------------------------------------------------- errors
 _BY_STATUS: dict[int, type[FitserveError]] = {
-    400: BadInput, 413: BadInput, 415: BadInput, 422: BadInput,
-    401: Unauthorised, 403: Unauthorised,
+    400: BadInput,
+    413: BadInput,
+    415: BadInput,
+    422: BadInput,
+    401: Unauthorised,
+    403: Unauthorised,
     404: NotFound,
     409: Conflict,
-    502: ServerUnavailable, 503: ServerUnavailable, 504: ServerUnavailable,
+    502: ServerUnavailable,
+    503: ServerUnavailable,
+    504: ServerUnavailable,
 }
 
 
@@ -306,8 +312,10 @@ def suffix_format(path: str | os.PathLike[str] | None, formats: Mapping[str, str
         return default
     suffix = Path(path).suffix.lower()
     if suffix not in formats:
-        raise BadInput(f"cannot tell the format from the suffix {suffix or '(none)'!r}: use {', '.join(formats)}",
-                       where=f"{what} {str(path)!r}")
+        raise BadInput(
+            f"cannot tell the format from the suffix {suffix or '(none)'!r}: use {', '.join(formats)}",
+            where=f"{what} {str(path)!r}",
+        )
     return formats[suffix]
 
 
@@ -324,7 +332,9 @@ class Waiter:
     OUTAGE_BACKOFF = 0.5
     OUTAGE_MAX_DELAY = 5.0
 
-    def __init__(self, job_id: str, timeout: float | None, progress: Any, poll_interval: float, grace: float = 60.0) -> None:
+    def __init__(
+        self, job_id: str, timeout: float | None, progress: Any, poll_interval: float, grace: float = 60.0
+    ) -> None:
         self.job_id = job_id
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.timeout = timeout
@@ -350,8 +360,15 @@ class Waiter:
 
                 # smoothing=0: the average rate since the start; hypotheses land a chunk at a time, and
                 # tqdm's default (a burst over the last update) read millions of hyp/s
-                self._bar = tqdm(total=prog.get("total", 0), unit="hyp", desc=f"job {self.job_id[:12]}",
-                                 file=sys.stderr, dynamic_ncols=True, leave=True, smoothing=0)
+                self._bar = tqdm(
+                    total=prog.get("total", 0),
+                    unit="hyp",
+                    desc=f"job {self.job_id[:12]}",
+                    file=sys.stderr,
+                    dynamic_ncols=True,
+                    leave=True,
+                    smoothing=0,
+                )
             else:
                 self._bar = self.progress
                 self._bar.total = prog.get("total", 0)
@@ -402,8 +419,11 @@ class Waiter:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 prog = status.get("progress", {})
-                raise JobTimeout(f"not finished after {self.timeout:g} s ({state}, {prog.get('done', 0)}/{prog.get('total', '?')} "
-                                 "hypotheses); the job keeps running", where=f"job {self.job_id}")
+                raise JobTimeout(
+                    f"not finished after {self.timeout:g} s ({state}, {prog.get('done', 0)}/{prog.get('total', '?')} "
+                    "hypotheses); the job keeps running",
+                    where=f"job {self.job_id}",
+                )
             delay = min(delay, left)
         return delay
 
@@ -452,19 +472,27 @@ class JobMethods:
 
     def dataframe(self) -> Any:
         """The results as a pandas DataFrame, one row per hypothesis (needs pandas)."""
-        return self._client._request(Call("GET", f"{API}/jobs/{self.id}/results",
-                                          parse=lambda r: Results(r.json()).to_dataframe()))
+        return self._client._request(
+            Call("GET", f"{API}/jobs/{self.id}/results", parse=lambda r: Results(r.json()).to_dataframe())
+        )
 
     def csv(self) -> Any:
         """The results as CSV text (the server's: one row per hypothesis, grid values in label-named columns)."""
-        return self._client._request(Call("GET", f"{API}/jobs/{self.id}/results", params={"format": "csv"},
-                                          parse=lambda r: r.text))
+        return self._client._request(
+            Call("GET", f"{API}/jobs/{self.id}/results", params={"format": "csv"}, parse=lambda r: r.text)
+        )
 
     def save_results(self, path: str | os.PathLike[str]) -> Any:
         """Write the results to ``path``: ``.json`` (the document) or ``.csv``; returns the Path."""
         fmt = suffix_format(path, RESULT_FORMATS, "json", "output")
-        return self._client._request(Call("GET", f"{API}/jobs/{self.id}/results", params={"format": fmt},
-                                          parse=lambda r: _write(path, _pretty(r) if fmt == "json" else r.content)))
+        return self._client._request(
+            Call(
+                "GET",
+                f"{API}/jobs/{self.id}/results",
+                params={"format": fmt},
+                parse=lambda r: _write(path, _pretty(r) if fmt == "json" else r.content),
+            )
+        )
 
     def contours(self) -> Any:
         """2-D grids: CLs = 1 - CL contours (``contours`` {observed, expected, expected_m1/p1/m2/p2: [[x, y], ...] lines});
@@ -515,8 +543,12 @@ class ClientMethods:
         or ``"toybased"``) with ``n_toys`` and ``seed``.  Bad input raises
         :class:`~fitserve.client.errors.BadInput` with the server's message.
         """
-        call = Call("POST", f"{API}/jobs", body=submit_request(workspace, patchset, options),
-                    parse=lambda r: self._job_cls(self, r.json()["id"], r.json()))
+        call = Call(
+            "POST",
+            f"{API}/jobs",
+            body=submit_request(workspace, patchset, options),
+            parse=lambda r: self._job_cls(self, r.json()["id"], r.json()),
+        )
         return self._request(call)  # type: ignore[attr-defined]
 
     def job(self, job_id: str) -> JobMethods:
@@ -525,8 +557,14 @@ class ClientMethods:
 
     def jobs(self, limit: int = 100) -> Any:
         """Recent jobs, newest first, as Job handles (``job.info`` holds each one's status)."""
-        return self._request(Call("GET", f"{API}/jobs", params={"limit": limit},  # type: ignore[attr-defined]
-                                  parse=lambda r: [self._job_cls(self, j["id"], j) for j in r.json()["jobs"]]))
+        return self._request(
+            Call(
+                "GET",
+                f"{API}/jobs",
+                params={"limit": limit},  # type: ignore[attr-defined]
+                parse=lambda r: [self._job_cls(self, j["id"], j) for j in r.json()["jobs"]],
+            )
+        )
 
     def health(self) -> Any:
         """``status`` (ok, degraded: no worker), Redis, live workers, queue depth.  ServerUnavailable if down."""

@@ -24,11 +24,17 @@ from fitserve.client.errors import ServerUnavailable
 class AsyncJob(_core.JobMethods):
     """A submitted job; every method is awaited (``await job.status()``, ``await job.plot(path)``, ...)."""
 
-    async def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0,
-                   grace: float | None = None) -> dict[str, Any]:
+    async def wait(
+        self,
+        timeout: float | None = None,
+        progress: Any = False,
+        poll_interval: float = 1.0,
+        grace: float | None = None,
+    ) -> dict[str, Any]:
         """Wait until the job is done or cancelled; returns its final status (see :meth:`fitserve.client.Job.wait`)."""
-        waiter = _core.Waiter(self.id, timeout, progress, poll_interval,
-                              grace=self._client.retry.wait_grace if grace is None else grace)
+        waiter = _core.Waiter(
+            self.id, timeout, progress, poll_interval, grace=self._client.retry.wait_grace if grace is None else grace
+        )
         try:
             while True:
                 try:
@@ -48,8 +54,15 @@ class AsyncClient(_core.ClientMethods):
 
     _job_cls = AsyncJob
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 60.0,
-                 retry: _core.RetryPolicy | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: _core.RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         cfg = resolve(url, token)
         self.url, self.token = cfg.url, cfg.token
         self.retry = retry or _core.RetryPolicy()

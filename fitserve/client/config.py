@@ -60,7 +60,9 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"cannot read the client config: {exc}", where=str(path)) from None
     unknown = set(data) - {"url", "token"}
     if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} (expected url, token)", where=str(path))
+        raise ConfigError(
+            f"unknown key(s) {', '.join(sorted(map(repr, unknown)))} (expected url, token)", where=str(path)
+        )
     for key in ("url", "token"):
         if key in data and not isinstance(data[key], str):
             raise ConfigError(f"{key} must be a string", where=str(path))

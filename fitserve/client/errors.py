@@ -51,5 +51,12 @@ class JobTimeout(FitserveError, TimeoutError):
 
 
 __all__ = [
-    "FitserveError", "BadInput", "NotFound", "Unauthorised", "Conflict", "ServerUnavailable", "JobFailed", "JobTimeout",
+    "FitserveError",
+    "BadInput",
+    "NotFound",
+    "Unauthorised",
+    "Conflict",
+    "ServerUnavailable",
+    "JobFailed",
+    "JobTimeout",
 ]

@@ -16,8 +16,13 @@ class Job(_core.JobMethods):
     """A submitted job.  ``status()``, ``wait()``, ``results()``, ``dataframe()``, ``csv()``,
     ``save_results(path)``, ``contours()``, ``plot(path)``, ``cancel()``."""
 
-    def wait(self, timeout: float | None = None, progress: Any = False, poll_interval: float = 1.0,
-             grace: float | None = None) -> dict[str, Any]:
+    def wait(
+        self,
+        timeout: float | None = None,
+        progress: Any = False,
+        poll_interval: float = 1.0,
+        grace: float | None = None,
+    ) -> dict[str, Any]:
         """Block until the job is done or cancelled; returns its final status.
 
         ``progress=True`` shows a tqdm bar (stderr) that moves as hypotheses
@@ -29,8 +34,9 @@ class Job(_core.JobMethods):
         client's ``retry.wait_grace``, 60 s) before
         :class:`~fitserve.client.errors.ServerUnavailable` is raised.
         """
-        waiter = _core.Waiter(self.id, timeout, progress, poll_interval,
-                              grace=self._client.retry.wait_grace if grace is None else grace)
+        waiter = _core.Waiter(
+            self.id, timeout, progress, poll_interval, grace=self._client.retry.wait_grace if grace is None else grace
+        )
         try:
             while True:
                 try:
@@ -66,8 +72,15 @@ class Client(_core.ClientMethods):
 
     _job_cls = Job
 
-    def __init__(self, url: str | None = None, token: str | None = None, *, timeout: float = 60.0,
-                 retry: _core.RetryPolicy | None = None, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retry: _core.RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         cfg = resolve(url, token)
         self.url, self.token = cfg.url, cfg.token
         self.retry = retry or _core.RetryPolicy()

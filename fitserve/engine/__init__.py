@@ -24,14 +24,27 @@ if TYPE_CHECKING:
 #: Bumped whenever results may change numerically; part of the service's cache keys.
 ENGINE_VERSION = "jax-2"  # jax-2: convergence at interpolation kinks, restarts of the Asimov fits, toys
 
-__all__ = ["ENGINE_VERSION", "Cancelled", "InputError", "Record", "ScanOptions", "clean_record", "error_record",
-           "make_record", "merge_toy_records", "run_chunk", "toy_distributions"]
+__all__ = [
+    "ENGINE_VERSION",
+    "Cancelled",
+    "InputError",
+    "Record",
+    "ScanOptions",
+    "clean_record",
+    "error_record",
+    "make_record",
+    "merge_toy_records",
+    "run_chunk",
+    "toy_distributions",
+]
 
 #: loaded on first use: name -> module
 _LAZY = {"ScanOptions": "fitserve.engine.options", "run_chunk": "fitserve.engine.scan"}
 #: toy-based results (numpy only): the chunks of a hypothesis merged, its distributions for a plot
-_ALIASES = {"merge_toy_records": ("fitserve.engine.toystats", "merge_records"),
-            "toy_distributions": ("fitserve.engine.toystats", "distributions")}
+_ALIASES = {
+    "merge_toy_records": ("fitserve.engine.toystats", "merge_records"),
+    "toy_distributions": ("fitserve.engine.toystats", "distributions"),
+}
 
 
 def __getattr__(name: str) -> Any:

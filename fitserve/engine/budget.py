@@ -85,8 +85,14 @@ class JobPlan:
 def row_bytes(n_params: int, n_bins: int, n_sb: int, k_mult: int = 1, k_histosys: int = 1) -> float:
     """Estimated bytes one fitted row holds at the peak of a Newton step (before SAFETY)."""
     p, b, sb = n_params, n_bins, n_sb
-    return 8.0 * (C_PP * p * p + C_SBP * sb * p + C_BP * b * p + C_K3 * sb * k_mult**3
-                  + C_SBK * sb * (k_mult + k_histosys) + C_P * p)
+    return 8.0 * (
+        C_PP * p * p
+        + C_SBP * sb * p
+        + C_BP * b * p
+        + C_K3 * sb * k_mult**3
+        + C_SBK * sb * (k_mult + k_histosys)
+        + C_P * p
+    )
 
 
 def batch_bytes(width: int, n_params: int, n_bins: int, n_sb: int, k_mult: int = 1, k_histosys: int = 1) -> int:
@@ -125,8 +131,9 @@ def physical_memory() -> int:
     return total
 
 
-def width_for(n: int, n_params: int, n_bins: int, n_sb: int, budget_bytes: int | None = None,
-              k_mult: int = 1, k_histosys: int = 1) -> int:
+def width_for(
+    n: int, n_params: int, n_bins: int, n_sb: int, budget_bytes: int | None = None, k_mult: int = 1, k_histosys: int = 1
+) -> int:
     """The batch width the engine uses for a group of ``n`` hypotheses under ``budget_bytes``.
 
     ``batch_size(n)``, narrowed to :func:`max_width` (at least 1) when that does not fit.
@@ -139,8 +146,15 @@ def width_for(n: int, n_params: int, n_bins: int, n_sb: int, budget_bytes: int |
     return max(1, min(size, max_width(n_params, n_bins, n_sb, budget_bytes, k_mult, k_histosys)))
 
 
-_CONSTRAINT = {"normsys": "normal", "histosys": "normal", "lumi": "normal", "staterror": "normal",
-               "shapesys": "poisson", "normfactor": None, "shapefactor": None}
+_CONSTRAINT = {
+    "normsys": "normal",
+    "histosys": "normal",
+    "lumi": "normal",
+    "staterror": "normal",
+    "shapesys": "poisson",
+    "normfactor": None,
+    "shapefactor": None,
+}
 _PER_BIN = ("shapesys", "staterror", "shapefactor")
 _MULTIPLICATIVE = ("normfactor", "shapefactor", "lumi", "staterror", "shapesys")
 
@@ -166,8 +180,9 @@ def _modifiers(sample: dict[str, Any], cache: dict[int, tuple[tuple[str, str], .
     return mods
 
 
-def _structure(hyp: Any, bkg: tuple[set[tuple[str, str]], set[str]] | None, measurement: str | None,
-               cache: dict[int, Any]) -> _Structure:
+def _structure(
+    hyp: Any, bkg: tuple[set[tuple[str, str]], set[str]] | None, measurement: str | None, cache: dict[int, Any]
+) -> _Structure:
     """Role keys, slots and modifier entries of one hypothesis, exactly as ``parse_hypothesis`` assigns them."""
     spec = hyp.spec
     meas = _measurement(spec, measurement)
@@ -258,8 +273,14 @@ def _group_dims(structs: Sequence[_Structure]) -> dict[str, Any]:
             for key, slot in st.entries[kind]:
                 table.setdefault(slot, set()).add(key)
     width = lambda kind: max([len(v) for v in per_slot[kind].values()] + [1])  # noqa: E731
-    sig = repr((channels, sorted(union.items()), sorted(slots),
-                {kind: sorted((s, sorted(v)) for s, v in t.items()) for kind, t in per_slot.items()}))
+    sig = repr(
+        (
+            channels,
+            sorted(union.items()),
+            sorted(slots),
+            {kind: sorted((s, sorted(v)) for s, v in t.items()) for kind, t in per_slot.items()},
+        )
+    )
     alphas = set().union(*(st.alphas for st in structs))
     rnd = _bucket()
     # the model's layout: [alphas | multiplicative] parameters, each block and every padded
@@ -311,17 +332,23 @@ def plan_hypotheses(
     size = chunk_size or max(1, len(parsed))
     out = JobPlan(structure_groups=len(_groups(parsed)))
     for lo in range(0, len(parsed), size):
-        chunk = parsed[lo: lo + size]
+        chunk = parsed[lo : lo + size]
         for members in _groups(chunk):
             group = [chunk[i] for i in members]
             dims = _group_dims(group)
             structure = dims.pop("structure")
             union = {"union_params": dims.pop("union_params"), "union_bins": dims.pop("union_bins")}
             width = width_for(len(group), budget_bytes=budget_bytes, **dims)
-            out.groups.append(GroupPlan(
-                names=tuple(p.name for p in group), width=width,
-                peak_bytes=batch_bytes(width, **dims), signature=f"{structure}/{width}", **dims, **union,
-            ))
+            out.groups.append(
+                GroupPlan(
+                    names=tuple(p.name for p in group),
+                    width=width,
+                    peak_bytes=batch_bytes(width, **dims),
+                    signature=f"{structure}/{width}",
+                    **dims,
+                    **union,
+                )
+            )
     return out
 
 
@@ -332,10 +359,15 @@ def model_width(model: Any, budget_bytes: int | None = None) -> int:
     """
     a, s = model.arrays, model.structure
     mult = s.get("mult")
-    return width_for(model.n_hypotheses, model.n_params, a["observed"].shape[1], a["nominal"].shape[1],
-                     batch_budget() if budget_bytes is None else budget_bytes,
-                     k_mult=mult.shape[1] if mult is not None and mult.ndim == 2 else 1,
-                     k_histosys=_width(a.get("hs_hi"), s.get("hs_par")))
+    return width_for(
+        model.n_hypotheses,
+        model.n_params,
+        a["observed"].shape[1],
+        a["nominal"].shape[1],
+        batch_budget() if budget_bytes is None else budget_bytes,
+        k_mult=mult.shape[1] if mult is not None and mult.ndim == 2 else 1,
+        k_histosys=_width(a.get("hs_hi"), s.get("hs_par")),
+    )
 
 
 def _width(per_hypothesis: Any, shared: Any) -> int:

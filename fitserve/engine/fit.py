@@ -203,7 +203,9 @@ def _accept(f, f_new, pred, ok, lam, use_fisher):
                 rho > 0.75,
                 lam * 0.1,
                 # the NLL went up: the quadratic model is poor this far out, damp hard
-                jnp.where(rho < 0, jnp.maximum(lam * 10.0, 1e-2), jnp.where(rho < 0.25, jnp.maximum(lam * 4.0, 1e-4), lam)),
+                jnp.where(
+                    rho < 0, jnp.maximum(lam * 10.0, 1e-2), jnp.where(rho < 0.25, jnp.maximum(lam * 4.0, 1e-4), lam)
+                ),
             ),
         ),
     )
@@ -248,8 +250,9 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
     kink = (jnp.arange(p) < lh.n_alpha(t)) if kinky else jnp.zeros(p, bool)
 
     def vgh(x, th, main, aux_n, aux_p):
-        out = lh.value_grad_hess_fisher(x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p},
-                                        codes, left=kinky)
+        out = lh.value_grad_hess_fisher(
+            x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes, left=kinky
+        )
         return out if kinky else (*out, out[1])
 
     def load(model, refill, new_h):
@@ -271,7 +274,8 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         lo, hi = lo_all[s.h], hi_all[s.h]
         lam = jnp.where(s.final, 0.0, s.lam)
         x_new, pred, ok, edm = jax.vmap(_step, in_axes=(0,) * 11 + (None,))(
-            s.x, s.f, s.g, s.g_left, s.hess, s.fisher, s.use_fisher, lam, lo, hi, s.free, kink)
+            s.x, s.f, s.g, s.g_left, s.hess, s.fisher, s.use_fisher, lam, lo, hi, s.free, kink
+        )
         reached = ok & (edm < EDM_TARGET)
         finish = active & (reached | s.final)
         conv = ok & (edm < EDM_CONVERGED)
@@ -297,7 +301,11 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         start = refill | cont
         take = lambda new, old: jnp.where(refill.reshape(refill.shape + (1,) * (old.ndim - 1)), new[qi], old)  # noqa: E731
         h = take(queue["h"], s.h)
-        main, aux_n, aux_p = take(queue["main"], s.main), take(queue["aux_normal"], s.aux_normal), take(queue["aux_pois"], s.aux_pois)
+        main, aux_n, aux_p = (
+            take(queue["main"], s.main),
+            take(queue["aux_normal"], s.aux_normal),
+            take(queue["aux_pois"], s.aux_pois),
+        )
         kind, mu = take(queue["kind"], s.kind), take(queue["mu"], s.mu)
         stage = jnp.where(refill, 0, jnp.where(cont, next_stage, s.stage)).astype(jnp.int32)
         poi_only = jnp.arange(p) == poi
@@ -331,8 +339,29 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         lam_next = jnp.where(start, 0.0, lam_new)
         final = jnp.where(start, False, stepping & ((it >= max_iter) | (lam_next > LAM_STALLED)))
         slot = jnp.where(refill, n_lanes + qi, jnp.where(finish & ~cont, -1, s.slot)).astype(jnp.int32)
-        s = _Lanes(slot, h, main, aux_n, aux_p, free, x, f, g, g_left, hess, fisher, use_f, lam_next, it, final, model,
-                   kind, stage, anchor, mu)
+        s = _Lanes(
+            slot,
+            h,
+            main,
+            aux_n,
+            aux_p,
+            free,
+            x,
+            f,
+            g,
+            g_left,
+            hess,
+            fisher,
+            use_f,
+            lam_next,
+            it,
+            final,
+            model,
+            kind,
+            stage,
+            anchor,
+            mu,
+        )
         return s, out, used + jnp.sum(refill, dtype=jnp.int32), k + 1
 
     def cond(carry):
@@ -348,12 +377,27 @@ def _empty_lanes(t: dict[str, jax.Array], n_lanes: int, n_par: int, n_bins: int)
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     model = {k: jnp.repeat(v[:1], n_lanes, axis=0) for k, v in t.items() if k not in lh.SHARED}
     return _Lanes(
-        slot=jnp.full(n_lanes, -1, jnp.int32), h=jnp.zeros(n_lanes, jnp.int32), main=z(n_lanes, n_bins),
-        aux_normal=z(n_lanes, n_par), aux_pois=jnp.ones((n_lanes, n_par)), free=jnp.zeros((n_lanes, n_par), bool),
-        x=z(n_lanes, n_par), f=z(n_lanes), g=z(n_lanes, n_par), g_left=z(n_lanes, n_par), hess=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
-        fisher=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0, use_fisher=jnp.zeros(n_lanes, bool),
-        lam=z(n_lanes), it=jnp.zeros(n_lanes, jnp.int32), final=jnp.zeros(n_lanes, bool), model=model,
-        kind=jnp.zeros(n_lanes, jnp.int32), stage=jnp.zeros(n_lanes, jnp.int32), anchor=z(n_lanes, n_par), mu=z(n_lanes, 2),
+        slot=jnp.full(n_lanes, -1, jnp.int32),
+        h=jnp.zeros(n_lanes, jnp.int32),
+        main=z(n_lanes, n_bins),
+        aux_normal=z(n_lanes, n_par),
+        aux_pois=jnp.ones((n_lanes, n_par)),
+        free=jnp.zeros((n_lanes, n_par), bool),
+        x=z(n_lanes, n_par),
+        f=z(n_lanes),
+        g=z(n_lanes, n_par),
+        g_left=z(n_lanes, n_par),
+        hess=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
+        fisher=jnp.broadcast_to(jnp.eye(n_par), (n_lanes, n_par, n_par)) + 0.0,
+        use_fisher=jnp.zeros(n_lanes, bool),
+        lam=z(n_lanes),
+        it=jnp.zeros(n_lanes, jnp.int32),
+        final=jnp.zeros(n_lanes, bool),
+        model=model,
+        kind=jnp.zeros(n_lanes, jnp.int32),
+        stage=jnp.zeros(n_lanes, jnp.int32),
+        anchor=z(n_lanes, n_par),
+        mu=z(n_lanes, 2),
     )
 
 
@@ -375,8 +419,14 @@ class Pool:
     ``result(ids, stage)`` gives the minima found.
     """
 
-    def __init__(self, t: dict[str, jax.Array], codes: tuple[str, str], lanes: int, poi: int,
-                 cancel: Callable[[], bool] | None = None) -> None:
+    def __init__(
+        self,
+        t: dict[str, jax.Array],
+        codes: tuple[str, str],
+        lanes: int,
+        poi: int,
+        cancel: Callable[[], bool] | None = None,
+    ) -> None:
         self.t, self.codes, self.lanes, self.poi, self.cancel = t, codes, lanes, poi, cancel
         self.n_par = int(t["init"].shape[1])
         self.n_bins = int(t["observed"].shape[1])
@@ -384,19 +434,34 @@ class Pool:
         self._pending: deque[int] = deque()
         self._res: dict[tuple[int, int], tuple[np.ndarray, float, float, bool, int, np.ndarray]] = {}
 
-    def add(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray] | None, x0: np.ndarray, free: np.ndarray,
-            cold: bool = False, poi_value: float = float("nan")) -> int:
+    def add(
+        self,
+        h: int,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        x0: np.ndarray,
+        free: np.ndarray,
+        cold: bool = False,
+        poi_value: float = float("nan"),
+    ) -> int:
         """Queue a fit of hypothesis ``h`` from ``x0``; ``data`` (main, aux_normal, aux_pois), or None:
         Asimov data generated at ``x0``.  ``poi_value`` (not NaN) sets the POI of the start."""
         return self._add(h, data, x0, free, cold, poi_value, SINGLE, (np.nan, np.nan))
 
-    def add_hypotest(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray], x0: np.ndarray, free: np.ndarray,
-                     mu: float, asimov_mu: float) -> int:
+    def add_hypotest(
+        self,
+        h: int,
+        data: tuple[np.ndarray, np.ndarray, np.ndarray],
+        x0: np.ndarray,
+        free: np.ndarray,
+        mu: float,
+        asimov_mu: float,
+    ) -> int:
         """Queue the four fits of a hypothesis test of ``h`` at ``mu`` (free fit from ``x0``, cold)."""
         return self._add(h, data, x0, free, True, float("nan"), HYPOTEST, (mu, asimov_mu))
 
-    def add_toy(self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray], x0: np.ndarray, free: np.ndarray,
-                mu: float) -> int:
+    def add_toy(
+        self, h: int, data: tuple[np.ndarray, np.ndarray, np.ndarray], x0: np.ndarray, free: np.ndarray, mu: float
+    ) -> int:
         """Queue the two fits of a pseudo-experiment of ``h``: free from ``x0``, then the POI fixed at ``mu``."""
         return self._add(h, data, x0, free, False, float("nan"), TOY, (mu, mu))
 
@@ -414,10 +479,17 @@ class Pool:
         cols = list(zip(*specs))
         # numpy arrays straight into the compiled call (jnp.asarray would compile a copy per shape)
         return {
-            "h": np.asarray(cols[0], np.int32), "main": np.stack(cols[1]), "aux_normal": np.stack(cols[2]),
-            "aux_pois": np.stack(cols[3]), "x0": np.stack(cols[4]), "free": np.stack(cols[5]),
-            "cold": np.asarray(cols[6], bool), "regen": np.asarray(cols[7], bool), "poi_value": np.asarray(cols[8], float),
-            "kind": np.asarray(cols[9], np.int32), "mu": np.asarray(cols[10], float),
+            "h": np.asarray(cols[0], np.int32),
+            "main": np.stack(cols[1]),
+            "aux_normal": np.stack(cols[2]),
+            "aux_pois": np.stack(cols[3]),
+            "x0": np.stack(cols[4]),
+            "free": np.stack(cols[5]),
+            "cold": np.asarray(cols[6], bool),
+            "regen": np.asarray(cols[7], bool),
+            "poi_value": np.asarray(cols[8], float),
+            "kind": np.asarray(cols[9], np.int32),
+            "mu": np.asarray(cols[10], float),
         }
 
     def run(self) -> None:
@@ -432,7 +504,9 @@ class Pool:
                 raise Cancelled("cancelled")
             chosen = [self._pending.popleft() for _ in range(min(queue_len, len(self._pending)))]
             queue = self._queue(chosen, queue_len)
-            state, out, used, k = _run_block(self.t, state, queue, np.int32(len(chosen)), np.int32(self.poi), self.codes)
+            state, out, used, k = _run_block(
+                self.t, state, queue, np.int32(len(chosen)), np.int32(self.poi), self.codes
+            )
             used, k = int(used), int(k)
             lane_iters += lanes * k
             slot_task = np.concatenate([lane_task, np.asarray(chosen + [-1] * (queue_len - len(chosen)))])
@@ -445,7 +519,14 @@ class Pool:
                 oks, its, mains = np.asarray(out.converged), np.asarray(out.it), np.asarray(out.main)
                 for row in done:
                     key = (int(slot_task[row // STAGES]), int(row % STAGES))
-                    self._res[key] = (xs[row], float(fs[row]), float(es[row]), bool(oks[row]), int(its[row]), mains[row])
+                    self._res[key] = (
+                        xs[row],
+                        float(fs[row]),
+                        float(es[row]),
+                        bool(oks[row]),
+                        int(its[row]),
+                        mains[row],
+                    )
                     done_iters += int(its[row]) + 1
         STATS["lane_iterations"] += lane_iters
         STATS["task_iterations"] += done_iters
@@ -454,9 +535,16 @@ class Pool:
     def result(self, ids: list[int] | np.ndarray, stage: int = 0) -> FitResult:
         rows = [self._res[(int(i), stage)] for i in ids]
         if not rows:
-            return FitResult(np.zeros((0, self.n_par)), np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int32))
-        return FitResult(np.stack([r[0] for r in rows]), np.asarray([r[1] for r in rows]), np.asarray([r[2] for r in rows]),
-                         np.asarray([r[3] for r in rows], bool), np.asarray([r[4] for r in rows]))
+            return FitResult(
+                np.zeros((0, self.n_par)), np.zeros(0), np.zeros(0), np.zeros(0, bool), np.zeros(0, np.int32)
+            )
+        return FitResult(
+            np.stack([r[0] for r in rows]),
+            np.asarray([r[1] for r in rows]),
+            np.asarray([r[2] for r in rows]),
+            np.asarray([r[3] for r in rows], bool),
+            np.asarray([r[4] for r in rows]),
+        )
 
     def main_data(self, ids: list[int] | np.ndarray, stage: int = 0) -> np.ndarray:
         """The main data each fit used (``[Q, B]``): Asimov data generated in the lanes."""
@@ -474,7 +562,15 @@ def fit_tasks(
     """Minimise every task on ``lanes`` lanes; results in task order (see :class:`Pool`)."""
     pool = Pool(t, codes, lanes, poi, cancel)
     cold = np.ones(len(tasks.h), bool) if tasks.cold is None else np.asarray(tasks.cold, bool)
-    ids = [pool.add(int(tasks.h[i]), (tasks.main[i], tasks.aux_normal[i], tasks.aux_pois[i]), tasks.x0[i], tasks.free[i],
-                    cold=bool(cold[i])) for i in range(len(tasks.h))]
+    ids = [
+        pool.add(
+            int(tasks.h[i]),
+            (tasks.main[i], tasks.aux_normal[i], tasks.aux_pois[i]),
+            tasks.x0[i],
+            tasks.free[i],
+            cold=bool(cold[i]),
+        )
+        for i in range(len(tasks.h))
+    ]
     pool.run()
     return pool.result(ids)

@@ -139,8 +139,15 @@ class Fits:
 class Engine:
     """The fits of one prepared batch of hypotheses, through one pool of lanes."""
 
-    def __init__(self, t: dict[str, jax.Array], poi: int, codes: tuple[str, str], n_real: int | None = None,
-                 cancel: Callable[[], bool] | None = None, max_lanes: int = 32) -> None:
+    def __init__(
+        self,
+        t: dict[str, jax.Array],
+        poi: int,
+        codes: tuple[str, str],
+        n_real: int | None = None,
+        cancel: Callable[[], bool] | None = None,
+        max_lanes: int = 32,
+    ) -> None:
         """``t``: tensors of a batch of H hypotheses, of which the first ``n_real`` are fitted (the rest pad the shapes)."""
         self.t = lh.prepare_batch(t, codes)
         self.poi = poi
@@ -163,20 +170,30 @@ class Engine:
             free[:, self.poi] = False
         return free
 
-    def run(self, h: np.ndarray, data: dict[str, np.ndarray], x0: np.ndarray, free: np.ndarray, cold: bool = False) -> FitResult:
+    def run(
+        self, h: np.ndarray, data: dict[str, np.ndarray], x0: np.ndarray, free: np.ndarray, cold: bool = False
+    ) -> FitResult:
         """Fit tasks: ``h`` [Q] hypothesis indices, data rows [Q, ...], starts and free masks [Q, P].
 
         ``cold``: the starts are far from the minimum (initial values), begin with Fisher steps.
         """
-        tasks = Tasks(h=np.asarray(h), main=data["main"], aux_normal=data["aux_normal"], aux_pois=data["aux_pois"],
-                      x0=np.asarray(x0), free=np.asarray(free), cold=np.full(len(h), cold))
+        tasks = Tasks(
+            h=np.asarray(h),
+            main=data["main"],
+            aux_normal=data["aux_normal"],
+            aux_pois=data["aux_pois"],
+            x0=np.asarray(x0),
+            free=np.asarray(free),
+            cold=np.full(len(h), cold),
+        )
         return fit_tasks(self.t, tasks, self.codes, self.lanes, self.cancel, poi=self.poi)
 
     def pool(self) -> Pool:
         return Pool(self.t, self.codes, self.lanes, self.poi, self.cancel)
 
-    def fit_role(self, data: dict[str, np.ndarray], starts: list[np.ndarray], poi_value: np.ndarray | None,
-                 cold: bool = False) -> Fits:
+    def fit_role(
+        self, data: dict[str, np.ndarray], starts: list[np.ndarray], poi_value: np.ndarray | None, cold: bool = False
+    ) -> Fits:
         """The best of several starts per hypothesis for one role (``poi_value`` None: POI free)."""
         n = self.n_hyp
         k = len(starts)
@@ -230,8 +247,13 @@ def _merge(a: Fits, b: Fits) -> Fits:
     use_b = b.converged & (~a.converged | (b.nll < a.nll))
     pick = lambda u, v: np.where(use_b.reshape(-1, *([1] * (u.ndim - 1))), v, u)  # noqa: E731
     apart = a.converged & b.converged & (np.abs(a.nll - b.nll) > MULTIMODAL_TOL * (1 + np.abs(a.nll)))
-    return Fits(pick(a.x, b.x), pick(a.nll, b.nll), pick(a.edm, b.edm), a.converged | b.converged,
-                a.multimodal | b.multimodal | apart)
+    return Fits(
+        pick(a.x, b.x),
+        pick(a.nll, b.nll),
+        pick(a.edm, b.edm),
+        a.converged | b.converged,
+        a.multimodal | b.multimodal | apart,
+    )
 
 
 @dataclass
@@ -258,9 +280,7 @@ class HypoTestResult:
     test_stat: str
 
 
-def hypotest(
-    engine: Engine, poi_test: float, test_stat: str, restarts: int = 0
-) -> HypoTestResult:
+def hypotest(engine: Engine, poi_test: float, test_stat: str, restarts: int = 0) -> HypoTestResult:
     """CLs for every hypothesis, as pyhf's ``AsymptoticCalculator`` (four fits each, see module docstring).
 
     All fits go through one :class:`~fitserve.engine.fit.Pool`: when the free
@@ -277,18 +297,26 @@ def hypotest(
     pool = engine.pool()
     chains = [pool.add_hypotest(h, data[h], engine.init[h], free_all[h], mu, asimov_mu) for h in range(n)]
     starts = engine.spread_starts(restarts)
-    spread = [([pool.add(h, data[h], x0[h], free_all[h], cold=True) for h in range(n)],
-               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=mu) for h in range(n)],
-               [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=asimov_mu) for h in range(n)]
-               if mu != asimov_mu else None)
-              for x0 in starts]
+    spread = [
+        (
+            [pool.add(h, data[h], x0[h], free_all[h], cold=True) for h in range(n)],
+            [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=mu) for h in range(n)],
+            [pool.add(h, data[h], x0[h], free_fix[h], cold=True, poi_value=asimov_mu) for h in range(n)]
+            if mu != asimov_mu
+            else None,
+        )
+        for x0 in starts
+    ]
     pool.run()
     gen_stage = 1 if mu == asimov_mu else 2
     free = _best(_stack([pool.result(chains, 0)] + [pool.result(f) for f, _, _ in spread]), n, 1 + len(spread))
     fixed = _best(_stack([pool.result(chains, 1)] + [pool.result(x) for _, x, _ in spread]), n, 1 + len(spread))
     first_gen = pool.result(chains, gen_stage)
-    gen_fit = fixed if mu == asimov_mu else _best(_stack([first_gen] + [pool.result(g) for _, _, g in spread]), n,
-                                                   1 + len(spread))
+    gen_fit = (
+        fixed
+        if mu == asimov_mu
+        else _best(_stack([first_gen] + [pool.result(g) for _, _, g in spread]), n, 1 + len(spread))
+    )
     # guard: a free fit above a fixed-POI fit to the same data is a local minimum
     for other in (fixed, gen_fit):
         stuck = other.converged & (other.nll < free.nll - 1e-9 * (1 + np.abs(free.nll)))
@@ -300,7 +328,9 @@ def hypotest(
     moved = np.abs(gen_fit.x - first_gen.x).max(axis=1) > 0
     asimov_main = pool.main_data(chains, 3)
     if moved.any():
-        asimov_main = np.where(moved[:, None], np.asarray(_expected(engine.t, gen_fit.x, engine.codes))[:n], asimov_main)
+        asimov_main = np.where(
+            moved[:, None], np.asarray(_expected(engine.t, gen_fit.x, engine.codes))[:n], asimov_main
+        )
     asimov = {"main": asimov_main, "aux_normal": gen_fit.x, "aux_pois": gen_fit.x * tau}
     fixed_a = _best(pool.result(chains, 3), n, 1)
     if moved.any() or restarts:
@@ -464,8 +494,9 @@ def upper_limits(
     limits = np.full(n * 6, np.nan)
     if found.any():
         sel = idx[found]
-        root = elementwise.find_root(objective, (bracket.bracket[0][found], bracket.bracket[1][found]), args=(sel,),
-                                     tolerances={"xrtol": rtol})
+        root = elementwise.find_root(
+            objective, (bracket.bracket[0][found], bracket.bracket[1][found]), args=(sel,), tolerances={"xrtol": rtol}
+        )
         limits[sel] = np.where(np.asarray(root.success), np.asarray(root.x), np.nan)
     # where no crossing was bracketed: is CLs still above 1 - CL at the top of the search?
     above = np.full(n * 6, np.nan)

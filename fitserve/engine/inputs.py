@@ -66,7 +66,9 @@ def parse_json(raw: bytes | str, where: str) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", where=where) from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"not valid JSON (not UTF-8 text: can't decode byte {exc.start}: {exc.reason})", where=where) from None
+        raise InputError(
+            f"not valid JSON (not UTF-8 text: can't decode byte {exc.start}: {exc.reason})", where=where
+        ) from None
     except RecursionError:
         raise InputError("not valid JSON here: arrays or objects nested too deeply", where=where) from None
     except ValueError as exc:  # e.g. an integer with more digits than int() converts
@@ -118,7 +120,7 @@ def _schema_check(spec: Any, schema: str, what: str, where: str, locate: Any = N
         message = err.message
         shown = repr(err.instance)
         if len(shown) > 120 and message.startswith(shown):  # never echo a whole document back
-            message = _short(err.instance) + message[len(shown):]
+            message = _short(err.instance) + message[len(shown) :]
         loc = locate(parts) if locate else _at(where, _pointer(parts))
         raise InputError(f"not a valid pyhf {what}: {message}", where=loc) from None
 
@@ -186,8 +188,9 @@ def _number(value: Any) -> bool:
 _NUMERIC = (int, float)
 
 
-def _check_yields(values: Any, pointer: str, where: str, what: str, nbins: int | None = None,
-                  negative: bool = False) -> None:
+def _check_yields(
+    values: Any, pointer: str, where: str, what: str, nbins: int | None = None, negative: bool = False
+) -> None:
     """A list of finite numbers (``nbins`` of them if given); ``>= 0`` unless ``negative``.
 
     Published templates carry small negative bins (negative-weight Monte Carlo)
@@ -220,33 +223,45 @@ def _check_sample(sample: Any, pointer: str, where: str, nbins: int | None) -> N
         raise InputError(f"a sample must be a JSON object, not {_json_type(sample)}", where=_at(where, pointer))
     name = sample.get("name")
     if not isinstance(name, str):
-        raise InputError(f"a sample needs a name (a string), not {_json_type(name)}", where=_at(where, f"{pointer}/name"))
+        raise InputError(
+            f"a sample needs a name (a string), not {_json_type(name)}", where=_at(where, f"{pointer}/name")
+        )
     data = sample.get("data")
     _check_yields(data, f"{pointer}/data", where, f"yields of sample {_name(name)}", negative=True)
     n = len(data)
     if n == 0:
         raise InputError(f"sample {_name(name)} has no bins", where=_at(where, f"{pointer}/data"))
     if nbins is not None and n != nbins:
-        raise InputError(f"sample {_name(name)} has {n} bins, its channel has {nbins}", where=_at(where, f"{pointer}/data"))
+        raise InputError(
+            f"sample {_name(name)} has {n} bins, its channel has {nbins}", where=_at(where, f"{pointer}/data")
+        )
     modifiers = sample.get("modifiers", [])
     if not isinstance(modifiers, list):
-        raise InputError(f"modifiers must be a list, not {_json_type(modifiers)}", where=_at(where, f"{pointer}/modifiers"))
+        raise InputError(
+            f"modifiers must be a list, not {_json_type(modifiers)}", where=_at(where, f"{pointer}/modifiers")
+        )
     for mi, mod in enumerate(modifiers):
         mp = f"{pointer}/modifiers/{mi}"
         if not isinstance(mod, dict):
             raise InputError(f"a modifier must be a JSON object, not {_json_type(mod)}", where=_at(where, mp))
         kind, mdata = mod.get("type"), mod.get("data")
         if not isinstance(mod.get("name"), str):
-            raise InputError(f"a modifier needs a name (a string), not {_json_type(mod.get('name'))}", where=_at(where, f"{mp}/name"))
+            raise InputError(
+                f"a modifier needs a name (a string), not {_json_type(mod.get('name'))}", where=_at(where, f"{mp}/name")
+            )
         if kind not in _MODIFIER_TYPES:
-            raise InputError(f"unknown modifier type {_short(kind, 60)} (pyhf has {', '.join(_MODIFIER_TYPES)})",
-                             where=_at(where, f"{mp}/type"))
+            raise InputError(
+                f"unknown modifier type {_short(kind, 60)} (pyhf has {', '.join(_MODIFIER_TYPES)})",
+                where=_at(where, f"{mp}/type"),
+            )
         label = f"{kind} {_name(mod.get('name'))}"
         if kind in ("normfactor", "shapefactor", "lumi") and mdata is not None:
             raise InputError(f"{label}: data must be null, not {_json_type(mdata)}", where=_at(where, f"{mp}/data"))
         if kind == "histosys":
             if not isinstance(mdata, dict):
-                raise InputError(f"{label}: data must be an object with hi_data and lo_data", where=_at(where, f"{mp}/data"))
+                raise InputError(
+                    f"{label}: data must be an object with hi_data and lo_data", where=_at(where, f"{mp}/data")
+                )
             for side in ("hi_data", "lo_data"):
                 _check_yields(mdata.get(side), f"{mp}/data/{side}", where, f"{label} {side}", nbins=n, negative=True)
         elif kind == "normsys":
@@ -255,8 +270,10 @@ def _check_sample(sample: Any, pointer: str, where: str, nbins: int | None) -> N
             for side in ("hi", "lo"):
                 v = mdata.get(side)
                 if not _number(v) or isinstance(v, float) and not math.isfinite(v) or abs(v) > _MAX_INT or v <= 0:
-                    raise InputError(f"{label}: {side} is a factor on the yield and must be a finite number > 0, not {_short(v, 40)}",
-                                     where=_at(where, f"{mp}/data/{side}"))
+                    raise InputError(
+                        f"{label}: {side} is a factor on the yield and must be a finite number > 0, not {_short(v, 40)}",
+                        where=_at(where, f"{mp}/data/{side}"),
+                    )
         elif kind in _PER_BIN_DATA:
             _check_yields(mdata, f"{mp}/data", where, f"{label} uncertainties", nbins=n, negative=True)
 
@@ -276,8 +293,9 @@ def _channel_bins(spec: dict[str, Any], ci: int, skip: int | None = None) -> int
     return None
 
 
-def _check_channel(spec: dict[str, Any], ci: int, where: str, samples: Iterable[int] | None = None,
-                   nbins: int | None = None) -> None:
+def _check_channel(
+    spec: dict[str, Any], ci: int, where: str, samples: Iterable[int] | None = None, nbins: int | None = None
+) -> None:
     """Unique sample names and each sample's numbers (all, or those at indices ``samples``) in channel ``ci``.
 
     ``nbins``: the channel's bins; default: from its other samples, else from its observation.
@@ -291,8 +309,10 @@ def _check_channel(spec: dict[str, Any], ci: int, where: str, samples: Iterable[
         if not isinstance(name, str):
             continue  # _check_sample says so
         if name in names:
-            raise InputError(f"duplicate sample name {_name(name)} in channel {_name(channel.get('name'))}",
-                             where=_at(where, f"/channels/{ci}/samples/{si}/name"))
+            raise InputError(
+                f"duplicate sample name {_name(name)} in channel {_name(channel.get('name'))}",
+                where=_at(where, f"/channels/{ci}/samples/{si}/name"),
+            )
         names.add(name)
     for si in range(len(channel["samples"])) if samples is None else samples:
         n = nbins if nbins is not None else _channel_bins(spec, ci, skip=si)
@@ -319,20 +339,31 @@ def _check_rates(spec: dict[str, Any], ci: int, where: str) -> None:
     totals = [math.fsum(col) for col in zip(*rows)]
     if min(totals, default=0.0) > 0:
         return
-    obs = next((o.get("data") for o in spec.get("observations") or [] if isinstance(o, dict) and o.get("name") == channel.get("name")), None)
+    obs = next(
+        (
+            o.get("data")
+            for o in spec.get("observations") or []
+            if isinstance(o, dict) and o.get("name") == channel.get("name")
+        ),
+        None,
+    )
     for b, total in enumerate(totals):
         n = obs[b] if isinstance(obs, list) and b < len(obs) and _number(obs[b]) else 0
         if total < 0 or (total == 0 and n > 0):
             what = "negative" if total < 0 else "zero, with observed events"
-            raise InputError(f"the expected rate of bin {b} of channel {_name(channel.get('name'))} at the nominal point "
-                             f"(the sum of the samples' yields) is {what} ({total:g}): the likelihood cannot be evaluated there",
-                             where=_at(where, f"/channels/{ci}/samples"))
+            raise InputError(
+                f"the expected rate of bin {b} of channel {_name(channel.get('name'))} at the nominal point "
+                f"(the sum of the samples' yields) is {what} ({total:g}): the likelihood cannot be evaluated there",
+                where=_at(where, f"/channels/{ci}/samples"),
+            )
 
 
 def _check_observation(spec: dict[str, Any], oi: int, where: str) -> None:
     obs = spec["observations"][oi]
     if not isinstance(obs, dict):
-        raise InputError(f"an observation must be a JSON object, not {_json_type(obs)}", where=_at(where, f"/observations/{oi}"))
+        raise InputError(
+            f"an observation must be a JSON object, not {_json_type(obs)}", where=_at(where, f"/observations/{oi}")
+        )
     name = obs.get("name")
     nbins = None
     for ci, channel in enumerate(spec.get("channels") or []):
@@ -341,8 +372,10 @@ def _check_observation(spec: dict[str, Any], oi: int, where: str) -> None:
             break
     _check_yields(obs.get("data"), f"/observations/{oi}/data", where, f"observed counts of channel {_name(name)}")
     if nbins is not None and len(obs["data"]) != nbins:
-        raise InputError(f"observations of channel {_name(name)} have {len(obs['data'])} bins, its samples {nbins}",
-                         where=_at(where, f"/observations/{oi}/data"))
+        raise InputError(
+            f"observations of channel {_name(name)} have {len(obs['data'])} bins, its samples {nbins}",
+            where=_at(where, f"/observations/{oi}/data"),
+        )
 
 
 def _check_model(spec: dict[str, Any], where: str) -> None:
@@ -350,13 +383,17 @@ def _check_model(spec: dict[str, Any], where: str) -> None:
     channels = {}
     for ci, channel in enumerate(spec["channels"]):
         if channel["name"] in channels:
-            raise InputError(f"duplicate channel name {_name(channel['name'])}", where=_at(where, f"/channels/{ci}/name"))
+            raise InputError(
+                f"duplicate channel name {_name(channel['name'])}", where=_at(where, f"/channels/{ci}/name")
+            )
         channels[channel["name"]] = ci
         _check_channel(spec, ci, where, nbins=len(channel["samples"][0]["data"]))
     observed = set()
     for oi, obs in enumerate(spec["observations"]):
         if obs["name"] in observed:
-            raise InputError(f"duplicate observation of channel {_name(obs['name'])}", where=_at(where, f"/observations/{oi}/name"))
+            raise InputError(
+                f"duplicate observation of channel {_name(obs['name'])}", where=_at(where, f"/observations/{oi}/name")
+            )
         observed.add(obs["name"])
         _check_observation(spec, oi, where)
     for name, ci in channels.items():
@@ -365,7 +402,9 @@ def _check_model(spec: dict[str, Any], where: str) -> None:
     seen = set()
     for mi, meas in enumerate(spec["measurements"]):
         if meas["name"] in seen:
-            raise InputError(f"duplicate measurement name {_name(meas['name'])}", where=_at(where, f"/measurements/{mi}/name"))
+            raise InputError(
+                f"duplicate measurement name {_name(meas['name'])}", where=_at(where, f"/measurements/{mi}/name")
+            )
         seen.add(meas["name"])
 
 
@@ -381,11 +420,17 @@ def _not_swapped(spec: dict[str, Any], expected: str, where: str) -> None:
     """
     keys = set(spec)
     if expected == "workspace" and keys & _PATCHSET_KEYS and not keys & _WORKSPACE_KEYS:
-        raise InputError("this is a pyhf patchset (it has 'patches'), not a workspace: are the two files swapped? "
-                         "Give the background-only workspace first, then the patchset", where=where)
+        raise InputError(
+            "this is a pyhf patchset (it has 'patches'), not a workspace: are the two files swapped? "
+            "Give the background-only workspace first, then the patchset",
+            where=where,
+        )
     if expected == "patchset" and keys & _WORKSPACE_KEYS and not keys & _PATCHSET_KEYS:
-        raise InputError("this is a pyhf workspace (it has 'channels'), not a patchset: are the two files swapped? "
-                         "Give the background-only workspace first, then the patchset", where=where)
+        raise InputError(
+            "this is a pyhf workspace (it has 'channels'), not a patchset: are the two files swapped? "
+            "Give the background-only workspace first, then the patchset",
+            where=where,
+        )
 
 
 def validate_workspace(spec: Any, where: str = "workspace") -> dict[str, Any]:
@@ -443,8 +488,9 @@ def _json_type(value: Any) -> str:
     return "an object" if isinstance(value, dict) else type(value).__name__
 
 
-def check_measurement(spec: dict[str, Any], measurement: str | None = None, where: str = "workspace",
-                      poi: bool = True) -> dict[str, Any]:
+def check_measurement(
+    spec: dict[str, Any], measurement: str | None = None, where: str = "workspace", poi: bool = True
+) -> dict[str, Any]:
     """The measurement a fit uses exists and (``poi``) its POI is one parameter of the model.
 
     ``measurement`` is the name chosen in the options (None: the first one);
@@ -463,7 +509,9 @@ def check_measurement(spec: dict[str, Any], measurement: str | None = None, wher
         names = [m.get("name") for m in measurements]
         if measurement not in names:
             known = ", ".join(map(_name, names[:10])) or "none"
-            raise InputError(f"no measurement named {_name(measurement)} in {where} (it has {known})", where="options.measurement")
+            raise InputError(
+                f"no measurement named {_name(measurement)} in {where} (it has {known})", where="options.measurement"
+            )
         mi = names.index(measurement)
     meas = measurements[mi]
     if not poi:
@@ -475,15 +523,27 @@ def check_measurement(spec: dict[str, Any], measurement: str | None = None, wher
             for mod in sample.get("modifiers") or []:
                 if mod.get("name") == name:
                     if mod.get("type") in PER_BIN_PARAMETERS and len(sample.get("data") or []) > 1:
-                        raise InputError(f"the POI {_name(name)} of measurement {_name(meas.get('name'))} must be one parameter "
-                                         f"(a normfactor), not a {mod.get('type')} with one parameter per bin", where=at)
+                        raise InputError(
+                            f"the POI {_name(name)} of measurement {_name(meas.get('name'))} must be one parameter "
+                            f"(a normfactor), not a {mod.get('type')} with one parameter per bin",
+                            where=at,
+                        )
                     return meas
-    raise InputError(f"the POI {_name(name)} of measurement {_name(meas.get('name'))} is not a parameter of the model: no sample "
-                     f"has a modifier named {_name(name)} (a normfactor, usually added by the signal patch)", where=at)
+    raise InputError(
+        f"the POI {_name(name)} of measurement {_name(meas.get('name'))} is not a parameter of the model: no sample "
+        f"has a modifier named {_name(name)} (a normfactor, usually added by the signal patch)",
+        where=at,
+    )
 
 
-_OPS = {"add": ("path", "value"), "remove": ("path",), "replace": ("path", "value"), "move": ("path", "from"),
-        "copy": ("path", "from"), "test": ("path", "value")}
+_OPS = {
+    "add": ("path", "value"),
+    "remove": ("path",),
+    "replace": ("path", "value"),
+    "move": ("path", "from"),
+    "copy": ("path", "from"),
+    "test": ("path", "value"),
+}
 
 
 def _check_operations(spec: dict[str, Any], locate: Any) -> None:
@@ -497,16 +557,20 @@ def _check_operations(spec: dict[str, Any], locate: Any) -> None:
                 continue  # the schema names the type
             kind = op.get("op")
             if not isinstance(kind, str) or kind not in _OPS:
-                raise InputError(f"unknown JSON-patch operation {_short(kind, 60)} (expected one of {', '.join(_OPS)})",
-                                 where=locate([*at, "op"]))
+                raise InputError(
+                    f"unknown JSON-patch operation {_short(kind, 60)} (expected one of {', '.join(_OPS)})",
+                    where=locate([*at, "op"]),
+                )
             for key in _OPS[kind]:
                 if key not in op:
                     raise InputError(f"the {kind!r} operation needs {key!r}", where=locate(at))
             for key in ("path", "from"):
                 value = op.get(key)
                 if key in op and isinstance(value, str) and value and not value.startswith("/"):
-                    raise InputError(f"{key} {_short(value, 60)} is not a JSON pointer (it must be empty or start with '/')",
-                                     where=locate([*at, key]))
+                    raise InputError(
+                        f"{key} {_short(value, 60)} is not a JSON pointer (it must be empty or start with '/')",
+                        where=locate([*at, key]),
+                    )
 
 
 def validate_patchset(spec: Any, where: str = "patchset") -> dict[str, Any]:
@@ -537,8 +601,10 @@ def validate_patchset(spec: Any, where: str = "patchset") -> dict[str, Any]:
         name = patch["metadata"]["name"]
         for j, value in enumerate(patch["metadata"]["values"]):
             if isinstance(value, bool):
-                raise InputError(f"grid values are numbers (or strings), not {_json_type(value)}",
-                                 where=locate(["patches", i, "metadata", "values", j]))
+                raise InputError(
+                    f"grid values are numbers (or strings), not {_json_type(value)}",
+                    where=locate(["patches", i, "metadata", "values", j]),
+                )
         if name in seen:
             raise InputError(f"duplicate patch name {_name(name)}", where=f"{where} /patches/{i}/metadata/name")
         seen.add(name)
@@ -612,8 +678,11 @@ def _check_under(doc: dict[str, Any], path: Any, where: str, parent: bool = Fals
         parts = parts[:-1]
     head = parts[0] if parts else None
     if head is not None and head not in _TOP_LEVEL:
-        raise InputError(f"the patch changes {_short(head, 60)} at the top level of the workspace, which has only "
-                         f"{', '.join(_TOP_LEVEL)}", where=_at(where, _pointer(parts[:1])))
+        raise InputError(
+            f"the patch changes {_short(head, 60)} at the top level of the workspace, which has only "
+            f"{', '.join(_TOP_LEVEL)}",
+            where=_at(where, _pointer(parts[:1])),
+        )
     if head in (None, "channels"):
         channels = doc.get("channels")
         if not isinstance(channels, list):
@@ -631,7 +700,9 @@ def _check_under(doc: dict[str, Any], path: Any, where: str, parent: bool = Fals
     if head in (None, "observations"):
         observations = doc.get("observations")
         if not isinstance(observations, list):
-            raise InputError(f"observations must be a list, not {_json_type(observations)}", where=_at(where, "/observations"))
+            raise InputError(
+                f"observations must be a list, not {_json_type(observations)}", where=_at(where, "/observations")
+            )
         oi = _index(parts[1], observations) if len(parts) > 1 else None
         for i in range(len(observations)) if len(parts) <= 1 else [oi] if oi is not None else []:
             _check_observation(doc, i, where)
@@ -783,9 +854,12 @@ def _validate_patched(spec: dict[str, Any], operations: Sequence[dict[str, Any]]
     fresh = [op.get("value") for op in operations if _skeleton(op.get("value")) not in _VALID_SKELETONS]
     if not fresh:
         return  # every added sample has a skeleton the schema accepted (its numbers were checked in apply_patch)
-    together = {"channels": [{"name": "c", "samples": [_reduced(v) for v in fresh]}],
-                "observations": [{"name": "c", "data": [0.0]}],
-                "measurements": [{"name": "m", "config": {"poi": "p", "parameters": []}}], "version": "1.0.0"}
+    together = {
+        "channels": [{"name": "c", "samples": [_reduced(v) for v in fresh]}],
+        "observations": [{"name": "c", "data": [0.0]}],
+        "measurements": [{"name": "m", "config": {"poi": "p", "parameters": []}}],
+        "version": "1.0.0",
+    }
     try:  # one schema check for all of them; one per sample only to locate an error
         pyhf.schema.validate(together, "workspace.json")
     except pyhf.exceptions.InvalidSpecification:

@@ -44,6 +44,7 @@ def n_alpha(t: Arrays) -> int:
     """Number of interpolated parameters (normsys/histosys): the first ``nA`` of theta."""
     return (t["ns_hi"] if "ns_hi" in t else t["ns_log_hi"]).shape[-1]
 
+
 # pyhf's code4 polynomial for |alpha| < 1 (alpha0 = 1): inverse of the 6x6
 # system in pyhf.interpolators.code4 (``_slow_code4`` docstring).
 _CODE4_AINV = np.array(
@@ -150,7 +151,9 @@ def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tu
     up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
     zero = jnp.zeros_like(up)
     if code == "code0":
-        pos = alpha >= 0  # the right derivative at the kink, as normsys code1 (the left one: see value_grad_hess_fisher)
+        pos = (
+            alpha >= 0
+        )  # the right derivative at the kink, as normsys code1 (the left one: see value_grad_hess_fisher)
         return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
     s = 0.5 * (up + dn)
     asym = 0.0625 * (up - dn)

@@ -121,8 +121,16 @@ class _Parser:
     base: "_Parser | None" = None  # the parsed background this one extends
 
     def copy(self, where: str) -> "_Parser":
-        return _Parser(where, self.overrides, dict(self.samples), dict(self.params), dict(self.normsys), dict(self.histosys),
-                       list(self.multiplicative), {k: list(v) for k, v in self.staterror_parts.items()})
+        return _Parser(
+            where,
+            self.overrides,
+            dict(self.samples),
+            dict(self.params),
+            dict(self.normsys),
+            dict(self.histosys),
+            list(self.multiplicative),
+            {k: list(v) for k, v in self.staterror_parts.items()},
+        )
 
     def add(self, spec: dict[str, Any], todo: list[tuple[int, int, str]], keep: set[str]) -> None:
         """Parse the samples ``todo`` = [(channel index, sample index, slot key)] of ``spec``.
@@ -181,7 +189,8 @@ class _Parser:
                     self.params[key] = ps
                 elif ps.n != n or ps.constraint != _CONSTRAINT[mtype]:
                     raise InputError(
-                        f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions", where=mwhere
+                        f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions",
+                        where=mwhere,
                     )
                 if mtype == "normsys":
                     self.normsys[(key, slot)] = (float(data["hi"]), float(data["lo"]))
@@ -205,7 +214,9 @@ class _Parser:
         for key in touched_staterror:
             parts = self.staterror_parts[key]
             total = np.sum([nom for nom, _ in parts], axis=0)
-            rel2 = np.sum([np.where(total > 0, (unc / np.where(total > 0, total, 1.0)) ** 2, 0.0) for _, unc in parts], axis=0)
+            rel2 = np.sum(
+                [np.where(total > 0, (unc / np.where(total > 0, total, 1.0)) ** 2, 0.0) for _, unc in parts], axis=0
+            )
             sig = np.sqrt(rel2)
             ps = replace(self.params[key])  # the background's ParamSet may be shared
             ps.fixed = [bool(s == 0) for s in sig]
@@ -253,7 +264,9 @@ def parse_background(bkg: dict[str, Any], measurement: str | None = None) -> Par
 
 
 def parse_hypothesis(
-    hyp: Hypothesis, bkg: tuple[set[tuple[str, str]], set[str]] | ParsedBackground | None, measurement: str | None = None
+    hyp: Hypothesis,
+    bkg: tuple[set[tuple[str, str]], set[str]] | ParsedBackground | None,
+    measurement: str | None = None,
 ) -> ParsedHypothesis:
     """Read one full workspace spec into role-keyed parameters and entries.
 
@@ -366,20 +379,32 @@ def _default_paramset(
     elif mtype == "shapefactor":
         ps = ParamSet(key, name, mtype, n, [1.0] * n, [(0.0, 10.0)] * n, [False] * n, None)
     elif mtype == "staterror":  # sigmas filled in once all samples are seen
-        ps = ParamSet(key, name, mtype, n, [1.0] * n, [(1e-10, 10.0)] * n, [False] * n, constraint, [1.0] * n, [1.0] * n)
+        ps = ParamSet(
+            key, name, mtype, n, [1.0] * n, [(1e-10, 10.0)] * n, [False] * n, constraint, [1.0] * n, [1.0] * n
+        )
     elif mtype == "shapesys":
         unc = np.asarray(data, dtype=np.float64)
         valid = (nom > 0) & (unc > 0)
         tau = np.where(valid, nom**2 / np.where(valid, unc, 1.0) ** 2, 1.0)
         ps = ParamSet(
-            key, name, mtype, n, [1.0] * n, [(1e-10, 10.0)] * n, [not v for v in valid], constraint,
-            aux=tau.tolist(), factors=tau.tolist(),
+            key,
+            name,
+            mtype,
+            n,
+            [1.0] * n,
+            [(1e-10, 10.0)] * n,
+            [not v for v in valid],
+            constraint,
+            aux=tau.tolist(),
+            factors=tau.tolist(),
         )
     elif mtype == "lumi":
         if not override or "auxdata" not in override or "sigmas" not in override:
             raise InputError(f"lumi parameter {name!r} needs auxdata and sigmas in the measurement config", where=where)
         aux = float(override["auxdata"][0])
-        ps = ParamSet(key, name, mtype, 1, [aux], [(0.0, 10.0 * aux)], [False], constraint, [aux], [float(override["sigmas"][0])])
+        ps = ParamSet(
+            key, name, mtype, 1, [aux], [(0.0, 10.0 * aux)], [False], constraint, [aux], [float(override["sigmas"][0])]
+        )
     else:  # schema validation makes this unreachable
         raise InputError(f"unknown modifier type {mtype!r}", where=where)
     if mtype != "staterror":
@@ -395,12 +420,16 @@ def _apply_override(ps: ParamSet, override: dict | None, where: str) -> None:
         if field_name in override:
             values = [float(v) for v in override[field_name]]
             if len(values) != ps.n:
-                raise InputError(f"{field_name} of parameter {ps.name!r} has {len(values)} entries, expected {ps.n}", where=where)
+                raise InputError(
+                    f"{field_name} of parameter {ps.name!r} has {len(values)} entries, expected {ps.n}", where=where
+                )
             setattr(ps, attr, values)
     if "bounds" in override:
         bounds = [tuple(map(float, b)) for b in override["bounds"]]
         if len(bounds) != ps.n:
-            raise InputError(f"bounds of parameter {ps.name!r} have {len(bounds)} entries, expected {ps.n}", where=where)
+            raise InputError(
+                f"bounds of parameter {ps.name!r} have {len(bounds)} entries, expected {ps.n}", where=where
+            )
         ps.bounds = bounds
     if "fixed" in override:
         ps.fixed = [bool(override["fixed"])] * ps.n
@@ -461,7 +490,10 @@ class BatchedModel:
         """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""
         import jax
 
-        return {**{k: jax.device_put(v[h]) for k, v in self.arrays.items()}, **{k: jax.device_put(v) for k, v in self.structure.items()}}
+        return {
+            **{k: jax.device_put(v[h]) for k, v in self.arrays.items()},
+            **{k: jax.device_put(v) for k, v in self.structure.items()},
+        }
 
     def take(self, index: Sequence[int]) -> "BatchedModel":
         """A model with a subset (or repetition) of hypotheses; same structure."""
@@ -546,7 +578,10 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
     n_par = len(labels)
     poi_index = start[first.poi_key]
 
-    slots = sorted({s for p in parsed for s in p.samples}, key=lambda s: ([c for c, _ in channels].index(s[0]), s[1].startswith("+"), s[1]))
+    slots = sorted(
+        {s for p in parsed for s in p.samples},
+        key=lambda s: ([c for c, _ in channels].index(s[0]), s[1].startswith("+"), s[1]),
+    )
     slot_index = {s: i for i, s in enumerate(slots)}
     n_slots = rnd(len(slots))
 
@@ -590,8 +625,17 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
     mult_lists: list[list[list[int]]] = [[[] for _ in range(n_sb)] for _ in range(H)]
     param_labels: list[list[str | None]] = []
 
-    def fill(h: int, params: Any, samples: Any, normsys: Any, histosys: Any, multiplicative: Any,
-             plabel: list[str | None], lists: list[list[int]], all_params: dict[str, ParamSet]) -> None:
+    def fill(
+        h: int,
+        params: Any,
+        samples: Any,
+        normsys: Any,
+        histosys: Any,
+        multiplicative: Any,
+        plabel: list[str | None],
+        lists: list[list[int]],
+        all_params: dict[str, ParamSet],
+    ) -> None:
         """Write entries of one hypothesis into row ``h`` (all of them, or what differs from a template row)."""
         for k, ps in params:
             j0 = start[k]
@@ -633,10 +677,34 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
     template_label: list[str | None] = [None] * n_par
     template_lists: list[list[int]] = [[] for _ in range(n_sb)]
     if base is not None:
-        fill(0, base.params.items(), base.samples.items(), base.normsys.items(), base.histosys.items(), base.multiplicative,
-             template_label, template_lists, base.params)
-        for arr in (init, lo, hi, fixed, normal_mask, normal_aux, normal_sigma, pois_mask, pois_tau, pois_aux,
-                    nominal, ns_hi, ns_lo, hs_hi, hs_lo):
+        fill(
+            0,
+            base.params.items(),
+            base.samples.items(),
+            base.normsys.items(),
+            base.histosys.items(),
+            base.multiplicative,
+            template_label,
+            template_lists,
+            base.params,
+        )
+        for arr in (
+            init,
+            lo,
+            hi,
+            fixed,
+            normal_mask,
+            normal_aux,
+            normal_sigma,
+            pois_mask,
+            pois_tau,
+            pois_aux,
+            nominal,
+            ns_hi,
+            ns_lo,
+            hs_hi,
+            hs_lo,
+        ):
             arr[1:] = arr[0]
 
     def changed(entries: dict[Any, Any], known: dict[Any, Any] | None) -> Any:
@@ -650,10 +718,17 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
         lists = mult_lists[h]
         for i, row in enumerate(template_lists):
             lists[i].extend(row)
-        fill(h, changed(p.params, base and base.params), changed(p.samples, base and base.samples),
-             changed(p.normsys, base and base.normsys), changed(p.histosys, base and base.histosys),
-             p.multiplicative[len(base.multiplicative):] if base is not None else p.multiplicative,
-             plabel, lists, p.params)
+        fill(
+            h,
+            changed(p.params, base and base.params),
+            changed(p.samples, base and base.samples),
+            changed(p.normsys, base and base.normsys),
+            changed(p.histosys, base and base.histosys),
+            p.multiplicative[len(base.multiplicative) :] if base is not None else p.multiplicative,
+            plabel,
+            lists,
+            p.params,
+        )
         param_labels.append(plabel)
 
     # one shared index table (union over hypotheses) plus a per-hypothesis on/off mask:

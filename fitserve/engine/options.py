@@ -19,7 +19,11 @@ LEGACY_MODIFIER_SETTINGS: dict[str, dict[str, str]] = {
     "histosys": {"interpcode": "code0"},
 }
 #: ``"pyhf"`` is kept as an alias of ``"legacy"`` for options written before the rename.
-NAMED_MODIFIER_SETTINGS = {"atlas": ATLAS_MODIFIER_SETTINGS, "legacy": LEGACY_MODIFIER_SETTINGS, "pyhf": LEGACY_MODIFIER_SETTINGS}
+NAMED_MODIFIER_SETTINGS = {
+    "atlas": ATLAS_MODIFIER_SETTINGS,
+    "legacy": LEGACY_MODIFIER_SETTINGS,
+    "pyhf": LEGACY_MODIFIER_SETTINGS,
+}
 PYHF_MODIFIER_SETTINGS = LEGACY_MODIFIER_SETTINGS  # old name
 
 
@@ -79,8 +83,10 @@ class ScanOptions(BaseModel):
     @model_validator(mode="after")
     def _toy_rules(self) -> ScanOptions:
         if self.calculator == "toybased" and self.limits:
-            raise ValueError("upper limits are computed with the asymptotic calculator only; "
-                             "set limits false or calculator 'asymptotics'")
+            raise ValueError(
+                "upper limits are computed with the asymptotic calculator only; "
+                "set limits false or calculator 'asymptotics'"
+            )
         if self.toy_range is not None:
             start, stop = self.toy_range
             if not 0 <= start < stop <= self.n_toys:

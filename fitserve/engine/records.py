@@ -53,8 +53,20 @@ class Record(TypedDict, total=False):
 
 
 #: Every field of a record, in the order records are written.
-FIELDS = ("values", "CLs_obs", "CLs_exp", "CLsb_obs", "CLb_obs", "mu_hat", "nll_free", "nll_fixed", "converged", "edm",
-          "upper_limit", "error")
+FIELDS = (
+    "values",
+    "CLs_obs",
+    "CLs_exp",
+    "CLsb_obs",
+    "CLb_obs",
+    "mu_hat",
+    "nll_free",
+    "nll_fixed",
+    "converged",
+    "edm",
+    "upper_limit",
+    "error",
+)
 #: What a ``cls_only`` scan keeps of each record.
 CLS_ONLY_FIELDS = ("values", "CLs_obs", "converged", "error")
 

@@ -75,24 +75,42 @@ def _limit_record(ul: infer.UpperLimits, i: int) -> dict[str, Any]:
     return rec
 
 
-def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.UpperLimits | None, opts: ScanOptions,
-             codes: tuple[str, str]) -> dict[str, dict[str, Any]]:
+def _records(
+    model: BatchedModel,
+    n: int,
+    ht: infer.HypoTestResult,
+    ul: infer.UpperLimits | None,
+    opts: ScanOptions,
+    codes: tuple[str, str],
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for i in range(n):
         ok = bool(ht.converged[i])
         rec: dict[str, Any] = make_record(
-            model.values[i], converged=ok, error=None if ok else diagnose(model, ht, i, codes), edm=ht.edm_max[i],
-            cls_obs=ht.cls_obs[i], cls_exp=ht.cls_exp[i], clsb_obs=ht.clsb_obs[i], clb_obs=ht.clb_obs[i],
-            mu_hat=ht.mu_hat[i], nll_free=ht.nll_free[i], nll_fixed=ht.nll_fixed[i])
+            model.values[i],
+            converged=ok,
+            error=None if ok else diagnose(model, ht, i, codes),
+            edm=ht.edm_max[i],
+            cls_obs=ht.cls_obs[i],
+            cls_exp=ht.cls_exp[i],
+            clsb_obs=ht.clsb_obs[i],
+            clb_obs=ht.clb_obs[i],
+            mu_hat=ht.mu_hat[i],
+            nll_free=ht.nll_free[i],
+            nll_fixed=ht.nll_fixed[i],
+        )
         if ht.multimodal[i]:
             rec["multimodal"] = True
-            rec["warning"] = ("fits of this hypothesis ended in different minima; the lowest was kept"
-                              + ("" if opts.restarts else " (try restarts for a wider search)"))
+            rec["warning"] = "fits of this hypothesis ended in different minima; the lowest was kept" + (
+                "" if opts.restarts else " (try restarts for a wider search)"
+            )
         if ul is not None and ok:
             rec["upper_limit"] = _limit_record(ul, i)
             missing = [k for k, c in enumerate(ul.converged[i]) if not c]
             if missing:
-                names = ["observed"] + [f"expected {s}" for s in ("-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma")]
+                names = ["observed"] + [
+                    f"expected {s}" for s in ("-2 sigma", "-1 sigma", "median", "+1 sigma", "+2 sigma")
+                ]
                 rec["warning"] = "upper-limit search did not converge for: " + ", ".join(names[k] for k in missing)
         if opts.cls_only:
             rec = cls_only(rec)
@@ -102,8 +120,12 @@ def _records(model: BatchedModel, n: int, ht: infer.HypoTestResult, ul: infer.Up
 
 def diagnose(model: BatchedModel, ht: infer.HypoTestResult, i: int, codes: tuple[str, str]) -> str:
     """Why the fits of hypothesis ``i`` did not converge, in words."""
-    roles = (("free fit to data", ht.free_fit_to_data), ("fixed-POI fit to data", ht.fixed_poi_fit_to_data),
-             ("Asimov generating fit", ht.asimov_generator), ("fixed-POI fit to Asimov data", ht.fixed_poi_fit_to_asimov))
+    roles = (
+        ("free fit to data", ht.free_fit_to_data),
+        ("fixed-POI fit to data", ht.fixed_poi_fit_to_data),
+        ("Asimov generating fit", ht.asimov_generator),
+        ("fixed-POI fit to Asimov data", ht.fixed_poi_fit_to_asimov),
+    )
     failed = [(name, r) for name, r in roles if not r.converged[i]]
     if not failed:
         return "fit did not converge"
@@ -112,7 +134,9 @@ def diagnose(model: BatchedModel, ht: infer.HypoTestResult, i: int, codes: tuple
     if not np.isfinite(edm):
         pair = _degenerate(model, r.x[i], i, codes)
         if pair:
-            return f"fit did not converge ({name}): the Hessian is singular there; parameters {pair} are not identifiable"
+            return (
+                f"fit did not converge ({name}): the Hessian is singular there; parameters {pair} are not identifiable"
+            )
         return f"fit did not converge ({name}): the Hessian is not positive definite at the last point"
     return f"fit did not converge ({name}, EDM {edm:.3g})"
 
@@ -147,27 +171,35 @@ def _check_poi(model: BatchedModel, opts: ScanOptions) -> BatchedModel:
 
     lo = model.arrays["lo"][:, model.poi_index]
     hi = model.arrays["hi"][:, model.poi_index]
-    name = next((lab for lab in model.param_labels[0] if lab is not None and lab == model.param_names[model.poi_index]),
-                model.param_names[model.poi_index])
+    name = next(
+        (lab for lab in model.param_labels[0] if lab is not None and lab == model.param_names[model.poi_index]),
+        model.param_names[model.poi_index],
+    )
     mu = opts.tested_poi
     outside = (mu < lo) | (mu > hi)
     if outside.any():
         k = int(np.argmax(outside))
         if not opts.widen_poi_bounds:
-            raise InputError(f"poi_test {mu:g} lies outside the bounds [{lo[k]:g}, {hi[k]:g}] of the POI {name!r} "
-                             f"(hypothesis {model.names[k]!r}); widen the bounds in the measurement, or set widen_poi_bounds",
-                             where="options.poi_test")
+            raise InputError(
+                f"poi_test {mu:g} lies outside the bounds [{lo[k]:g}, {hi[k]:g}] of the POI {name!r} "
+                f"(hypothesis {model.names[k]!r}); widen the bounds in the measurement, or set widen_poi_bounds",
+                where="options.poi_test",
+            )
         model.arrays["lo"][:, model.poi_index] = np.minimum(lo, mu)
         model.arrays["hi"][:, model.poi_index] = np.maximum(hi, mu)
     if opts.test_stat in ("qtilde", "q0") and ((lo > 0) | (hi < 0)).any():
         k = int(np.argmax((lo > 0) | (hi < 0)))
-        raise InputError(f"the {opts.test_stat} test statistic needs 0 inside the POI bounds, but {name!r} has "
-                         f"[{lo[k]:g}, {hi[k]:g}] (hypothesis {model.names[k]!r})", where="options.test_stat")
+        raise InputError(
+            f"the {opts.test_stat} test statistic needs 0 inside the POI bounds, but {name!r} has "
+            f"[{lo[k]:g}, {hi[k]:g}] (hypothesis {model.names[k]!r})",
+            where="options.test_stat",
+        )
     return model
 
 
-def _fit_batch(model: BatchedModel, opts: ScanOptions, n_real: int,
-               cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+def _fit_batch(
+    model: BatchedModel, opts: ScanOptions, n_real: int, cancel: Callable[[], bool] | None = None
+) -> tuple[dict[str, dict[str, Any]], float]:
     """Fit the first ``n_real`` hypotheses of one padded batch; their records and the fit seconds."""
     codes = opts.interpcodes()
     t0 = time.perf_counter()
@@ -181,8 +213,9 @@ def _fit_batch(model: BatchedModel, opts: ScanOptions, n_real: int,
     return _records(model, n_real, ht, ul, opts, codes), time.perf_counter() - t0
 
 
-def _fit_toys(model: BatchedModel, opts: ScanOptions,
-              cancel: Callable[[], bool] | None = None) -> tuple[dict[str, dict[str, Any]], float]:
+def _fit_toys(
+    model: BatchedModel, opts: ScanOptions, cancel: Callable[[], bool] | None = None
+) -> tuple[dict[str, dict[str, Any]], float]:
     """Toy-based CLs of the one hypothesis of ``model`` (see :mod:`fitserve.engine.toys`)."""
     codes = opts.interpcodes()
     t0 = time.perf_counter()
@@ -193,8 +226,11 @@ def _fit_toys(model: BatchedModel, opts: ScanOptions,
     rec["asymptotic"] = {"CLs_obs": rec["CLs_obs"], "CLs_exp": rec["CLs_exp"]}
     if rec["converged"]:
         run = toys.run_toys(engine, ht, model.names[0], opts.toys(), opts.seed)
-        rec.update(toys.toy_record(run, opts.test_stat, opts.n_toys, opts.seed, opts.toys_max_failed,
-                                   keep_raw=opts.toy_range is not None))
+        rec.update(
+            toys.toy_record(
+                run, opts.test_stat, opts.n_toys, opts.seed, opts.toys_max_failed, keep_raw=opts.toy_range is not None
+            )
+        )
     else:
         rec.update({"CLs_obs": None, "CLs_exp": None, "CLsb_obs": None, "CLb_obs": None})
     if opts.cls_only:
@@ -246,7 +282,12 @@ def scan(
     return {
         "fitserve_version": __version__,
         "options": opts.model_dump(),
-        "timing": {"build_s": t_build, "compile_s": compile_s, "fit_s": fit_s, "total_s": time.perf_counter() - t_start},
+        "timing": {
+            "build_s": t_build,
+            "compile_s": compile_s,
+            "fit_s": fit_s,
+            "total_s": time.perf_counter() - t_start,
+        },
         "results": results,
     }
 
@@ -257,9 +298,15 @@ def scan(
 _ENGINE_LOCK = threading.RLock()
 
 
-def _fit_models(models: list[BatchedModel], opts: ScanOptions, results_by_name: dict[str, dict[str, Any]], total: int,
-                progress: Callable[[int, int], None] | None, cancel: Callable[[], bool] | None,
-                on_event: Callable[[str, dict[str, Any]], None] | None) -> tuple[float, float]:
+def _fit_models(
+    models: list[BatchedModel],
+    opts: ScanOptions,
+    results_by_name: dict[str, dict[str, Any]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+    cancel: Callable[[], bool] | None,
+    on_event: Callable[[str, dict[str, Any]], None] | None,
+) -> tuple[float, float]:
     """Fit every batch of every structure group; (fit seconds, compile seconds)."""
     fit_s = compile_s = 0.0
     done = 0
@@ -278,8 +325,15 @@ def _fit_models(models: list[BatchedModel], opts: ScanOptions, results_by_name: 
             continue
         size = budget.model_width(model)  # batch_size, narrowed to the batch memory budget
         if on_event is not None and (model.structure_key, size) not in _FITTED:
-            on_event("compile", {"structure": model.structure_key, "n_params": model.n_params,
-                                 "n_bins": sum(nb for _, nb in model.channels), "width": size})
+            on_event(
+                "compile",
+                {
+                    "structure": model.structure_key,
+                    "n_params": model.n_params,
+                    "n_bins": sum(nb for _, nb in model.channels),
+                    "width": size,
+                },
+            )
         _FITTED.add((model.structure_key, size))
         for lo in range(0, model.n_hypotheses, size):
             idx = list(range(lo, min(lo + size, model.n_hypotheses)))

@@ -70,8 +70,9 @@ def _sample(t1: dict, gen: jax.Array, key: jax.Array, index: jax.Array, codes: t
     def one(k):
         k_main, k_normal, k_pois = jax.random.split(jax.random.fold_in(key, k), 3)
         main = jax.random.poisson(k_main, lam, dtype=jnp.int64).astype(gen.dtype)
-        aux_n = jnp.where(normal, gen + t1["normal_sigma"] * jax.random.normal(k_normal, gen.shape, gen.dtype),
-                          t1["normal_aux"])
+        aux_n = jnp.where(
+            normal, gen + t1["normal_sigma"] * jax.random.normal(k_normal, gen.shape, gen.dtype), t1["normal_aux"]
+        )
         rate = jnp.where(pois, gen * t1["pois_tau"], 1.0)
         aux_p = jnp.where(pois, jax.random.poisson(k_pois, rate, dtype=jnp.int64).astype(gen.dtype), t1["pois_aux"])
         return main, aux_n, aux_p
@@ -139,5 +140,3 @@ def run_toys(engine: Engine, ht: HypoTestResult, name: str, n_toys: tuple[int, i
         qs.append(np.where(ok_free & f_fixed.converged, q, np.nan))
     STATS["toys"] += 2 * (stop - start)
     return ToyRun(q_obs, qs[0], qs[1], start, stop)
-
-

@@ -107,20 +107,45 @@ def toy_record(run: ToyRun, test_stat: str, n_toys: int, seed: int, max_failed: 
     return rec
 
 
-def _summary_fields(q_obs: float, q_sb: np.ndarray, q_b: np.ndarray, test_stat: str, n_toys: int, seed: int,
-                    max_failed: float, ranges: list) -> dict:
+def _summary_fields(
+    q_obs: float,
+    q_sb: np.ndarray,
+    q_b: np.ndarray,
+    test_stat: str,
+    n_toys: int,
+    seed: int,
+    max_failed: float,
+    ranges: list,
+) -> dict:
     s = summarize(q_obs, q_sb, q_b, test_stat)
     n_run = int(q_sb.size)
     failed = [int(np.isnan(q_sb).sum()), int(np.isnan(q_b).sum())]
-    toys = {"n_toys": n_toys, "seed": seed, "ranges": ranges, "done": n_run, "q_obs": q_obs,
-            "n_sb": s["n_sb"], "n_b": s["n_b"], "failed_sb": failed[0], "failed_b": failed[1]}
-    rec: dict = {"CLs_obs": s["CLs_obs"], "CLs_exp": s["CLs_exp"], "CLsb_obs": s["CLsb_obs"], "CLb_obs": s["CLb_obs"],
-                 "uncertainty": s["uncertainty"], "toys": toys}
+    toys = {
+        "n_toys": n_toys,
+        "seed": seed,
+        "ranges": ranges,
+        "done": n_run,
+        "q_obs": q_obs,
+        "n_sb": s["n_sb"],
+        "n_b": s["n_b"],
+        "failed_sb": failed[0],
+        "failed_b": failed[1],
+    }
+    rec: dict = {
+        "CLs_obs": s["CLs_obs"],
+        "CLs_exp": s["CLs_exp"],
+        "CLsb_obs": s["CLsb_obs"],
+        "CLb_obs": s["CLb_obs"],
+        "uncertainty": s["uncertainty"],
+        "toys": toys,
+    }
     frac = max(failed) / max(n_run, 1)
     if frac > max_failed:
         toys["flagged"] = True
-        rec["warning"] = (f"{failed[0]} signal+background and {failed[1]} background-only toy fits of {n_run} "
-                          f"did not converge (more than {max_failed:.0%}); they are left out")
+        rec["warning"] = (
+            f"{failed[0]} signal+background and {failed[1]} background-only toy fits of {n_run} "
+            f"did not converge (more than {max_failed:.0%}); they are left out"
+        )
     elif s["CLs_obs"] is None and s["n_b"]:
         rec["warning"] = "no background-only toy reaches the observed test statistic: CLs needs more toys"
     return rec

@@ -77,10 +77,10 @@ ENVELOPE_SLACK = 4096
 class CloudLimits:
     """The Globus Compute service's documented limits (docs/limits.rst), as fitserve keeps to them."""
 
-    max_request_bytes: int = 10_000_000   # one task submission or one batch request
-    max_result_bytes: int = 10_000_000    # one task's serialized result
-    max_requests: int = 20                # requests per window ...
-    window_s: float = 10.0                # ... of this many seconds
+    max_request_bytes: int = 10_000_000  # one task submission or one batch request
+    max_result_bytes: int = 10_000_000  # one task's serialized result
+    max_requests: int = 20  # requests per window ...
+    window_s: float = 10.0  # ... of this many seconds
 
     @classmethod
     def from_site(cls, globus: dict[str, Any]) -> CloudLimits:
@@ -137,7 +137,9 @@ def resolve_endpoint_id(endpoint_id: str | None, site_data: dict[str, Any], sour
     globus = site_data.get("globus") or {}
     value = endpoint_id or globus.get("endpoint_id") or os.environ.get(ENV_ENDPOINT_ID)
     if not value:
-        raise SiteError(source, "globus.endpoint_id", f"missing: give the endpoint id in the site file or {ENV_ENDPOINT_ID}")
+        raise SiteError(
+            source, "globus.endpoint_id", f"missing: give the endpoint id in the site file or {ENV_ENDPOINT_ID}"
+        )
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
@@ -145,7 +147,9 @@ def resolve_endpoint_id(endpoint_id: str | None, site_data: dict[str, Any], sour
         raise SiteError(source, where, f"not a UUID: {value!r}") from None
 
 
-def resolve_user_endpoint_config(value: dict[str, Any] | None, globus: dict[str, Any], source: str) -> dict[str, Any] | None:
+def resolve_user_endpoint_config(
+    value: dict[str, Any] | None, globus: dict[str, Any], source: str
+) -> dict[str, Any] | None:
     """Template variables for a multi-user endpoint: argument, then site file, then the environment (JSON)."""
     from fitserve.executors.sites import SiteError
 
@@ -278,8 +282,9 @@ class GlobusComputeExecutor(Executor):
         self._workspaces: dict[str, bytes] = {}  # sha -> bytes, for tasks sent again on a miss
         self._sent: set[str] = set()
         self._lock = threading.Lock()
-        self.limiter = RequestLimiter(min(self.limits.max_requests, int(globus.get("client_max_requests") or 18)),
-                                      self.limits.window_s)
+        self.limiter = RequestLimiter(
+            min(self.limits.max_requests, int(globus.get("client_max_requests") or 18)), self.limits.window_s
+        )
         self._closed = False
         if sdk_executor is not None:
             self._sdk = self._single = sdk_executor
@@ -296,7 +301,9 @@ class GlobusComputeExecutor(Executor):
         try:
             from globus_compute_sdk import Executor as SDKExecutor
         except ImportError as exc:  # pragma: no cover - depends on the installation
-            raise RuntimeError("the globus executor needs the Globus Compute SDK: pip install 'fitserve[globus]'") from exc
+            raise RuntimeError(
+                "the globus executor needs the Globus Compute SDK: pip install 'fitserve[globus]'"
+            ) from exc
         return SDKExecutor
 
     def _limited(self, client: Any) -> Any:
@@ -311,8 +318,12 @@ class GlobusComputeExecutor(Executor):
         return client
 
     def _new_sdk(self, batch_size: int) -> Any:
-        kwargs: dict[str, Any] = {"endpoint_id": self.endpoint_id, "label": f"fitserve-bs{batch_size}",
-                                  "batch_size": batch_size, "client": self._client}
+        kwargs: dict[str, Any] = {
+            "endpoint_id": self.endpoint_id,
+            "label": f"fitserve-bs{batch_size}",
+            "batch_size": batch_size,
+            "client": self._client,
+        }
         if self.user_endpoint_config:
             kwargs["user_endpoint_config"] = self.user_endpoint_config
         for key in ("resource_specification", "amqp_port"):
@@ -331,12 +342,28 @@ class GlobusComputeExecutor(Executor):
         return self._capacity
 
     # planning --------------------------------------------------------------------
-    def _request(self, sha: str, ws: bytes | None, patches: list[bytes] | None, options: dict[str, Any]) -> dict[str, Any]:
-        return {"protocol": PROTOCOL, "expect": self.expect, "ws_sha": sha, "ws": ws, "patches": patches,
-                "options": options, "max_result_bytes": self.limits.max_result_bytes}
+    def _request(
+        self, sha: str, ws: bytes | None, patches: list[bytes] | None, options: dict[str, Any]
+    ) -> dict[str, Any]:
+        return {
+            "protocol": PROTOCOL,
+            "expect": self.expect,
+            "ws_sha": sha,
+            "ws": ws,
+            "patches": patches,
+            "options": options,
+            "max_result_bytes": self.limits.max_result_bytes,
+        }
 
-    def plan(self, sha: str, ws: bytes | None, patches: list[bytes] | None, names: list[str],
-             options: dict[str, Any], refused: dict[int, str] | None = None) -> list[tuple[dict[str, Any], int]]:
+    def plan(
+        self,
+        sha: str,
+        ws: bytes | None,
+        patches: list[bytes] | None,
+        names: list[str],
+        options: dict[str, Any],
+        refused: dict[int, str] | None = None,
+    ) -> list[tuple[dict[str, Any], int]]:
         """Split one chunk into ``(request, task_bytes)``; one of them carries ``ws`` if given.
 
         Tasks are grouped to fit :attr:`task_budget` (so a batch of ``batch_size`` fits one
@@ -380,10 +407,18 @@ class GlobusComputeExecutor(Executor):
         raise PayloadTooLarge(
             f"the background workspace ({len(ws):,} bytes compressed) does not fit one Globus Compute request "
             f"with any task of this chunk (smallest: {smallest:,} bytes, limit {self.limits.max_request_bytes:,} "
-            f"less {self._sizer.envelope:,} bytes of envelope): use the parsl executor for this likelihood")
+            f"less {self._sizer.envelope:,} bytes of envelope): use the parsl executor for this likelihood"
+        )
 
-    def _exact(self, sha: str, patches: list[bytes], names: list[str], idx: list[int], options: dict[str, Any],
-               refused: dict[int, str] | None) -> list[tuple[dict[str, Any], int]]:
+    def _exact(
+        self,
+        sha: str,
+        patches: list[bytes],
+        names: list[str],
+        idx: list[int],
+        options: dict[str, Any],
+        refused: dict[int, str] | None,
+    ) -> list[tuple[dict[str, Any], int]]:
         req = self._request(sha, None, [patches[i] for i in idx], options)
         size = self._sizer.task_bytes(req)
         if size <= self.task_budget:
@@ -397,8 +432,9 @@ class GlobusComputeExecutor(Executor):
                 refused[idx[0]] = str(exc)
                 return []
         half = len(idx) // 2
-        return (self._exact(sha, patches, names, idx[:half], options, refused)
-                + self._exact(sha, patches, names, idx[half:], options, refused))
+        return self._exact(sha, patches, names, idx[:half], options, refused) + self._exact(
+            sha, patches, names, idx[half:], options, refused
+        )
 
     def _fit_alone(self, req: dict[str, Any], names: list[str], ws: bytes | None, size: int | None = None) -> int:
         size = size if size is not None else self._sizer.task_bytes(req)
@@ -409,11 +445,14 @@ class GlobusComputeExecutor(Executor):
                 f"{what}: one task is {size:,} bytes as the Globus Compute SDK serializes it{ws_part}, over the "
                 f"{self.limits.max_request_bytes:,}-byte request limit of the Globus Compute service (less "
                 f"{self._sizer.envelope:,} bytes of request envelope); it cannot be sent to an endpoint: "
-                f"use the parsl executor for this likelihood")
+                f"use the parsl executor for this likelihood"
+            )
         return size
 
     # submission ------------------------------------------------------------------
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any]) -> Future:
+    def submit(
+        self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any]
+    ) -> Future:
         if isinstance(workspace, dict):
             ws = zlib.compress(json.dumps(workspace, sort_keys=True, separators=(",", ":")).encode())
         else:
@@ -500,10 +539,19 @@ class GlobusComputeExecutor(Executor):
 
     def describe(self) -> dict[str, Any]:
         s = self.stats
-        return {"executor": self.name, "capacity": self.capacity, "endpoint_id": self.endpoint_id, "site": self.site,
-                "batch_size": self.batch_size, "task_budget_bytes": self.task_budget, "tasks": s.tasks,
-                "largest_task_bytes": s.largest_task_bytes, "workspace_sent": s.workspace_sent,
-                "workspace_misses": s.workspace_misses, "requests": self.limiter.calls}
+        return {
+            "executor": self.name,
+            "capacity": self.capacity,
+            "endpoint_id": self.endpoint_id,
+            "site": self.site,
+            "batch_size": self.batch_size,
+            "task_budget_bytes": self.task_budget,
+            "tasks": s.tasks,
+            "largest_task_bytes": s.largest_task_bytes,
+            "workspace_sent": s.workspace_sent,
+            "workspace_misses": s.workspace_misses,
+            "requests": self.limiter.calls,
+        }
 
     def shutdown(self) -> None:
         if self._closed:
@@ -520,13 +568,16 @@ def _explain(exc: BaseException, expect: dict[str, str]) -> BaseException:
     """Turn the SDK's remote tracebacks for a missing or foreign fitserve into one clear line."""
     text = str(exc)
     if "No module named 'fitserve" in text:
-        return VersionMismatch(f"the endpoint's workers cannot import fitserve (the client runs fitserve "
-                               f"{expect.get('fitserve')}, Python {expect.get('python')}): install "
-                               f"'fitserve[globus]=={expect.get('fitserve')}' in the endpoint's worker environment "
-                               f"or run the workers in the fitserve container (docs/hpc-centres.md)")
+        return VersionMismatch(
+            f"the endpoint's workers cannot import fitserve (the client runs fitserve "
+            f"{expect.get('fitserve')}, Python {expect.get('python')}): install "
+            f"'fitserve[globus]=={expect.get('fitserve')}' in the endpoint's worker environment "
+            f"or run the workers in the fitserve container (docs/hpc-centres.md)"
+        )
     if "WorkerLost" in text:
-        return VersionMismatch(f"the endpoint's worker died while unpacking or running the task (WorkerLost); the "
-                               f"usual cause is a different Python or dill on the endpoint (the client runs Python "
-                               f"{expect.get('python')}): run `fitserve endpoint check` there. Original error: {text[:500]}")
+        return VersionMismatch(
+            f"the endpoint's worker died while unpacking or running the task (WorkerLost); the "
+            f"usual cause is a different Python or dill on the endpoint (the client runs Python "
+            f"{expect.get('python')}): run `fitserve endpoint check` there. Original error: {text[:500]}"
+        )
     return exc
-

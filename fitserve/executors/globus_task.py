@@ -57,8 +57,11 @@ def versions() -> dict[str, str]:
     import fitserve
     from fitserve.engine import ENGINE_VERSION
 
-    out = {"fitserve": fitserve.__version__, "engine": ENGINE_VERSION,
-           "python": ".".join(platform.python_version_tuple()[:2])}
+    out = {
+        "fitserve": fitserve.__version__,
+        "engine": ENGINE_VERSION,
+        "python": ".".join(platform.python_version_tuple()[:2]),
+    }
     for pkg in ("jax", "jaxlib", "dill", "globus-compute-sdk", "globus-compute-endpoint"):
         try:
             out[pkg] = version(pkg)
@@ -80,9 +83,11 @@ def mismatch(expect: dict[str, str], have: dict[str, str]) -> str | None:
     def side(v: dict[str, str]) -> str:
         return f"fitserve {v.get('fitserve', '?')}, engine {v.get('engine', '?')}, Python {v.get('python', '?')}"
 
-    return (f"version mismatch ({', '.join(diff)}): the client runs {side(expect)}; the endpoint's worker runs "
-            f"{side(have)}. Install the same fitserve and Python on both sides (docs/hpc-centres.md), "
-            f"e.g. use the fitserve worker container or pip install 'fitserve[globus]=={expect.get('fitserve')}'.")
+    return (
+        f"version mismatch ({', '.join(diff)}): the client runs {side(expect)}; the endpoint's worker runs "
+        f"{side(have)}. Install the same fitserve and Python on both sides (docs/hpc-centres.md), "
+        f"e.g. use the fitserve worker container or pip install 'fitserve[globus]=={expect.get('fitserve')}'."
+    )
 
 
 def cache_dir() -> Path:
@@ -139,9 +144,12 @@ def run_globus_task(request: dict[str, Any]) -> dict[str, Any]:
     """Fit one task's hypotheses on the endpoint (see the module docstring for the protocol)."""
     have = versions()
     if request.get("protocol") != PROTOCOL:
-        return {"status": "version_mismatch", "versions": have,
-                "message": f"task protocol {request.get('protocol')!r} from the client, {PROTOCOL} on the endpoint's "
-                           f"worker (fitserve {have['fitserve']}): install the same fitserve on both sides"}
+        return {
+            "status": "version_mismatch",
+            "versions": have,
+            "message": f"task protocol {request.get('protocol')!r} from the client, {PROTOCOL} on the endpoint's "
+            f"worker (fitserve {have['fitserve']}): install the same fitserve on both sides",
+        }
     msg = mismatch(request.get("expect") or {}, have)
     if msg:
         return {"status": "version_mismatch", "message": msg, "versions": have}
@@ -161,6 +169,9 @@ def run_globus_task(request: dict[str, Any]) -> dict[str, Any]:
     packed = zlib.compress(json.dumps(records, separators=(",", ":")).encode())
     limit = int(request.get("max_result_bytes") or 10 * 1024 * 1024)
     if len(packed) > limit // 2:  # base64 and the pickle frame make the result ~4/3 of this
-        return {"status": "result_too_large", "message": f"{len(records)} records compress to {len(packed):,} bytes, "
-                f"over half the result limit of {limit:,} bytes: use smaller chunks"}
+        return {
+            "status": "result_too_large",
+            "message": f"{len(records)} records compress to {len(packed):,} bytes, "
+            f"over half the result limit of {limit:,} bytes: use smaller chunks",
+        }
     return {"status": "ok", "records": packed}

@@ -26,8 +26,13 @@ class LocalExecutor(Executor):
     def capacity(self) -> int:
         return self.workers
 
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any],
-               cancel: Callable[[], bool] | None = None) -> Future:
+    def submit(
+        self,
+        workspace: dict[str, Any] | bytes,
+        patches: Sequence[dict[str, Any]] | None,
+        options: dict[str, Any],
+        cancel: Callable[[], bool] | None = None,
+    ) -> Future:
         return self._pool.submit(run_chunk_task, workspace, patches, options, cancel)
 
     def describe(self) -> dict[str, Any]:
@@ -35,4 +40,3 @@ class LocalExecutor(Executor):
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
-

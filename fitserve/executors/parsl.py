@@ -42,7 +42,9 @@ def _venv_on_path() -> None:
         os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
 
 
-def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | Path | dict[str, Any] | None = None) -> tuple[Any, int]:
+def build_config(
+    workers: int = 1, run_dir: str | Path = "runinfo", site: str | Path | dict[str, Any] | None = None
+) -> tuple[Any, int]:
     """Return ``(parsl.Config, capacity)`` for a local pool or a site description."""
     from parsl.config import Config
     from parsl.executors import HighThroughputExecutor
@@ -70,7 +72,9 @@ def build_config(workers: int = 1, run_dir: str | Path = "runinfo", site: str | 
         source = str(site) if not isinstance(site, dict) else "site"
         data = _load(site, source)
         htex, capacity = build_htex(data, workers, _LABEL, source)
-    config = Config(executors=[htex], run_dir=str(run_dir), strategy="simple", usage_tracking=0, initialize_logging=False)
+    config = Config(
+        executors=[htex], run_dir=str(run_dir), strategy="simple", usage_tracking=0, initialize_logging=False
+    )
     return config, capacity
 
 
@@ -112,8 +116,13 @@ class ParslExecutor(Executor):
     def capacity(self) -> int:
         return self._capacity
 
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any],
-               cancel: Callable[[], bool] | None = None) -> Future:
+    def submit(
+        self,
+        workspace: dict[str, Any] | bytes,
+        patches: Sequence[dict[str, Any]] | None,
+        options: dict[str, Any],
+        cancel: Callable[[], bool] | None = None,
+    ) -> Future:
         return self._app(workspace, list(patches) if patches is not None else None, dict(options), cancel)
 
     def describe(self) -> dict[str, Any]:
@@ -125,4 +134,3 @@ class ParslExecutor(Executor):
                 return
             self._closed = True
         self._dfk.cleanup()
-

@@ -32,9 +32,20 @@ from pathlib import Path
 from typing import Any, Mapping
 
 TOP_LEVEL_KEYS = {"description", "capacity", "executor", "provider", "globus"}
-GLOBUS_KEYS = {"endpoint_id", "capacity", "resource_specification", "user_endpoint_config", "amqp_port", "batch_size",
-               # the cloud service's limits (fitserve.executors.globus.CloudLimits) and the client-side request rate
-               "max_request_bytes", "max_result_bytes", "max_requests", "window_s", "client_max_requests"}
+GLOBUS_KEYS = {
+    "endpoint_id",
+    "capacity",
+    "resource_specification",
+    "user_endpoint_config",
+    "amqp_port",
+    "batch_size",
+    # the cloud service's limits (fitserve.executors.globus.CloudLimits) and the client-side request rate
+    "max_request_bytes",
+    "max_result_bytes",
+    "max_requests",
+    "window_s",
+    "client_max_requests",
+}
 #: HighThroughputExecutor arguments fitserve sets itself
 RESERVED_EXECUTOR_KEYS = {"label", "provider"}
 
@@ -52,13 +63,16 @@ class SiteError(ValueError):
 
 def _expand(value: Any, source: str, key: str) -> Any:
     if isinstance(value, str):
+
         def repl(m: re.Match[str]) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise SiteError(source, key, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+            raise SiteError(
+                source, key, f"environment variable {name} is not set (write ${{{name}:-default}} for a default)"
+            )
 
         return _ENV_REF.sub(repl, value)
     if isinstance(value, dict):
@@ -113,7 +127,9 @@ def load_site(site: str | Path | Mapping[str, Any], source: str | None = None) -
 
 
 # building Parsl objects with errors that name the key ------------------------------------
-def _check_kwargs(cls: type, kwargs: dict[str, Any], source: str, key: str, reserved: frozenset[str] | set[str] = frozenset()) -> None:
+def _check_kwargs(
+    cls: type, kwargs: dict[str, Any], source: str, key: str, reserved: frozenset[str] | set[str] = frozenset()
+) -> None:
     params = inspect.signature(cls.__init__).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     known = {n for n, p in params.items() if n != "self" and p.kind is not inspect.Parameter.VAR_POSITIONAL}
@@ -124,8 +140,14 @@ def _check_kwargs(cls: type, kwargs: dict[str, Any], source: str, key: str, rese
             close = difflib.get_close_matches(str(name), sorted(known), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise SiteError(source, f"{key}.{name}", f"unknown option of {cls.__name__}{hint}")
-    missing = [n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty
-               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs]
+    missing = [
+        n
+        for n, p in params.items()
+        if n != "self"
+        and p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and n not in kwargs
+    ]
     if missing:
         raise SiteError(source, f"{key}.{missing[0]}", f"required by {cls.__name__}")
 
@@ -166,11 +188,15 @@ def _typed(module: Any, spec: Any, source: str, key: str) -> tuple[type, dict[st
     spec = dict(spec)
     type_name = spec.pop("type", None)
     if not type_name:
-        raise SiteError(source, f"{key}.type", "missing (e.g. SlurmProvider, PBSProProvider, KubernetesProvider, LocalProvider)")
+        raise SiteError(
+            source, f"{key}.type", "missing (e.g. SlurmProvider, PBSProProvider, KubernetesProvider, LocalProvider)"
+        )
     cls = getattr(module, str(type_name), None)
     if not inspect.isclass(cls):
         names = sorted(n for n in dir(module) if not n.startswith("_") and inspect.isclass(getattr(module, n)))
-        raise SiteError(source, f"{key}.type", f"unknown {key.split('.')[-1]} {type_name!r} (known: {', '.join(names)})")
+        raise SiteError(
+            source, f"{key}.type", f"unknown {key.split('.')[-1]} {type_name!r} (known: {', '.join(names)})"
+        )
     return cls, spec
 
 

@@ -55,7 +55,9 @@ def curve_value(rec: dict[str, Any], curve: str) -> float | None:
 def grid_dimension(records: dict[str, dict[str, Any]]) -> int:
     for name, r in records.items():  # pyhf's schema allows strings as grid values
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in r.get("values") or []):
-            raise AggregationError(f"the grid values of {name!r} are not all numbers ({r.get('values')!r:.80}): no contours or plot")
+            raise AggregationError(
+                f"the grid values of {name!r} are not all numbers ({r.get('values')!r:.80}): no contours or plot"
+            )
     dims = {len(r.get("values") or []) for r in records.values()}
     if not dims:
         return 0
@@ -114,7 +116,9 @@ def _split(records: dict[str, dict[str, Any]]) -> tuple[list[str], list[str]]:
     return good, bad
 
 
-def contours(records: dict[str, dict[str, Any]], labels: list[str] | None = None, cl: float = 0.95, complete: bool = True) -> dict[str, Any]:
+def contours(
+    records: dict[str, dict[str, Any]], labels: list[str] | None = None, cl: float = 0.95, complete: bool = True
+) -> dict[str, Any]:
     """Exclusion contours (2-D grid) or the limit curve (1-D grid) at CLs = 1 - cl."""
     level = 1.0 - cl
     dim = grid_dimension(records)
@@ -148,7 +152,15 @@ def contours(records: dict[str, dict[str, Any]], labels: list[str] | None = None
         upper = None
         if order and all(u for u in uls):
             upper = {"obs": [u["obs"] for u in uls], "exp": [u["exp"] for u in uls]}
-        return {**base, "kind": "1d", "x": x, "names": order, "cls": curves, "crossings": crossings, "upper_limit": upper}
+        return {
+            **base,
+            "kind": "1d",
+            "x": x,
+            "names": order,
+            "cls": curves,
+            "crossings": crossings,
+            "upper_limit": upper,
+        }
     raise AggregationError(
         f"contours need hypotheses on a 1-D or 2-D grid (patch metadata 'values'); these have {dim} values each"
     )
@@ -172,7 +184,9 @@ def _crossings(x: list[float], cls: list[float | None], level: float) -> list[fl
     return out
 
 
-def results_document(status: dict[str, Any], meta: dict[str, Any], records: dict[str, dict[str, Any]], version: str) -> dict[str, Any]:
+def results_document(
+    status: dict[str, Any], meta: dict[str, Any], records: dict[str, dict[str, Any]], version: str
+) -> dict[str, Any]:
     """The job's results in the schema of ``fitserve scan`` (plus job information)."""
     return {
         "fitserve_version": version,
@@ -195,11 +209,30 @@ def to_csv(records: dict[str, dict[str, Any]], labels: list[str] | None = None) 
     value_cols = [labels[i] if i < len(labels) else f"value_{i}" for i in range(dim)]
     exp_cols = [f"CLs_exp_{s}" if s else "CLs_exp" for s in EXP_SUFFIX]
     ul_cols = ["upper_limit_obs"] + [f"upper_limit_exp_{s}" if s else "upper_limit_exp" for s in EXP_SUFFIX]
-    header = ["name", *value_cols, "CLs_obs", *exp_cols, "CLsb_obs", "CLb_obs", "mu_hat", "nll_free", "converged", *ul_cols, "error"]
+    header = [
+        "name",
+        *value_cols,
+        "CLs_obs",
+        *exp_cols,
+        "CLsb_obs",
+        "CLb_obs",
+        "mu_hat",
+        "nll_free",
+        "converged",
+        *ul_cols,
+        "error",
+    ]
     toys = any(r.get("calculator") == "toybased" for r in records.values())
     if toys:  # toy-based: Monte Carlo uncertainties and toy counts
-        header += ["CLs_obs_err", *[c.replace("CLs_exp", "CLs_exp_err") for c in exp_cols], "n_toys", "toys_sb", "toys_b",
-                   "failed_sb", "failed_b"]
+        header += [
+            "CLs_obs_err",
+            *[c.replace("CLs_exp", "CLs_exp_err") for c in exp_cols],
+            "n_toys",
+            "toys_sb",
+            "toys_b",
+            "failed_sb",
+            "failed_b",
+        ]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(header)
@@ -208,11 +241,29 @@ def to_csv(records: dict[str, dict[str, Any]], labels: list[str] | None = None) 
         exp = list(r.get("CLs_exp") or [None] * 5)
         ul = r.get("upper_limit") or {}
         ulv = [ul.get("obs")] + list(ul.get("exp") or [None] * 5)
-        row = [name, *vals, r.get("CLs_obs"), *exp, r.get("CLsb_obs"), r.get("CLb_obs"), r.get("mu_hat"), r.get("nll_free"),
-               bool(r.get("converged")), *ulv, r.get("error") or ""]
+        row = [
+            name,
+            *vals,
+            r.get("CLs_obs"),
+            *exp,
+            r.get("CLsb_obs"),
+            r.get("CLb_obs"),
+            r.get("mu_hat"),
+            r.get("nll_free"),
+            bool(r.get("converged")),
+            *ulv,
+            r.get("error") or "",
+        ]
         if toys:
             unc, t = r.get("uncertainty") or {}, r.get("toys") or {}
-            row += [unc.get("CLs_obs"), *(unc.get("CLs_exp") or [None] * 5), t.get("n_toys"), t.get("n_sb"), t.get("n_b"),
-                    t.get("failed_sb"), t.get("failed_b")]
+            row += [
+                unc.get("CLs_obs"),
+                *(unc.get("CLs_exp") or [None] * 5),
+                t.get("n_toys"),
+                t.get("n_sb"),
+                t.get("n_b"),
+                t.get("failed_sb"),
+                t.get("failed_b"),
+            ]
         w.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
     return buf.getvalue()

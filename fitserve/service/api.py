@@ -49,7 +49,9 @@ def _text(s: str | None) -> str | None:
 
 
 def _problem(status: int, message: str, where: str | None, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": {"message": _text(message), "where": _text(where)}}, status_code=status, headers=headers)
+    return JSONResponse(
+        {"detail": {"message": _text(message), "where": _text(where)}}, status_code=status, headers=headers
+    )
 
 
 def create_api(settings: Settings | None = None, client: redis.Redis | None = None) -> FastAPI:
@@ -120,8 +122,13 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
         if st is None:  # no such job, or another user's: as if it did not exist
             raise HTTPProblem(404, f"no job with id {job_id!r}", "job id")
         base = f"/v1/jobs/{job_id}"
-        st["links"] = {"self": base, "results": f"{base}/results", "csv": f"{base}/results?format=csv",
-                       "contours": f"{base}/contours", "plot": f"{base}/plot.png"}
+        st["links"] = {
+            "self": base,
+            "results": f"{base}/results",
+            "csv": f"{base}/results?format=csv",
+            "contours": f"{base}/contours",
+            "plot": f"{base}/plot.png",
+        }
         return st
 
     submit_schema = {
@@ -164,14 +171,20 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == "multipart/form-data":
             body = await read_body(request, settings.max_body_bytes)
-            boundary = request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
+            boundary = (
+                request.headers.get("content-type", "").partition("boundary=")[2].split(";")[0].strip().strip('"')
+            )
             if body and boundary and not body.rstrip(b"\r\n").endswith(b"--" + boundary.encode("latin-1") + b"--"):
-                raise HTTPProblem(400, "the multipart body ends before its closing boundary (a cut-off upload?)", "request body")
+                raise HTTPProblem(
+                    400, "the multipart body ends before its closing boundary (a cut-off upload?)", "request body"
+                )
             form = await with_body(request, body).form(max_files=3, max_fields=3, max_part_size=settings.max_body_bytes)
             parts: dict[str, Any] = {}
             for key in form.keys():
                 if key not in ("workspace", "patchset", "options"):
-                    raise InputError(f"unknown form field {key!r} (expected workspace, patchset, options)", where="request body")
+                    raise InputError(
+                        f"unknown form field {key!r} (expected workspace, patchset, options)", where="request body"
+                    )
                 value = form[key]
                 raw = await value.read() if hasattr(value, "read") else value
                 parts[key] = read_json(raw, where=f"{key} (upload)") if raw not in (b"", "") else None
@@ -186,12 +199,20 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
                 raise InputError(f"unknown field(s) {', '.join(sorted(map(repr, unknown)))}", where="request body")
             workspace, patchset, options = body.get("workspace"), body.get("patchset"), body.get("options")
         else:
-            raise HTTPProblem(415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type")
+            raise HTTPProblem(
+                415, f"unsupported content type {ctype!r}: use application/json or multipart/form-data", "content-type"
+            )
         job = await run_in_threadpool(desk.prepare, workspace, patchset, options)
         sub = await run_in_threadpool(desk.submit, job, principal.user)
         st = await run_in_threadpool(_status, sub.job_id, principal)
-        body = {"id": sub.job_id, "state": st["state"], "total": sub.total, "cached": sub.cached,
-                "to_compute": sub.to_compute, "links": st["links"]}
+        body = {
+            "id": sub.job_id,
+            "state": st["state"],
+            "total": sub.total,
+            "cached": sub.cached,
+            "to_compute": sub.to_compute,
+            "links": st["links"],
+        }
         return JSONResponse(body, status_code=202, headers={"Location": st["links"]["self"]})
 
     @app.get("/v1/whoami", tags=["service"])
@@ -202,7 +223,9 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
     @app.get("/v1/jobs", tags=["jobs"])
     def list_jobs(
         limit: int = Query(100, ge=1),
-        user: str | None = Query(None, max_length=64, description="Admins only: this user's jobs (default: everybody's)."),
+        user: str | None = Query(
+            None, max_length=64, description="Admins only: this user's jobs (default: everybody's)."
+        ),
         principal: Principal = Depends(who),
     ) -> dict[str, Any]:
         """Most recent jobs first: the caller's own; an admin's token lists everybody's."""
@@ -237,8 +260,11 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
         """Per-hypothesis results (schema of ``fitserve scan``); partial while the job runs."""
         st, meta, recs = _records(job_id, principal)
         if format == "csv":
-            return PlainTextResponse(to_csv(recs, meta.get("labels")), media_type="text/csv",
-                                     headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+            return PlainTextResponse(
+                to_csv(recs, meta.get("labels")),
+                media_type="text/csv",
+                headers={"Content-Disposition": f'attachment; filename="{job_id}.csv"'},
+            )
         return JSONResponse(results_document(st, meta, recs, __version__))
 
     @app.get("/v1/jobs/{job_id}/contours", tags=["results"])
@@ -278,8 +304,10 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
         if dist is None:
             raise HTTPProblem(409, f"no toys of {patch!r} computed yet", "job state")
         q_obs, q_sb, q_b = dist
-        return Response(toy_plot(q_obs, q_sb, q_b, patch, recs.get(patch), meta["options"].get("test_stat", "qtilde")),
-                        media_type="image/png")
+        return Response(
+            toy_plot(q_obs, q_sb, q_b, patch, recs.get(patch), meta["options"].get("test_stat", "qtilde")),
+            media_type="image/png",
+        )
 
     @app.get("/v1/jobs/{job_id}/plot.svg", tags=["results"], response_class=Response)
     def plot_svg(job_id: str, principal: Principal = Depends(who)) -> Response:
@@ -298,21 +326,33 @@ def create_api(settings: Settings | None = None, client: redis.Redis | None = No
         try:
             r.ping()
             info = r.info("server")
-            redis_status = {"ok": True, "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
-                            "version": info.get("redis_version")}
+            redis_status = {
+                "ok": True,
+                "latency_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "version": info.get("redis_version"),
+            }
         except redis.RedisError as exc:
-            return JSONResponse({"status": "down", "redis": {"ok": False, "error": str(exc)}, "workers": []}, status_code=503)
+            return JSONResponse(
+                {"status": "down", "redis": {"ok": False, "error": str(exc)}, "workers": []}, status_code=503
+            )
         workers = store.workers()  # each with rss_bytes (its process) and rss_tree_bytes (with its executor's)
-        return JSONResponse({
-            "status": "ok" if workers else "degraded",
-            "version": __version__,
-            "redis": redis_status,
-            "workers": workers,
-            "queue": queue.stats(),
-            "api": {"rss_bytes": rss_bytes()},
-            "limits": {"worker_memory_bytes": settings.worker_memory(), "batch_memory_bytes": settings.batch_memory(),
-                       "chunk_wall_s": settings.chunk_wall_s, "max_parameters": settings.max_parameters,
-                       "max_bins": settings.max_bins, "max_structure_groups": settings.max_structure_groups},
-        })
+        return JSONResponse(
+            {
+                "status": "ok" if workers else "degraded",
+                "version": __version__,
+                "redis": redis_status,
+                "workers": workers,
+                "queue": queue.stats(),
+                "api": {"rss_bytes": rss_bytes()},
+                "limits": {
+                    "worker_memory_bytes": settings.worker_memory(),
+                    "batch_memory_bytes": settings.batch_memory(),
+                    "chunk_wall_s": settings.chunk_wall_s,
+                    "max_parameters": settings.max_parameters,
+                    "max_bins": settings.max_bins,
+                    "max_structure_groups": settings.max_structure_groups,
+                },
+            }
+        )
 
     return app

@@ -62,9 +62,7 @@ def token_hash(token: str) -> str:
 
 def check_user_name(user: str) -> str:
     if not USER_RE.fullmatch(user or ""):
-        raise ValueError(
-            f"invalid user name {user!r}: 1-64 characters, letters, digits and . _ @ + - (not first)"
-        )
+        raise ValueError(f"invalid user name {user!r}: 1-64 characters, letters, digits and . _ @ + - (not first)")
     return user
 
 
@@ -87,7 +85,9 @@ class TokenStore:
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         sha = token_hash(token)
         pipe = self.r.pipeline(transaction=True)
-        pipe.hset(self._key(sha), mapping={"user": user, "admin": int(admin), "created": time.time(), "label": label[:200]})
+        pipe.hset(
+            self._key(sha), mapping={"user": user, "admin": int(admin), "created": time.time(), "label": label[:200]}
+        )
         pipe.sadd(self._user_key(user), sha)
         pipe.execute()
         return token
@@ -110,8 +110,15 @@ class TokenStore:
             if not h:
                 continue
             sha = key.decode().rsplit(":", 1)[1]
-            out.append({"id": sha[:12], "user": h.get("user"), "admin": h.get("admin") == "1",
-                        "created": float(h.get("created", 0)), "label": h.get("label", "")})
+            out.append(
+                {
+                    "id": sha[:12],
+                    "user": h.get("user"),
+                    "admin": h.get("admin") == "1",
+                    "created": float(h.get("created", 0)),
+                    "label": h.get("label", ""),
+                }
+            )
         return sorted(out, key=lambda t: (t["user"] or "", t["created"]))
 
     def revoke(self, token_id: str | None = None, user: str | None = None) -> int:
@@ -122,7 +129,9 @@ class TokenStore:
         if token_id is not None:
             if not re.fullmatch(r"[0-9a-f]{8,64}", token_id):
                 raise ValueError(f"invalid token id {token_id!r}: the hex id shown by `fitserve token list`")
-            shas += [k.decode().rsplit(":", 1)[1] for k in self.r.scan_iter(match=self._key(token_id + "*"), count=1000)]
+            shas += [
+                k.decode().rsplit(":", 1)[1] for k in self.r.scan_iter(match=self._key(token_id + "*"), count=1000)
+            ]
         n = 0
         for sha in set(shas):
             owner = self.r.hget(self._key(sha), "user")
@@ -161,4 +170,3 @@ def authenticate(mode: str, tokens: TokenStore, authorization: str | None, cooki
     if principal is None:
         raise AuthError("invalid or revoked API token")
     return principal
-

@@ -76,13 +76,15 @@ class ChunkGuard:
         if now - self.started > self.wall_s:
             raise ChunkBudgetExceeded(
                 f"the chunk ran {now - self.started:.0f} s, past its wall-time budget chunk_wall_s = {self.wall_s:g} "
-                "(FITSERVE_CHUNK_WALL_S); split the job or ask for fewer upper limits")
+                "(FITSERVE_CHUNK_WALL_S); split the job or ask for fewer upper limits"
+            )
         if self.max_rss_bytes:
             rss = rss_bytes()
             if rss > self.max_rss_bytes:
                 raise ChunkBudgetExceeded(
                     f"the fitting process grew to {rss / 2**20:,.0f} MiB, past the worker memory budget "
-                    f"{self.max_rss_bytes / 2**20:,.0f} MiB (FITSERVE_WORKER_MEMORY_BYTES)")
+                    f"{self.max_rss_bytes / 2**20:,.0f} MiB (FITSERVE_WORKER_MEMORY_BYTES)"
+                )
         if not self._cancelled and now >= self._next_poll:
             self._next_poll = now + self.poll_s
             self._cancelled = self._job_cancelled()
@@ -95,7 +97,8 @@ class ChunkGuard:
             client = _CLIENTS.get(self.redis_url)
             if client is None:
                 client = _CLIENTS[self.redis_url] = redis.Redis.from_url(
-                    self.redis_url, socket_connect_timeout=2, socket_timeout=2)
+                    self.redis_url, socket_connect_timeout=2, socket_timeout=2
+                )
             state = client.hget(self.job_key, "state")
         except redis.RedisError:
             return False

@@ -30,8 +30,15 @@ class JobLog:
         self._stop = threading.Event()
 
     def submitted(self, job_id: str, user: str, total: int, to_compute: int, options: dict[str, Any]) -> None:
-        log.info("job %s submitted by %s: %d hypotheses (%d cached, %d to compute); %s",
-                 job_id, user, total, total - to_compute, to_compute, options_text(options))
+        log.info(
+            "job %s submitted by %s: %d hypotheses (%d cached, %d to compute); %s",
+            job_id,
+            user,
+            total,
+            total - to_compute,
+            to_compute,
+            options_text(options),
+        )
         with self._lock:
             self._watched[job_id] = user
             if self._thread is None:
@@ -59,9 +66,11 @@ class JobLog:
 
 def ended_line(st: dict[str, Any]) -> str:
     p, c, t = st["progress"], st["counts"], st["timings"]
-    return (f"job {st['id']} {st['state']}: {p['done']}/{p['total']} hypotheses ({c['computed']} computed, "
-            f"{c['cached']} cached, {c['errors']} errors, {c['not_converged']} not converged) "
-            f"in {t['total_s']:.1f} s (queued {t['queued_s']:.1f} s, compute {t['compute_s']:.1f} s)")
+    return (
+        f"job {st['id']} {st['state']}: {p['done']}/{p['total']} hypotheses ({c['computed']} computed, "
+        f"{c['cached']} cached, {c['errors']} errors, {c['not_converged']} not converged) "
+        f"in {t['total_s']:.1f} s (queued {t['queued_s']:.1f} s, compute {t['compute_s']:.1f} s)"
+    )
 
 
 def log_to_stderr() -> None:

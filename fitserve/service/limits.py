@@ -30,8 +30,9 @@ def limit_text(limit: str, value: int) -> str:
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
     """The whole request body; 413 (LimitExceeded) past ``max_bytes``, by Content-Length or as it streams in (chunked)."""
-    too_big = LimitExceeded(413, f"request body larger than the limit {limit_text('max_body_bytes', max_bytes)}, in bytes",
-                            "request body")
+    too_big = LimitExceeded(
+        413, f"request body larger than the limit {limit_text('max_body_bytes', max_bytes)}, in bytes", "request body"
+    )
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_bytes:
         raise too_big
@@ -89,7 +90,9 @@ def check_model_size(spec: dict[str, Any], max_bins: int, max_parameters: int, w
     except (AttributeError, TypeError):
         return  # malformed: the schema validation that follows says what is wrong
     if bins > max_bins:
-        raise InputError(f"the model has {bins} bins, more than the limit {limit_text('max_bins', max_bins)}", where=where)
+        raise InputError(
+            f"the model has {bins} bins, more than the limit {limit_text('max_bins', max_bins)}", where=where
+        )
     if params > max_parameters:
         raise InputError(
             f"the model has {params} parameters, more than the limit {limit_text('max_parameters', max_parameters)}",
@@ -122,11 +125,15 @@ def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) 
     def where(group: Any) -> str:
         first = index.get(group.names[0], 0)
         lo = first - first % chunk_size
-        return (f"patchset: patches {lo}..{min(lo + chunk_size, len(names)) - 1} (chunk of {chunk_size}, "
-                f"structure group of {len(group.names)} from {group.names[0]!r})")
+        return (
+            f"patchset: patches {lo}..{min(lo + chunk_size, len(names)) - 1} (chunk of {chunk_size}, "
+            f"structure group of {len(group.names)} from {group.names[0]!r})"
+        )
 
-    checks = (("union_params", "max_parameters", settings.max_parameters, "parameters"),
-              ("union_bins", "max_bins", settings.max_bins, "bins"))
+    checks = (
+        ("union_params", "max_parameters", settings.max_parameters, "parameters"),
+        ("union_bins", "max_bins", settings.max_bins, "bins"),
+    )
     for attr, limit, value, what in checks:
         g = job_plan.largest(attr)
         if g is not None and getattr(g, attr) > value:
@@ -134,7 +141,9 @@ def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) 
                 f"the padded model the engine builds for these patches has {getattr(g, attr)} {what} (the union "
                 f"of the patches' {what}: patches whose new parameters cannot be aligned by role add up), more "
                 f"than the limit {limit_text(limit, value)}; submit such patches in separate jobs or name their "
-                "parameters consistently", where=where(g))
+                "parameters consistently",
+                where=where(g),
+            )
     budget = settings.batch_memory()
     g = job_plan.largest("peak_bytes")
     if g is not None and g.peak_bytes > budget:
@@ -143,10 +152,13 @@ def check_plan(job_plan: Any, names: list[str], chunk_size: int, settings: Any) 
             f"{g.union_params} without; {g.n_sb} sample bins) "
             f"needs an estimated {_mb(g.peak_bytes)}, more than the batch memory budget {_mb(budget)} "
             f"({limit_text('batch_memory_bytes', settings.batch_memory_bytes)}, 0 = a quarter of the worker's memory)",
-            where=where(g))
+            where=where(g),
+        )
     n = job_plan.structure_groups
     if n > settings.max_structure_groups:
         raise InputError(
             f"the patches form {n} structure groups (different channel layouts, each compiled separately), "
             f"more than the limit {limit_text('max_structure_groups', settings.max_structure_groups)}; "
-            "submit patches of one layout per job", where="patchset")
+            "submit patches of one layout per job",
+            where="patchset",
+        )

@@ -32,16 +32,26 @@ def axis_label(label: str | None, unit: str | None, fallback: str) -> str:
     return f"{text} [{unit}]" if unit else text
 
 
-def exclusion_plot(records: dict[str, dict[str, Any]], labels: list[str] | None = None, cl: float = 0.95, fmt: str = "png",
-                   title: str | None = None, units: list[str | None] | None = None) -> bytes:
+def exclusion_plot(
+    records: dict[str, dict[str, Any]],
+    labels: list[str] | None = None,
+    cl: float = 0.95,
+    fmt: str = "png",
+    title: str | None = None,
+    units: list[str | None] | None = None,
+) -> bytes:
     """Render the exclusion plot of a 2-D grid, the CLs curve of a 1-D grid, or one point's limits, as PNG, SVG or PDF."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown plot format {fmt!r}")
     dim = grid_dimension(records)
     if dim == 0 and not _has_limits(records):
-        raise AggregationError("a single hypothesis has no grid to draw: submit it with limits for a plot of its upper limit")
+        raise AggregationError(
+            "a single hypothesis has no grid to draw: submit it with limits for a plot of its upper limit"
+        )
     if dim not in (0, 1, 2):
-        raise AggregationError(f"a plot needs hypotheses on a 1-D or 2-D grid (patch metadata 'values'); these have {dim} values each")
+        raise AggregationError(
+            f"a plot needs hypotheses on a 1-D or 2-D grid (patch metadata 'values'); these have {dim} values each"
+        )
     import matplotlib.style
     import mplhep
     from matplotlib.figure import Figure
@@ -58,7 +68,11 @@ def exclusion_plot(records: dict[str, dict[str, Any]], labels: list[str] | None 
             _plot_1d(ax, records, names, 1.0 - cl)
         else:
             _plot_limit(ax, records, cl)
-        ax.set_title(title or (f"{cl:.0%} CL exclusion (CLs)" if dim else f"{cl:.0%} CL upper limit (CLs)"), fontsize=12, loc="left")
+        ax.set_title(
+            title or (f"{cl:.0%} CL exclusion (CLs)" if dim else f"{cl:.0%} CL upper limit (CLs)"),
+            fontsize=12,
+            loc="left",
+        )
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", pad_inches=0.1)
@@ -71,7 +85,10 @@ def _plot_2d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], lev
     t = math.log10(level)
     if len(good) >= 3:
         grid = Grid2D(np.array([records[n]["values"] for n in good], dtype=float))
-        z = {c: grid.interpolate(_log_cls(curve_value(records[n], c) for n in good)) for c in ("observed", "expected", "expected_m1", "expected_p1")}
+        z = {
+            c: grid.interpolate(_log_cls(curve_value(records[n], c) for n in good))
+            for c in ("observed", "expected", "expected_m1", "expected_p1")
+        }
         # ±1σ band: excluded by the -1σ expectation but not by the +1σ one.  min() of the two
         # distances to the threshold is a continuous surface whose zero contour follows both
         # interpolated contours, so the band has smooth edges (a filled yes/no mask had steps)
@@ -90,13 +107,30 @@ def _plot_2d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], lev
     excl = [pts[n] for n in good if records[n]["CLs_obs"] < level]
     allowed = [pts[n] for n in good if records[n]["CLs_obs"] >= level]
     if excl:
-        ax.scatter(*np.array(excl).T, s=18, c=OBSERVED, marker="o", label=f"excluded ({len(excl)})", zorder=5, clip_on=False)
+        ax.scatter(
+            *np.array(excl).T, s=18, c=OBSERVED, marker="o", label=f"excluded ({len(excl)})", zorder=5, clip_on=False
+        )
     if allowed:
-        ax.scatter(*np.array(allowed).T, s=18, facecolors="none", edgecolors="0.3", marker="o", label=f"allowed ({len(allowed)})",
-                   zorder=5, clip_on=False)
+        ax.scatter(
+            *np.array(allowed).T,
+            s=18,
+            facecolors="none",
+            edgecolors="0.3",
+            marker="o",
+            label=f"allowed ({len(allowed)})",
+            zorder=5,
+            clip_on=False,
+        )
     if bad:
-        ax.scatter(*np.array([pts[n] for n in bad]).T, s=30, c="0.5", marker="x", label=f"not converged / failed ({len(bad)})",
-                   zorder=6, clip_on=False)
+        ax.scatter(
+            *np.array([pts[n] for n in bad]).T,
+            s=30,
+            c="0.5",
+            marker="x",
+            label=f"not converged / failed ({len(bad)})",
+            zorder=6,
+            clip_on=False,
+        )
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     xs, ys = [v[0] for v in pts.values()], [v[1] for v in pts.values()]
@@ -124,17 +158,27 @@ def _plot_1d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], lev
 
 
 def _has_limits(records: dict[str, dict[str, Any]]) -> bool:
-    return any(isinstance(r.get("upper_limit"), dict) and r["upper_limit"].get("obs") is not None for r in records.values())
+    return any(
+        isinstance(r.get("upper_limit"), dict) and r["upper_limit"].get("obs") is not None for r in records.values()
+    )
 
 
 def _plot_limit(ax: Any, records: dict[str, dict[str, Any]], cl: float) -> None:
     """One hypothesis (a full workspace): its observed upper limit on mu and the expected band, one row per hypothesis."""
-    rows = [(n, r["upper_limit"]) for n, r in records.items() if isinstance(r.get("upper_limit"), dict) and r["upper_limit"].get("obs") is not None]
+    rows = [
+        (n, r["upper_limit"])
+        for n, r in records.items()
+        if isinstance(r.get("upper_limit"), dict) and r["upper_limit"].get("obs") is not None
+    ]
     for i, (_name, ul) in enumerate(rows):
         exp = ul.get("exp") or []
         if len(exp) == 5 and all(e is not None for e in exp):
-            ax.fill_betweenx([i - 0.3, i + 0.3], exp[0], exp[4], color=BAND, label=r"Expected $\pm 2\sigma$" if i == 0 else None)
-            ax.fill_betweenx([i - 0.3, i + 0.3], exp[1], exp[3], color="#3fca3f", label=r"Expected $\pm 1\sigma$" if i == 0 else None)
+            ax.fill_betweenx(
+                [i - 0.3, i + 0.3], exp[0], exp[4], color=BAND, label=r"Expected $\pm 2\sigma$" if i == 0 else None
+            )
+            ax.fill_betweenx(
+                [i - 0.3, i + 0.3], exp[1], exp[3], color="#3fca3f", label=r"Expected $\pm 1\sigma$" if i == 0 else None
+            )
             ax.plot([exp[2]] * 2, [i - 0.3, i + 0.3], "k--", lw=2, label="Expected" if i == 0 else None)
         ax.plot([ul["obs"]] * 2, [i - 0.3, i + 0.3], color=OBSERVED, lw=2.5, label="Observed" if i == 0 else None)
     ax.set_yticks(range(len(rows)), [n for n, _ in rows])
@@ -144,8 +188,15 @@ def _plot_limit(ax: Any, records: dict[str, dict[str, Any]], cl: float) -> None:
     ax.legend(fontsize=10, frameon=False, loc="upper right", ncols=2)
 
 
-def toy_plot(q_obs: float, q_sb: np.ndarray, q_b: np.ndarray, name: str, record: dict[str, Any] | None = None,
-             test_stat: str = "qtilde", fmt: str = "png") -> bytes:
+def toy_plot(
+    q_obs: float,
+    q_sb: np.ndarray,
+    q_b: np.ndarray,
+    name: str,
+    record: dict[str, Any] | None = None,
+    test_stat: str = "qtilde",
+    fmt: str = "png",
+) -> bytes:
     """The two toy distributions of one hypothesis' test statistic with the observed value (pyhf's toy plot).
 
     Histograms of the signal+background and background-only toys on a log scale (failed toys left
@@ -162,8 +213,17 @@ def toy_plot(q_obs: float, q_sb: np.ndarray, q_b: np.ndarray, name: str, record:
     with _LOCK, matplotlib.style.context(mplhep.style.ATLAS):
         fig = Figure(figsize=(7.5, 5.5))
         ax = fig.add_subplot()
-        ax.hist(b, bins=bins, histtype="step", color="tab:blue", linewidth=1.6, label=f"background-only ({b.size} toys)")
-        ax.hist(sb, bins=bins, histtype="step", color="tab:red", linewidth=1.6, label=f"signal + background ({sb.size} toys)")
+        ax.hist(
+            b, bins=bins, histtype="step", color="tab:blue", linewidth=1.6, label=f"background-only ({b.size} toys)"
+        )
+        ax.hist(
+            sb,
+            bins=bins,
+            histtype="step",
+            color="tab:red",
+            linewidth=1.6,
+            label=f"signal + background ({sb.size} toys)",
+        )
         label = f"observed {symbol} = {q_obs:.3g}"
         if record and record.get("CLs_obs") is not None:
             err = (record.get("uncertainty") or {}).get("CLs_obs")

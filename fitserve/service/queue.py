@@ -115,7 +115,9 @@ def _decode(entry_id: Any, fields: dict[Any, Any] | None) -> Chunk | None:
 
 
 class ChunkQueue:
-    def __init__(self, client: redis.Redis, prefix: str = "fitserve", group: str = GROUP, max_user_chunks: int = 0) -> None:
+    def __init__(
+        self, client: redis.Redis, prefix: str = "fitserve", group: str = GROUP, max_user_chunks: int = 0
+    ) -> None:
         self.r = client
         self.prefix = prefix
         self.stream = f"{prefix}:chunks"
@@ -136,8 +138,9 @@ class ChunkQueue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def enqueue(self, job_id: str, chunks: Sequence[Sequence[str] | dict[str, Any]], pipe: Any = None,
-                user: str = "local") -> int:
+    def enqueue(
+        self, job_id: str, chunks: Sequence[Sequence[str] | dict[str, Any]], pipe: Any = None, user: str = "local"
+    ) -> int:
         """Put the chunks on ``user``'s waiting list; in ``pipe`` (a transaction of the caller) only queue the commands.
 
         A chunk is a list of hypothesis names, or for toy-based jobs ``{"names": [name], "toys": [start, stop]}``.
@@ -156,8 +159,12 @@ class ChunkQueue:
 
     def dispatch(self, count: int) -> int:
         """Move up to ``count`` waiting chunks into the stream, round-robin over users; how many moved."""
-        return int(self._dispatch(keys=[self.stream, self.ring, self.ring_set],
-                                  args=[self.prefix, count, self.max_user_chunks, self.group]))
+        return int(
+            self._dispatch(
+                keys=[self.stream, self.ring, self.ring_set],
+                args=[self.prefix, count, self.max_user_chunks, self.group],
+            )
+        )
 
     def waiting(self) -> int:
         """Chunks on the users' waiting lists (not dispatched yet)."""
@@ -214,7 +221,9 @@ class ChunkQueue:
         try:
             for chunk in out:
                 if chunk.job_id:
-                    info = self.r.xpending_range(self.stream, self.group, min=chunk.entry_id, max=chunk.entry_id, count=1)
+                    info = self.r.xpending_range(
+                        self.stream, self.group, min=chunk.entry_id, max=chunk.entry_id, count=1
+                    )
                     if info:
                         chunk.deliveries = int(info[0]["times_delivered"])
         except (redis.ConnectionError, redis.TimeoutError):
@@ -252,8 +261,14 @@ class ChunkQueue:
             groups = self.r.xinfo_groups(self.stream)
         except redis.ResponseError:
             return {"chunks_waiting": 0, "chunks_pending": 0, "consumers": 0}
-        g = next((g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == self.group), None)
+        g = next(
+            (g for g in groups if (g["name"].decode() if isinstance(g["name"], bytes) else g["name"]) == self.group),
+            None,
+        )
         pending = int(g["pending"]) if g else 0
         length = int(self.r.xlen(self.stream))
-        return {"chunks_waiting": max(0, length - pending) + self.waiting(), "chunks_pending": pending,
-                "consumers": int(g["consumers"]) if g else 0}
+        return {
+            "chunks_waiting": max(0, length - pending) + self.waiting(),
+            "chunks_pending": pending,
+            "consumers": int(g["consumers"]) if g else 0,
+        }

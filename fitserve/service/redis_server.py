@@ -94,8 +94,15 @@ class EmbeddedRedis:
     chunk stream with its consumer group and pending entries are as they were.
     """
 
-    def __init__(self, port: int, data_dir: str | Path, binary: str | None = None, host: str = "127.0.0.1",
-                 appendfsync: str = APPENDFSYNC, unix_socket: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        data_dir: str | Path,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+        appendfsync: str = APPENDFSYNC,
+        unix_socket: str | Path | None = None,
+    ) -> None:
         """``port=0`` with ``unix_socket``: no TCP listener at all, only the socket (mode 0700)."""
         self.port, self.host, self.appendfsync = port, host, appendfsync
         self.unix_socket = str(unix_socket) if unix_socket else None
@@ -114,21 +121,47 @@ class EmbeddedRedis:
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            self.binary, "--port", str(self.port), "--bind", self.host, "--protected-mode", "yes",
-            "--appendonly", "yes", "--appendfsync", self.appendfsync, "--dir", str(self.dir),
-            "--daemonize", "no", "--logfile", str(self.dir / "redis.log"), "--save", "",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--protected-mode",
+            "yes",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            self.appendfsync,
+            "--dir",
+            str(self.dir),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--save",
+            "",
         ]
         if self.unix_socket:
             cmd += ["--unixsocket", self.unix_socket, "--unixsocketperm", "700"]
         # own session: Ctrl-C in the terminal reaches only `fitserve up`, which stops us in order;
         # the parent-death signal stops us when `fitserve up` is killed without its clean-up
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                     start_new_session=True, preexec_fn=die_with_parent())
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
-                log = (self.dir / "redis.log").read_text(errors="replace")[-500:] if (self.dir / "redis.log").exists() else ""
+                log = (
+                    (self.dir / "redis.log").read_text(errors="replace")[-500:]
+                    if (self.dir / "redis.log").exists()
+                    else ""
+                )
                 raise RuntimeError(f"redis-server exited with code {self.proc.returncode}: {err or log}")
             if ping(self.url, timeout=0.5):
                 return self

@@ -217,8 +217,10 @@ class JobStore:
         toys_meta = None
         if toyjobs.is_toys(options):
             base_json = canonical_json(toyjobs.base_options(options))
-            toys_meta = {"ranges": toyjobs.toy_ranges(int(options["n_toys"]), job.toy_chunk_size),
-                         "bases": [hypothesis_key(ws_sha, ps, base_json, engine) for ps in patch_shas]}
+            toys_meta = {
+                "ranges": toyjobs.toy_ranges(int(options["n_toys"]), job.toy_chunk_size),
+                "bases": [hypothesis_key(ws_sha, ps, base_json, engine) for ps in patch_shas],
+            }
         cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []
         hits = [(name, json.loads(raw)) for name, raw in zip(job.names, cached) if raw is not None]
         todo = [name for name, raw in zip(job.names, cached) if raw is None]
@@ -331,8 +333,17 @@ class JobStore:
                 "compute_s": float(h.get("compute_s", 0.0)),
             },
             "errors": errors,
-            **({"toys": {"done": int(h.get("toys_done", 0)), "total": int(h["toys_total"]),
-                         "cached": int(h.get("toys_cached", 0))}} if "toys_total" in h else {}),
+            **(
+                {
+                    "toys": {
+                        "done": int(h.get("toys_done", 0)),
+                        "total": int(h["toys_total"]),
+                        "cached": int(h.get("toys_cached", 0)),
+                    }
+                }
+                if "toys_total" in h
+                else {}
+            ),
         }
 
     def list_jobs(self, limit: int = 100, user: str | None = None) -> list[dict[str, Any]]:
@@ -430,12 +441,16 @@ class JobStore:
         names = list(names)
         index = {n: i for i, n in enumerate(meta["names"])}
         raws = self.r.mget([self.k("result", meta["hkeys"][index[n]]) for n in names]) if names else []
-        items = [(n, "cached", not json.loads(raw).get("converged", False)) for n, raw in zip(names, raws) if raw is not None]
+        items = [
+            (n, "cached", not json.loads(raw).get("converged", False)) for n, raw in zip(names, raws) if raw is not None
+        ]
         return self._record_done(job_id, items)
 
     def fail_hypotheses(self, job_id: str, meta: dict[str, Any], names: Iterable[str], message: str) -> tuple[int, int]:
         index = {n: i for i, n in enumerate(meta["names"])}
-        records = {n: error_record(meta["values"][index[n]] if meta["values"] else [], message) for n in names if n in index}
+        records = {
+            n: error_record(meta["values"][index[n]] if meta["values"] else [], message) for n in names if n in index
+        }
         return self.store_records(job_id, meta, records)
 
     # uploads the web form keeps for a second try ---------------------------------------

@@ -60,8 +60,10 @@ def parse_options(raw: Any) -> tuple[ScanOptions, list[str] | None]:
         raise InputError("must be a list of patch names", where="options.patches")
     opts = ScanOptions.parse(raw, where="options")
     if opts.toy_range is not None:
-        raise InputError("toy_range is chosen by the service (chunks of toy_chunk_size toys); ask for n_toys",
-                         where="options.toy_range")
+        raise InputError(
+            "toy_range is chosen by the service (chunks of toy_chunk_size toys); ask for n_toys",
+            where="options.toy_range",
+        )
     return opts, names
 
 
@@ -112,7 +114,9 @@ def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings)
     )
 
 
-def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: ScanOptions, settings: Settings) -> None:
+def check_built(
+    workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: ScanOptions, settings: Settings
+) -> None:
     """Refuse (422) a job whose padded models, batch memory or structure groups exceed the limits.
 
     The engine's own plan of the job (:func:`fitserve.engine.budget.plan_hypotheses`), chunked as
@@ -124,15 +128,24 @@ def check_built(workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: 
         toys = 2 * opts.n_toys * len(hyps)
         if toys > settings.max_job_toys:
             raise LimitExceeded(
-                413, f"the job asks for {toys:,} toys ({opts.n_toys:,} per distribution, two distributions, "
+                413,
+                f"the job asks for {toys:,} toys ({opts.n_toys:,} per distribution, two distributions, "
                 f"{len(hyps)} hypotheses), more than the limit {limit_text('max_job_toys', settings.max_job_toys)}",
-                "options.n_toys")
-    job_plan = plan_hypotheses(hyps, workspace, opts.model_dump(mode="json"), chunk_size=settings.chunk_size,
-                               budget_bytes=settings.batch_memory())
+                "options.n_toys",
+            )
+    job_plan = plan_hypotheses(
+        hyps,
+        workspace,
+        opts.model_dump(mode="json"),
+        chunk_size=settings.chunk_size,
+        budget_bytes=settings.batch_memory(),
+    )
     check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
 
 
-def enqueue_job(job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local") -> tuple[str, int]:
+def enqueue_job(
+    job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local"
+) -> tuple[str, int]:
     """Store ``owner``'s prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``.
 
     Raises :class:`LimitExceeded` (429) when the owner already has ``max_active_jobs`` queued or running.
@@ -176,7 +189,9 @@ class Submitted:
 class SubmissionDesk:
     """Who is asking, what they may submit, and the jobs they may see: shared by the API and the web pages."""
 
-    def __init__(self, settings: Settings, store: JobStore, queue: ChunkQueue, tokens: TokenStore, joblog: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, store: JobStore, queue: ChunkQueue, tokens: TokenStore, joblog: Any = None
+    ) -> None:
         self.settings, self.store, self.queue, self.tokens, self.joblog = settings, store, queue, tokens, joblog
 
     # who -------------------------------------------------------------------------------

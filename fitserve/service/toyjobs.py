@@ -61,8 +61,15 @@ def has_part(store: Any, meta: dict[str, Any], name: str, rng: Sequence[int]) ->
     return bool(store.r.exists(_part_key(store, meta, name, rng)))
 
 
-def add_part(store: Any, job_id: str, meta: dict[str, Any], name: str, rng: Sequence[int],
-             record: dict[str, Any] | None, compute_s: float = 0.0) -> bool:
+def add_part(
+    store: Any,
+    job_id: str,
+    meta: dict[str, Any],
+    name: str,
+    rng: Sequence[int],
+    record: dict[str, Any] | None,
+    compute_s: float = 0.0,
+) -> bool:
     """Record one range of ``name`` (``record`` None: it is in the cache already); merge when all are in.
 
     Idempotent: a range counts once however often it is stored.  Returns whether the hypothesis is complete.
@@ -93,8 +100,13 @@ def _load_parts(store: Any, meta: dict[str, Any], name: str) -> list[dict[str, A
 
 
 def _merge_parts(parts: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-    return engine.merge_toy_records(parts, options.get("test_stat", "qtilde"), int(options.get("n_toys", 1000)),
-                                     int(options.get("seed", 0)), float(options.get("toys_max_failed", 0.01)))
+    return engine.merge_toy_records(
+        parts,
+        options.get("test_stat", "qtilde"),
+        int(options.get("n_toys", 1000)),
+        int(options.get("seed", 0)),
+        float(options.get("toys_max_failed", 0.01)),
+    )
 
 
 def merge(store: Any, meta: dict[str, Any], name: str) -> dict[str, Any] | None:
@@ -122,6 +134,8 @@ def distributions(store: Any, meta: dict[str, Any], name: str):
         return None
     parts.sort(key=lambda p: p["toy_q"]["start"])
     q_obs = float(parts[0]["toys"]["q_obs"])
-    merged = {"toys": {"q_obs": q_obs}, "toy_q": {"sb": [v for p in parts for v in p["toy_q"]["sb"]],
-                                                   "b": [v for p in parts for v in p["toy_q"]["b"]]}}
+    merged = {
+        "toys": {"q_obs": q_obs},
+        "toy_q": {"sb": [v for p in parts for v in p["toy_q"]["sb"]], "b": [v for p in parts for v in p["toy_q"]["b"]]},
+    }
     return engine.toy_distributions(merged)

@@ -108,7 +108,11 @@ def redis_client(settings: Settings) -> redis.Redis:
     # (TCP keepalive only for TCP: a Unix socket URL, the private Redis of `fitserve up`, refuses it)
     keepalive = {} if settings.redis_url.startswith("unix:") else {"socket_keepalive": True}
     return redis.Redis.from_url(
-        settings.redis_url, health_check_interval=30, socket_connect_timeout=5, socket_timeout=15, **keepalive,
+        settings.redis_url,
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        socket_timeout=15,
+        **keepalive,
     )
 
 
@@ -187,11 +191,17 @@ class Worker:
                             self.outages += 1
                             log.warning(
                                 "Redis unreachable (%s: %s): %d chunks in flight, %d finished and %d waiting are kept; "
-                                "retrying with backoff", type(exc).__name__, exc, len(self.inflight), len(self.finished),
+                                "retrying with backoff",
+                                type(exc).__name__,
+                                exc,
+                                len(self.inflight),
+                                len(self.finished),
                                 len(self.backlog),
                             )
                     else:  # Redis answered with an error: log it, back off, go on
-                        log.warning("Redis error in the worker loop (retrying): %s: %s", type(exc).__name__, exc, exc_info=True)
+                        log.warning(
+                            "Redis error in the worker loop (retrying): %s: %s", type(exc).__name__, exc, exc_info=True
+                        )
                         if "NOGROUP" in str(exc):  # the stream or its group is gone (e.g. Redis lost its data)
                             self._group_ready = False
                     self._collect(pause * random.uniform(0.8, 1.2))  # chunks keep finishing meanwhile
@@ -199,8 +209,12 @@ class Worker:
                     continue
                 pause = RETRY_MIN_S
                 if down_since is not None:
-                    log.warning("Redis is back after %.1f s: %d chunks that finished meanwhile are stored, %d in flight",
-                                time.monotonic() - down_since, self.chunks_kept - kept_before, len(self.inflight))
+                    log.warning(
+                        "Redis is back after %.1f s: %d chunks that finished meanwhile are stored, %d in flight",
+                        time.monotonic() - down_since,
+                        self.chunks_kept - kept_before,
+                        len(self.inflight),
+                    )
                     down_since = None
         finally:
             self._release()
@@ -233,8 +247,12 @@ class Worker:
                 last["claim"] = now
                 if claimed:
                     self.chunks_claimed += len(claimed)
-                    log.info("took over %d stale chunks (idle > %d ms): %s", len(claimed), settings.claim_idle_ms,
-                             ", ".join(f"{c.entry_id} (delivery {c.deliveries})" for c in claimed))
+                    log.info(
+                        "took over %d stale chunks (idle > %d ms): %s",
+                        len(claimed),
+                        settings.claim_idle_ms,
+                        ", ".join(f"{c.entry_id} (delivery {c.deliveries})" for c in claimed),
+                    )
                 self.backlog += claimed
                 free -= len(claimed)
             if free > 0:
@@ -249,8 +267,11 @@ class Worker:
 
     def _held_ids(self) -> list[str]:
         """Queue entries this worker is responsible for: waiting, running, or finished but not stored."""
-        return ([c.entry_id for c in self.backlog] + [f.chunk.entry_id for f in self.inflight.values()]
-                + [f.item.chunk.entry_id for f in self.finished])
+        return (
+            [c.entry_id for c in self.backlog]
+            + [f.chunk.entry_id for f in self.inflight.values()]
+            + [f.item.chunk.entry_id for f in self.finished]
+        )
 
     def _heartbeat(self) -> None:
         info = {
@@ -279,8 +300,11 @@ class Worker:
         try:
             self._save_finished()
         except redis.RedisError as exc:
-            log.warning("could not store %d finished chunks before stopping (%s); they will be run again",
-                        len(self.finished), exc)
+            log.warning(
+                "could not store %d finished chunks before stopping (%s); they will be run again",
+                len(self.finished),
+                exc,
+            )
         ids = self._held_ids()
         try:
             if ids:
@@ -323,7 +347,9 @@ class Worker:
             log.exception("chunk %s of job %s could not start", chunk.entry_id, chunk.job_id)
             meta = self._job_meta(chunk.job_id) if chunk.job_id else None
             if meta is not None:
-                self.store.fail_hypotheses(chunk.job_id, meta, chunk.names, f"chunk could not start: {type(exc).__name__}: {exc}")
+                self.store.fail_hypotheses(
+                    chunk.job_id, meta, chunk.names, f"chunk could not start: {type(exc).__name__}: {exc}"
+                )
             self.queue.ack([chunk.entry_id])
 
     def _start_inner(self, chunk: Chunk) -> None:
@@ -338,7 +364,9 @@ class Worker:
             return
         if chunk.deliveries > self.settings.max_deliveries:
             self.store.fail_hypotheses(
-                chunk.job_id, meta, chunk.names,
+                chunk.job_id,
+                meta,
+                chunk.names,
                 f"chunk abandoned after {chunk.deliveries - 1} attempts (its worker stopped responding)",
             )
             self.queue.ack([chunk.entry_id])
@@ -348,8 +376,12 @@ class Worker:
             added, _ = self.store.mark_cached(chunk.job_id, meta, cached)
             if added < len(cached):
                 self.recorded_already += len(cached) - added
-                log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
-                         chunk.entry_id, chunk.job_id, len(cached) - added)
+                log.info(
+                    "chunk %s of job %s: %d of its hypotheses were recorded already, they count once (a repeated delivery)",
+                    chunk.entry_id,
+                    chunk.job_id,
+                    len(cached) - added,
+                )
         names = [n for n in chunk.names if n not in cached]
         if chunk.toys is not None and names and toyjobs.has_part(self.store, meta, names[0], chunk.toys):
             toyjobs.add_part(self.store, chunk.job_id, meta, names[0], chunk.toys, None)  # another job ran these toys
@@ -383,7 +415,9 @@ class Worker:
     def _guard(self, job_id: str) -> ChunkGuard:
         """The cancel token of one chunk: job cancelled, wall-time and memory budgets (fitserve.service.guard)."""
         s = self.settings
-        return ChunkGuard(s.redis_url, self.store.job_key(job_id), wall_s=s.chunk_wall_s, max_rss_bytes=s.worker_memory())
+        return ChunkGuard(
+            s.redis_url, self.store.job_key(job_id), wall_s=s.chunk_wall_s, max_rss_bytes=s.worker_memory()
+        )
 
     def _over_budget(self, ws: bytes, patches: list[dict[str, Any]] | None, options: dict[str, Any]) -> str | None:
         """Why the chunk's batches would not fit the batch memory budget (None: they fit, or no plan)."""
@@ -396,9 +430,11 @@ class Worker:
             return None
         if largest is None or largest.peak_bytes <= budget:
             return None
-        return (f"chunk refused before fitting: one hypothesis of its padded model (P = {largest.n_params}) needs "
-                f"an estimated {largest.peak_bytes / 2**20:,.0f} MiB, more than the batch memory budget "
-                f"{budget / 2**20:,.0f} MiB (FITSERVE_BATCH_MEMORY_BYTES)")
+        return (
+            f"chunk refused before fitting: one hypothesis of its padded model (P = {largest.n_params}) needs "
+            f"an estimated {largest.peak_bytes / 2**20:,.0f} MiB, more than the batch memory budget "
+            f"{budget / 2**20:,.0f} MiB (FITSERVE_BATCH_MEMORY_BYTES)"
+        )
 
     def _collect(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for chunks in flight; move finished ones (records or error) to ``finished``."""
@@ -428,8 +464,14 @@ class Worker:
                 fin.failures += 1
                 if fin.failures < MAX_STORE_FAILURES:
                     raise
-                log.error("giving up storing chunk %s of job %s after %d Redis errors (%s); it stays pending and "
-                          "will be delivered again", fin.item.chunk.entry_id, fin.item.chunk.job_id, fin.failures, exc)
+                log.error(
+                    "giving up storing chunk %s of job %s after %d Redis errors (%s); it stays pending and "
+                    "will be delivered again",
+                    fin.item.chunk.entry_id,
+                    fin.item.chunk.job_id,
+                    fin.failures,
+                    exc,
+                )
             else:
                 self.chunks_done += 1
                 if fin.waited or fin.attempts > 1:
@@ -444,19 +486,32 @@ class Worker:
             records = fin.records or {}
             missing = [n for n in item.names if n not in records]
             if missing:
-                self.store.fail_hypotheses(job_id, item.meta, missing, "the engine returned no record for this hypothesis")
-            parts = {n: r for n, r in records.items() if item.chunk.toys is not None and "toy_q" in r and not r.get("error")}
+                self.store.fail_hypotheses(
+                    job_id, item.meta, missing, "the engine returned no record for this hypothesis"
+                )
+            parts = {
+                n: r for n, r in records.items() if item.chunk.toys is not None and "toy_q" in r and not r.get("error")
+            }
             for name, rec in parts.items():  # one range of a toy-based hypothesis: merged when all ranges are in
                 toyjobs.add_part(self.store, job_id, item.meta, name, item.chunk.toys, rec, compute_s=fin.elapsed)
             records = {n: r for n, r in records.items() if n not in parts}
             added, _ = self.store.store_records(job_id, item.meta, records, compute_s=0.0 if parts else fin.elapsed)
             if added < len(records):  # HSETNX kept the first record of each: counted once
                 self.recorded_already += len(records) - added
-                log.info("chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
-                         item.chunk.entry_id, job_id, len(records) - added)
+                log.info(
+                    "chunk %s of job %s: %d of its hypotheses were recorded already, they count once (ran twice, or stored again after a Redis error)",
+                    item.chunk.entry_id,
+                    job_id,
+                    len(records) - added,
+                )
         elif type(fin.error).__name__ == "Cancelled":  # its job was cancelled while it ran: nothing to record
             self.chunks_cancelled += 1
-            log.info("chunk %s of job %s stopped after %.1f s: the job was cancelled", item.chunk.entry_id, job_id, fin.elapsed)
+            log.info(
+                "chunk %s of job %s stopped after %.1f s: the job was cancelled",
+                item.chunk.entry_id,
+                job_id,
+                fin.elapsed,
+            )
         else:
             exc = fin.error
             if type(exc).__name__ == "ChunkBudgetExceeded":
@@ -475,4 +530,3 @@ class Worker:
                 if cancelled:
                     self.inflight.pop(fut, None)
                     self.queue.ack([item.chunk.entry_id])
-

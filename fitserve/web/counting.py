@@ -39,6 +39,8 @@ WARMUP_MODES = ("startup", "lazy", "off")
 def warmup_mode() -> str:
     mode = os.environ.get("FITSERVE_WEB_WARMUP", "startup").strip().lower()
     return mode if mode in WARMUP_MODES else "startup"
+
+
 FIELDS = ("observed", "background", "uncertainty", "signal")
 #: How the quick limit is computed: qtilde at mu = 1, upper limits, the default 95% CL.
 OPTIONS = ScanOptions(limits=True)
@@ -107,7 +109,10 @@ def parse_form(form: Mapping[str, Any]) -> CountingInput:
     checks = {
         "observed": (lambda x: x >= 0, "observed counts cannot be negative"),
         "background": (lambda x: x > 0, "the expected background must be positive in every bin"),
-        "uncertainty": (lambda x: x > 0, "the background uncertainty must be positive (use a small value if negligible)"),
+        "uncertainty": (
+            lambda x: x > 0,
+            "the background uncertainty must be positive (use a small value if negligible)",
+        ),
         "signal": (lambda x: x >= 0, "the expected signal cannot be negative"),
     }
     for name, (good, message) in checks.items():
@@ -154,20 +159,30 @@ def build_workspace(inp: CountingInput) -> dict[str, Any]:
     import pyhf
 
     spec = {
-        "channels": [{
-            "name": "counting",
-            "samples": [
-                {"name": "signal", "data": list(inp.signal),
-                 "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-                {"name": "background", "data": list(inp.background),
-                 "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": list(inp.uncertainty)}]},
-            ],
-        }],
+        "channels": [
+            {
+                "name": "counting",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": list(inp.signal),
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "background",
+                        "data": list(inp.background),
+                        "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": list(inp.uncertainty)}],
+                    },
+                ],
+            }
+        ],
         "observations": [{"name": "counting", "data": list(inp.observed)}],
-        "measurements": [{
-            "name": "quick_limit",
-            "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[0.0, mu_upper_bound(inp)]]}]},
-        }],
+        "measurements": [
+            {
+                "name": "quick_limit",
+                "config": {"poi": "mu", "parameters": [{"name": "mu", "bounds": [[0.0, mu_upper_bound(inp)]]}]},
+            }
+        ],
         "version": "1.0.0",
     }
     pyhf.Workspace(spec)  # schema validation

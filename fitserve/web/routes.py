@@ -38,8 +38,17 @@ TERMINAL = ("done", "failed", "cancelled")
 MAX_TABLE_ROWS = 2000
 #: uploads kept for a form shown again with an error (seconds)
 STASH_TTL_S = 3600
-FULL_OPTION_FIELDS = ("test_stat", "poi_test", "confidence_level", "modifier_settings", "measurement", "patches",
-                      "calculator", "n_toys", "seed")
+FULL_OPTION_FIELDS = (
+    "test_stat",
+    "poi_test",
+    "confidence_level",
+    "modifier_settings",
+    "measurement",
+    "patches",
+    "calculator",
+    "n_toys",
+    "seed",
+)
 
 
 def fmt(x: Any, digits: int = 4) -> str:
@@ -69,8 +78,13 @@ def _desk(request: Request) -> SubmissionDesk:
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     viewer = getattr(request.state, "viewer", None)
-    context = {"version": __version__, "path": request.url.path, "viewer": viewer,
-               "auth": _desk(request).auth_mode, **context}
+    context = {
+        "version": __version__,
+        "path": request.url.path,
+        "viewer": viewer,
+        "auth": _desk(request).auth_mode,
+        **context,
+    }
     return templates.TemplateResponse(request, name, context, status_code=status)
 
 
@@ -119,8 +133,15 @@ async def login_submit(request: Request) -> Response:
         msg = "paste your API token" if not token else "this token is not valid (or has been revoked)"
         return _page(request, "login.html", {"next": target, "error": msg}, 401)
     resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https",
-                    max_age=30 * 24 * 3600, path="/")
+    resp.set_cookie(
+        COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=30 * 24 * 3600,
+        path="/",
+    )
     return resp
 
 
@@ -176,8 +197,11 @@ def quick_workspace(request: Request) -> Response:
         field, message = next(iter(inp.errors.items()))
         return JSONResponse({"detail": {"message": message, "where": field}}, status_code=422)
     ws = counting.build_workspace(inp)
-    return Response(json.dumps(ws, indent=2), media_type="application/json",
-                    headers={"Content-Disposition": 'attachment; filename="quick_limit_workspace.json"'})
+    return Response(
+        json.dumps(ws, indent=2),
+        media_type="application/json",
+        headers={"Content-Disposition": 'attachment; filename="quick_limit_workspace.json"'},
+    )
 
 
 # --- full likelihood ----------------------------------------------------------------
@@ -229,8 +253,18 @@ def _options_from_form(form: dict[str, str]) -> dict[str, Any]:
     return opts
 
 
-FULL_DEFAULTS = {"test_stat": "qtilde", "poi_test": "1.0", "confidence_level": "0.95", "modifier_settings": "atlas",
-                 "measurement": "", "patches": "", "limits": "", "calculator": "asymptotics", "n_toys": "1000", "seed": "0"}
+FULL_DEFAULTS = {
+    "test_stat": "qtilde",
+    "poi_test": "1.0",
+    "confidence_level": "0.95",
+    "modifier_settings": "atlas",
+    "measurement": "",
+    "patches": "",
+    "limits": "",
+    "calculator": "asymptotics",
+    "n_toys": "1000",
+    "seed": "0",
+}
 
 
 @router.get("/full", response_class=HTMLResponse)
@@ -317,12 +351,21 @@ def _rows(recs: dict[str, dict[str, Any]], opts: ScanOptions) -> list[dict[str, 
             status = "no limit" if rec.get("error") else "ok"
         else:
             status = "not converged" if "converge" in (rec.get("error") or "converge") else "failed"
-        rows.append({
-            "name": name, "values": rec.get("values") or [], "cls_obs": rec.get("CLs_obs"), "cls_exp": exp[2],
-            "cls_m1": exp[1], "cls_p1": exp[3], "ul_obs": ul.get("obs"), "ul_exp": ul_exp[2],
-            "excluded": opts.excluded(rec.get("CLs_obs")),
-            "status": status, "error": rec.get("error"),
-        })
+        rows.append(
+            {
+                "name": name,
+                "values": rec.get("values") or [],
+                "cls_obs": rec.get("CLs_obs"),
+                "cls_exp": exp[2],
+                "cls_m1": exp[1],
+                "cls_p1": exp[3],
+                "ul_obs": ul.get("obs"),
+                "ul_exp": ul_exp[2],
+                "excluded": opts.excluded(rec.get("CLs_obs")),
+                "status": status,
+                "error": rec.get("error"),
+            }
+        )
     return rows
 
 
@@ -331,20 +374,32 @@ def _job_context(request: Request, job_id: str, who: Principal = OPEN) -> dict[s
     st = desk.status(job_id, who)
     if st is None:  # no such job, or another user's: as if it did not exist
         return None
-    ctx: dict[str, Any] = {"job": st, "terminal": st["state"] in TERMINAL, "rows": [], "base": f"/v1/jobs/{job_id}",
-                           "options": option_items(st.get("options") or {}),
-                           "discovery": ScanOptions.stored(st.get("options")).discovery}
+    ctx: dict[str, Any] = {
+        "job": st,
+        "terminal": st["state"] in TERMINAL,
+        "rows": [],
+        "base": f"/v1/jobs/{job_id}",
+        "options": option_items(st.get("options") or {}),
+        "discovery": ScanOptions.stored(st.get("options")).discovery,
+    }
     if ctx["terminal"]:
         meta = desk.store.meta(job_id)
         recs = desk.store.results(job_id, meta) if meta else {}
         opts = ScanOptions.stored((meta or {}).get("options"))
         cl = opts.confidence_level
-        ctx.update(rows=_rows(recs, opts), n_results=len(recs), truncated=len(recs) > MAX_TABLE_ROWS,
-                   labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
-                   has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
-                   or (st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())),
-                   limits=any(r.get("upper_limit") for r in recs.values()), cl=cl,
-                   toys=opts.calculator == "toybased")
+        ctx.update(
+            rows=_rows(recs, opts),
+            n_results=len(recs),
+            truncated=len(recs) > MAX_TABLE_ROWS,
+            labels=(meta or {}).get("labels") or [f"x{i}" for i in range(st["grid_dim"])],
+            has_plot=(st["grid_dim"] in (1, 2) and any(r.get("CLs_obs") is not None for r in recs.values()))
+            or (
+                st["grid_dim"] == 0 and any((r.get("upper_limit") or {}).get("obs") is not None for r in recs.values())
+            ),
+            limits=any(r.get("upper_limit") for r in recs.values()),
+            cl=cl,
+            toys=opts.calculator == "toybased",
+        )
     return ctx
 
 

@@ -65,8 +65,15 @@ def reference(example) -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def live(redis_url: str, tmp_path_factory: pytest.TempPathFactory):
-    settings = Settings(redis_url=redis_url, key_prefix=f"client-{secrets.token_hex(4)}", executor="local", chunk_size=CHUNK, auth="open",
-                        data_dir=tmp_path_factory.mktemp("client-data"), claim_idle_ms=5000)
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=f"client-{secrets.token_hex(4)}",
+        executor="local",
+        chunk_size=CHUNK,
+        auth="open",
+        data_dir=tmp_path_factory.mktemp("client-data"),
+        claim_idle_ms=5000,
+    )
     svc = Service(settings)
     svc.start_worker(executor=SlowLocalExecutor())
     svc.url = f"http://127.0.0.1:{svc.port}"

@@ -51,7 +51,15 @@ def test_submit_wait_status_results_plot(cli, live, example_paths, reference, tm
 
     # --server wins over FITSERVE_URL, which wins over the config file
     (tmp_path / "client.toml").write_text('url = "http://127.0.0.1:9"\n')
-    cli("plot", job_id, "-o", tmp_path / "exclusion.png", "--server", live.url, env={"FITSERVE_URL": "http://127.0.0.1:9"})
+    cli(
+        "plot",
+        job_id,
+        "-o",
+        tmp_path / "exclusion.png",
+        "--server",
+        live.url,
+        env={"FITSERVE_URL": "http://127.0.0.1:9"},
+    )
     assert (tmp_path / "exclusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert job_id in cli("jobs", env=env).stdout
     (tmp_path / "client.toml").write_text(f'url = "{live.url}"\n')

@@ -60,8 +60,24 @@ def tiny_files(tmp_path):
 def test_scan_takes_cl_measurement_json_settings_and_repeated_patches(tiny_files) -> None:
     d = tiny_files
     settings = '{"normsys": {"interpcode": "code1"}, "histosys": {"interpcode": "code0"}}'
-    res = run("scan", d / "bkg.json", d / "ps.json", "-o", d / "out" / "r.json", "--cl", "0.9", "--measurement", "meas",
-              "--patch", "sig_0", "--patch", "sig_2", "--modifier-settings", settings, "--no-progress")
+    res = run(
+        "scan",
+        d / "bkg.json",
+        d / "ps.json",
+        "-o",
+        d / "out" / "r.json",
+        "--cl",
+        "0.9",
+        "--measurement",
+        "meas",
+        "--patch",
+        "sig_0",
+        "--patch",
+        "sig_2",
+        "--modifier-settings",
+        settings,
+        "--no-progress",
+    )
     doc = json.loads((d / "out" / "r.json").read_text())
     assert sorted(doc["results"]) == ["sig_0", "sig_2"]
     assert doc["options"]["confidence_level"] == 0.9 and doc["options"]["measurement"] == "meas"
@@ -75,7 +91,9 @@ def test_scan_q0_summary_speaks_of_significance(tiny_files) -> None:
     d = tiny_files
     res = run("scan", d / "bkg.json", d / "ps.json", "-o", d / "q0.json", "--test-stat", "q0", "--no-progress")
     assert "excluded" not in res.stderr
-    assert re.search(r"smallest p0 \S+ \(Z = -?\d+\.\d\d sigma\) at sig_\d; \d+ with p0 below 3 sigma, \d+ below 5 sigma", res.stderr), res.stderr
+    assert re.search(
+        r"smallest p0 \S+ \(Z = -?\d+\.\d\d sigma\) at sig_\d; \d+ with p0 below 3 sigma, \d+ below 5 sigma", res.stderr
+    ), res.stderr
 
 
 def test_a_full_workspace_is_named_after_its_file_or_name(tiny_files) -> None:
@@ -102,7 +120,9 @@ def test_scan_says_when_it_compiles_a_new_structure(tmp_path) -> None:
 def test_jobs_lists_the_options(live, example_paths) -> None:
     bkg, ps = example_paths
     env = {"FITSERVE_URL": live.url}
-    job_id = run("submit", bkg, ps, "--poi-test", "0.45", "--patch", "sig_400_0", "--wait", "--no-progress", env=env).stdout.strip()
+    job_id = run(
+        "submit", bkg, ps, "--poi-test", "0.45", "--patch", "sig_400_0", "--wait", "--no-progress", env=env
+    ).stdout.strip()
     line = next(row for row in run("jobs", env=env).stdout.splitlines() if row.startswith(job_id))
     assert "qtilde mu=0.45 CL=95%" in line and "asymptotic" in line
 

@@ -103,8 +103,12 @@ def test_async_client(live, example):
             job = await client.submit(ws, ps, poi_test=0.5, patches=names)  # new options: really computed
             assert job.info["to_compute"] == 5
             seen = []
-            final = await job.wait(progress=lambda st: seen.append(st["progress"]["done"]), timeout=300, poll_interval=0.2)
-            res, cont, png, listed = await asyncio.gather(job.results(), job.contours(), job.plot(), client.jobs(limit=5))
+            final = await job.wait(
+                progress=lambda st: seen.append(st["progress"]["done"]), timeout=300, poll_interval=0.2
+            )
+            res, cont, png, listed = await asyncio.gather(
+                job.results(), job.contours(), job.plot(), client.jobs(limit=5)
+            )
             with pytest.raises(NotFound):
                 await client.job("0" * 24).status()
             return final, seen, res, cont, png, listed, job
@@ -146,7 +150,9 @@ def test_bad_input_not_found_carry_the_servers_message(live, example, tmp_path):
 
         with pytest.raises(NotFound) as err:
             client.job("deadbeef").results()
-        assert err.value.status == 404 and err.value.message == "no job with id 'deadbeef'" and err.value.where == "job id"
+        assert (
+            err.value.status == 404 and err.value.message == "no job with id 'deadbeef'" and err.value.where == "job id"
+        )
         assert str(err.value) == "job id: no job with id 'deadbeef'"
 
 

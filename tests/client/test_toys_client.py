@@ -11,19 +11,46 @@ from fitserve import Client
 from fitserve.cli import app
 from fitserve.engine.scan import scan
 
-ONE_BIN = {"channels": [{"name": "SR", "samples": [
-    {"name": "signal", "data": [12.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-    {"name": "background", "data": [50.0], "modifiers": [{"name": "unc", "type": "shapesys", "data": [7.0]}]}]}],
+ONE_BIN = {
+    "channels": [
+        {
+            "name": "SR",
+            "samples": [
+                {"name": "signal", "data": [12.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+                {
+                    "name": "background",
+                    "data": [50.0],
+                    "modifiers": [{"name": "unc", "type": "shapesys", "data": [7.0]}],
+                },
+            ],
+        }
+    ],
     "observations": [{"name": "SR", "data": [52.0]}],
-    "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+    "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+    "version": "1.0.0",
+}
 
 
 def test_scan_command_runs_toys(tmp_path):
     path = tmp_path / "one_bin.json"
     path.write_text(json.dumps(ONE_BIN))
     out = tmp_path / "toys.json"
-    res = CliRunner().invoke(app, ["scan", str(path), "--calculator", "toybased", "--n-toys", "400", "--seed", "3",
-                                   "--no-progress", "-o", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "scan",
+            str(path),
+            "--calculator",
+            "toybased",
+            "--n-toys",
+            "400",
+            "--seed",
+            "3",
+            "--no-progress",
+            "-o",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     rec = json.loads(out.read_text())["results"]["one_bin"]
     want = scan(ONE_BIN, None, {"calculator": "toybased", "n_toys": 400, "seed": 3})["results"]
@@ -38,9 +65,24 @@ def test_submit_and_python_client_run_toys(live, tmp_path, monkeypatch):
     (tmp_path / "client.toml").write_text("")
     ws = tmp_path / "one_bin.json"
     ws.write_text(json.dumps(ONE_BIN))
-    res = CliRunner().invoke(app, ["submit", str(ws), "--calculator", "toybased", "--n-toys", "300", "--seed", "9",
-                                   "--wait", "--no-progress", "-o", str(tmp_path / "toys.csv")],
-                             env={"FITSERVE_URL": live.url})
+    res = CliRunner().invoke(
+        app,
+        [
+            "submit",
+            str(ws),
+            "--calculator",
+            "toybased",
+            "--n-toys",
+            "300",
+            "--seed",
+            "9",
+            "--wait",
+            "--no-progress",
+            "-o",
+            str(tmp_path / "toys.csv"),
+        ],
+        env={"FITSERVE_URL": live.url},
+    )
     assert res.exit_code == 0, (res.stdout, res.stderr)
     (row,) = list(csv.DictReader((tmp_path / "toys.csv").open()))
     want = next(iter(scan(ONE_BIN, None, {"calculator": "toybased", "n_toys": 300, "seed": 9})["results"].values()))

@@ -48,7 +48,12 @@ def test_url_and_token_precedence_flag_env_file_default(clean_env, tmp_path):
     file.write_text('url = "http://from-file:8000/"\ntoken = "file-token"\n')
     clean_env.setenv("FITSERVE_CLIENT_CONFIG", str(file))
     cfg = resolve()
-    assert (cfg.url, cfg.token, cfg.url_source, cfg.token_source) == ("http://from-file:8000", "file-token", str(file), str(file))
+    assert (cfg.url, cfg.token, cfg.url_source, cfg.token_source) == (
+        "http://from-file:8000",
+        "file-token",
+        str(file),
+        str(file),
+    )
 
     clean_env.setenv("FITSERVE_URL", "http://from-env:9000")
     cfg = resolve()
@@ -57,7 +62,12 @@ def test_url_and_token_precedence_flag_env_file_default(clean_env, tmp_path):
     assert resolve().token == "env-token"
 
     cfg = resolve("flag-host:7000", "flag-token")
-    assert (cfg.url, cfg.token, cfg.url_source, cfg.token_source) == ("http://flag-host:7000", "flag-token", "argument", "argument")
+    assert (cfg.url, cfg.token, cfg.url_source, cfg.token_source) == (
+        "http://flag-host:7000",
+        "flag-token",
+        "argument",
+        "argument",
+    )
 
 
 def test_bad_config_file_is_reported(clean_env, tmp_path):
@@ -94,16 +104,57 @@ def test_token_is_sent_as_bearer(clean_env):
 @pytest.mark.parametrize(
     ("status", "body", "cls", "message", "where"),
     [
-        (422, {"detail": {"message": "must be qtilde", "where": "options.test_stat"}}, BadInput, "must be qtilde", "options.test_stat"),
-        (413, {"detail": {"message": "request body exceeds 1024 bytes", "where": "request body"}}, BadInput, "request body exceeds 1024 bytes", "request body"),
-        (415, {"detail": {"message": "unsupported content type", "where": "content-type"}}, BadInput, "unsupported content type", "content-type"),
+        (
+            422,
+            {"detail": {"message": "must be qtilde", "where": "options.test_stat"}},
+            BadInput,
+            "must be qtilde",
+            "options.test_stat",
+        ),
+        (
+            413,
+            {"detail": {"message": "request body exceeds 1024 bytes", "where": "request body"}},
+            BadInput,
+            "request body exceeds 1024 bytes",
+            "request body",
+        ),
+        (
+            415,
+            {"detail": {"message": "unsupported content type", "where": "content-type"}},
+            BadInput,
+            "unsupported content type",
+            "content-type",
+        ),
         (400, {"detail": "Bad request"}, BadInput, "Bad request", None),
-        (422, {"detail": [{"loc": ["query", "limit"], "msg": "Input should be greater than or equal to 1"}]}, BadInput,
-         "Input should be greater than or equal to 1", "limit"),
-        (401, {"detail": {"message": "invalid token", "where": "authorization"}}, Unauthorised, "invalid token", "authorization"),
+        (
+            422,
+            {"detail": [{"loc": ["query", "limit"], "msg": "Input should be greater than or equal to 1"}]},
+            BadInput,
+            "Input should be greater than or equal to 1",
+            "limit",
+        ),
+        (
+            401,
+            {"detail": {"message": "invalid token", "where": "authorization"}},
+            Unauthorised,
+            "invalid token",
+            "authorization",
+        ),
         (403, {"detail": "Forbidden"}, Unauthorised, "Forbidden", None),
-        (404, {"detail": {"message": "no job with id 'x'", "where": "job id"}}, NotFound, "no job with id 'x'", "job id"),
-        (409, {"detail": {"message": "job already done", "where": "job state"}}, Conflict, "job already done", "job state"),
+        (
+            404,
+            {"detail": {"message": "no job with id 'x'", "where": "job id"}},
+            NotFound,
+            "no job with id 'x'",
+            "job id",
+        ),
+        (
+            409,
+            {"detail": {"message": "job already done", "where": "job state"}},
+            Conflict,
+            "job already done",
+            "job state",
+        ),
         (500, "Internal Server Error", FitserveError, "HTTP 500 from the server: Internal Server Error", None),
     ],
 )
@@ -141,7 +192,9 @@ def test_503_is_retried_with_backoff_then_succeeds_or_gives_up(clean_env, monkey
     def always_503(request: httpx.Request) -> httpx.Response:
         nonlocal n
         n += 1
-        return httpx.Response(503, headers={"Retry-After": "2"}, json={"detail": {"message": "job store unavailable", "where": "redis"}})
+        return httpx.Response(
+            503, headers={"Retry-After": "2"}, json={"detail": {"message": "job store unavailable", "where": "redis"}}
+        )
 
     with pytest.raises(ServerUnavailable) as err:
         mock_client(always_503, retry=RetryPolicy(retries=3)).submit({"channels": []})
@@ -153,10 +206,14 @@ def test_inputs_dicts_paths_json_text_and_pyhf_objects(tmp_path):
     import pyhf
 
     ws = {"channels": [], "observations": [], "measurements": [], "version": "1.0.0"}
-    ps = {"metadata": {"name": "x", "labels": ["m"]}, "version": "1.0.0",
-          "patches": [{"metadata": {"name": "p", "values": [1.0]}, "patch": [{"op": "add", "path": "/a", "value": 1}]}]}
+    ps = {
+        "metadata": {"name": "x", "labels": ["m"]},
+        "version": "1.0.0",
+        "patches": [{"metadata": {"name": "p", "values": [1.0]}, "patch": [{"op": "add", "path": "/a", "value": 1}]}],
+    }
     assert submit_request(ws, ps, {"test_stat": "q", "limits": None}) == {
-        "json": {"workspace": ws, "patchset": ps, "options": {"test_stat": "q"}}}
+        "json": {"workspace": ws, "patchset": ps, "options": {"test_stat": "q"}}
+    }
     assert "patchset" not in submit_request(ws, None, {})["json"]
 
     path = tmp_path / "BkgOnly.json"
@@ -166,8 +223,17 @@ def test_inputs_dicts_paths_json_text_and_pyhf_objects(tmp_path):
     assert json.loads(req["files"]["patchset"][1]) == ps and json.loads(req["data"]["options"]) == {"poi_test": 0.5}
     assert as_spec(json.dumps(ws), "workspace")[1] == json.dumps(ws).encode()
 
-    pyhf_ps = pyhf.PatchSet({**ps, "metadata": {**ps["metadata"], "description": "d", "digests": {"sha256": "0" * 64},
-                                                  "references": {"hepdata": "ins0000001"}}})
+    pyhf_ps = pyhf.PatchSet(
+        {
+            **ps,
+            "metadata": {
+                **ps["metadata"],
+                "description": "d",
+                "digests": {"sha256": "0" * 64},
+                "references": {"hepdata": "ins0000001"},
+            },
+        }
+    )
     spec = as_spec(pyhf_ps, "patchset")
     assert spec["patches"] == ps["patches"] and spec["metadata"]["labels"] == ["m"]
     json.dumps(spec)
@@ -198,13 +264,15 @@ def test_waiter_drives_a_bar_from_finished_hypotheses():
 
 def test_importing_fitserve_stays_light():
     """``from fitserve import Client`` imports httpx only; the command line (every client command) no JAX, pyhf or Redis."""
-    code = ("import sys, fitserve; assert 'fitserve.client' not in sys.modules; "
-            "from fitserve import Client, AsyncClient; "
-            "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'pydantic', 'fitserve.engine', 'fitserve.service') "
-            "if m in sys.modules]; assert not heavy, heavy; "
-            "import fitserve.cli; "
-            "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'redis', 'fastapi', 'pydantic', 'fitserve.engine.scan', "
-            "'fitserve.service.store') if m in sys.modules]; assert not heavy, heavy; "
-            "print(Client.__module__, AsyncClient.__module__)")
+    code = (
+        "import sys, fitserve; assert 'fitserve.client' not in sys.modules; "
+        "from fitserve import Client, AsyncClient; "
+        "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'pydantic', 'fitserve.engine', 'fitserve.service') "
+        "if m in sys.modules]; assert not heavy, heavy; "
+        "import fitserve.cli; "
+        "heavy = [m for m in ('jax', 'pyhf', 'numpy', 'pandas', 'redis', 'fastapi', 'pydantic', 'fitserve.engine.scan', "
+        "'fitserve.service.store') if m in sys.modules]; assert not heavy, heavy; "
+        "print(Client.__module__, AsyncClient.__module__)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["fitserve.client.sync", "fitserve.client.aio"]

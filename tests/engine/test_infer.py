@@ -83,7 +83,9 @@ def test_single_workspace_and_no_recompile(example):
     second = scan(single)
     assert len(first["results"]) == 1
     assert second["timing"]["compile_s"] == 0.0
-    assert list(second["results"].values())[0]["CLs_obs"] == pytest.approx(list(first["results"].values())[0]["CLs_obs"], abs=1e-12)
+    assert list(second["results"].values())[0]["CLs_obs"] == pytest.approx(
+        list(first["results"].values())[0]["CLs_obs"], abs=1e-12
+    )
 
 
 @pytest.mark.parametrize("folder", ["atlas-susy-2018-04-staus", "atlas-susy-2018-31-sbottom-C"])

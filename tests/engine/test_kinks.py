@@ -39,7 +39,9 @@ def test_every_hypothesis_converges_and_equals_pyhf(grid, mu):
         assert rec["converged"] and rec["error"] is None, (mu, name, rec["error"])
         # pyhf's SLSQP stops near a kink rather than on it (e.g. alpha = -9e-4 where ours is exactly 0, at a
         # higher NLL): its Asimov data, hence the band, differ from ours at the 1e-3 level
-        np.testing.assert_allclose([rec["CLs_obs"], *rec["CLs_exp"]], rows[k], rtol=2e-3, atol=1e-4, err_msg=f"{name} mu={mu}")
+        np.testing.assert_allclose(
+            [rec["CLs_obs"], *rec["CLs_exp"]], rows[k], rtol=2e-3, atol=1e-4, err_msg=f"{name} mu={mu}"
+        )
 
 
 def test_limits_found_where_pyhf_finds_them(grid):

@@ -96,8 +96,12 @@ def test_padding_equals_unpadded(rj):
                 if lab is not None:  # None: a padding parameter of the shape bucket
                     xg[pos[lab]] = xa[j]
             for codes in (("code4", "code4p"), ("code1", "code0")):
-                fa = lh.nll_variable(jnp.asarray(xa), ta, lh.observed_data(ta), codes) + lh.nll_constant(ta, lh.observed_data(ta))
-                fg = lh.nll_variable(jnp.asarray(xg), tg, lh.observed_data(tg), codes) + lh.nll_constant(tg, lh.observed_data(tg))
+                fa = lh.nll_variable(jnp.asarray(xa), ta, lh.observed_data(ta), codes) + lh.nll_constant(
+                    ta, lh.observed_data(ta)
+                )
+                fg = lh.nll_variable(jnp.asarray(xg), tg, lh.observed_data(tg), codes) + lh.nll_constant(
+                    tg, lh.observed_data(tg)
+                )
                 assert float(fg) == pytest.approx(float(fa), rel=1e-13, abs=1e-9)
 
 
@@ -109,7 +113,9 @@ def _derivative_check(bkg, patches, h):
     obs = lh.observed_data(t)
     rng = np.random.default_rng(0)
     for codes in (("code4", "code4p"), ("code1", "code0")):
-        x = jnp.where(t["fixed"], t["init"], jnp.clip(t["init"] + rng.normal(size=bm.n_params) * 0.7, t["lo"] + 1e-3, t["hi"]))
+        x = jnp.where(
+            t["fixed"], t["init"], jnp.clip(t["init"] + rng.normal(size=bm.n_params) * 0.7, t["lo"] + 1e-3, t["hi"])
+        )
         v, g, h = lh.value_grad_hess(x, t, obs, codes)
         f = lambda y: lh.nll_variable(y, t, obs, codes)  # noqa: E731
         assert float(v) == pytest.approx(float(f(x)), rel=1e-14)
@@ -152,6 +158,8 @@ def test_normsys_log_derivatives_also_where_the_polynomial_turns_negative(code):
         alpha = jnp.full(4, a)
         f, g, h = lh._normsys(alpha, hi, lo, code)
         df = jax.vmap(jax.grad(lambda x, u, d: lh._normsys(x, u, d, code)[0]))(alpha, hi, lo)
-        d2 = jax.vmap(jax.grad(jax.grad(lambda x, u, d: jnp.log(jnp.abs(lh._normsys(x, u, d, code)[0])))))(alpha, hi, lo)
+        d2 = jax.vmap(jax.grad(jax.grad(lambda x, u, d: jnp.log(jnp.abs(lh._normsys(x, u, d, code)[0])))))(
+            alpha, hi, lo
+        )
         np.testing.assert_allclose(g, df / f, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(h, d2, rtol=1e-7, atol=1e-9)

@@ -37,8 +37,12 @@ ROOT = [n for n in CASES if (CASES[n]["pyhf_recorded"] or {}).get("atol")]
 
 def run(case: dict, **extra) -> dict:
     """fitserve's record of a case (its workspace is one hypothesis)."""
-    options = {"test_stat": case["test_stat"], "poi_test": case["poi_test"],
-               "modifier_settings": case["modifier_settings"], **extra}
+    options = {
+        "test_stat": case["test_stat"],
+        "poi_test": case["poi_test"],
+        "modifier_settings": case["modifier_settings"],
+        **extra,
+    }
     if case.get("measurement"):
         options["measurement"] = case["measurement"]
     results = scan(case["workspace"], None, options)["results"]
@@ -56,8 +60,11 @@ def test_fixtures_cover_pyhf_suite():
     pyhf_ids = {c["origin"].get("test") for c in CASES.values()}
     assert len([t for t in pyhf_ids if t and t.startswith("test_validation[")]) == 10
     assert "test_shapesys_nuisparfilter_validation" in pyhf_ids
-    assert {"test_import_roundtrip[example-one]", "test_import_roundtrip[example-two]",
-            "test_import_roundtrip[example-three]"} <= pyhf_ids
+    assert {
+        "test_import_roundtrip[example-one]",
+        "test_import_roundtrip[example-two]",
+        "test_import_roundtrip[example-three]",
+    } <= pyhf_ids
     assert set(REFS) == set(CASES)
     for name, case in CASES.items():
         if case["pyhf_recorded"] and case["calctype"] == "asymptotics":
@@ -92,10 +99,14 @@ def test_refused_like_pyhf(name):
         run(CASES[name])
 
 
-LOCAL_SILENT = pytest.mark.xfail(strict=True, reason=(
-    "known limit (docs/engine.md): without restarts, and where the guard (free fit <= fixed-POI fit) does not see it, a fit to the observed data ends in a local minimum and nothing flags "
-    "the hypothesis multimodal (2bin_2channel_coupledhistosys: the free fit, NLL 15.143 vs 14.644, CLs_obs 0.225 vs "
-    "0.138; the XML coupled-histosys cases: the fixed-POI fit, NLL 14.512 vs 14.239, CLs_obs 0.066 vs 0.114)"))
+LOCAL_SILENT = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "known limit (docs/engine.md): without restarts, and where the guard (free fit <= fixed-POI fit) does not see it, a fit to the observed data ends in a local minimum and nothing flags "
+        "the hypothesis multimodal (2bin_2channel_coupledhistosys: the free fit, NLL 15.143 vs 14.644, CLs_obs 0.225 vs "
+        "0.138; the XML coupled-histosys cases: the fixed-POI fit, NLL 14.512 vs 14.239, CLs_obs 0.066 vs 0.114)"
+    ),
+)
 
 
 @pytest.mark.parametrize("restarts", [pytest.param(0, marks=LOCAL_SILENT), None, 4])

@@ -30,7 +30,13 @@ def test_toys_agree_with_pyhf_toycalculator(case):
     """Same toy count as pyhf; every CLs value within 3 combined Monte Carlo standard errors."""
     ref = REFERENCE["cases"][case]
     n = REFERENCE["n_toys"]
-    opts = {"calculator": "toybased", "n_toys": n, "seed": 1, "test_stat": ref["test_stat"], "poi_test": ref["poi_test"]}
+    opts = {
+        "calculator": "toybased",
+        "n_toys": n,
+        "seed": 1,
+        "test_stat": ref["test_stat"],
+        "poi_test": ref["poi_test"],
+    }
     rec = _one(scan(ref["workspace"], None, opts))
     assert rec["converged"] and rec["error"] is None and rec["calculator"] == "toybased"
     assert rec["toys"]["n_sb"] == n and rec["toys"]["n_b"] == n
@@ -45,13 +51,31 @@ def test_toys_agree_with_pyhf_toycalculator(case):
 
 
 def _high_count() -> dict:
-    return {"channels": [{"name": "SR", "samples": [
-        {"name": "signal", "data": [60.0, 40.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-        {"name": "bkg", "data": [1000.0, 600.0], "modifiers": [
-            {"name": "unc", "type": "shapesys", "data": [30.0, 25.0]},
-            {"name": "norm", "type": "normsys", "data": {"hi": 1.02, "lo": 0.98}}]}]}],
+    return {
+        "channels": [
+            {
+                "name": "SR",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": [60.0, 40.0],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "bkg",
+                        "data": [1000.0, 600.0],
+                        "modifiers": [
+                            {"name": "unc", "type": "shapesys", "data": [30.0, 25.0]},
+                            {"name": "norm", "type": "normsys", "data": {"hi": 1.02, "lo": 0.98}},
+                        ],
+                    },
+                ],
+            }
+        ],
         "observations": [{"name": "SR", "data": [1010.0, 590.0]}],
-        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
 
 
 def test_high_counts_agree_with_the_asymptotic_formulae():
@@ -83,14 +107,33 @@ def test_chunks_merge_to_the_unchunked_numbers_exactly():
 def test_failed_toy_fits_are_counted_and_left_out():
     """The signal's normalisation k is measured in a 2-event control region: a toy with no CR event
     sets k = 0, where the POI has no effect and its fit cannot converge (pyhf would report a number)."""
-    ws = {"channels": [
-        {"name": "SR", "samples": [
-            {"name": "signal", "data": [10.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None},
-                                                               {"name": "k", "type": "normfactor", "data": None}]},
-            {"name": "bkg", "data": [10.0], "modifiers": []}]},
-        {"name": "CR", "samples": [{"name": "ctrl", "data": [2.0], "modifiers": [{"name": "k", "type": "normfactor", "data": None}]}]}],
+    ws = {
+        "channels": [
+            {
+                "name": "SR",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": [10.0],
+                        "modifiers": [
+                            {"name": "mu", "type": "normfactor", "data": None},
+                            {"name": "k", "type": "normfactor", "data": None},
+                        ],
+                    },
+                    {"name": "bkg", "data": [10.0], "modifiers": []},
+                ],
+            },
+            {
+                "name": "CR",
+                "samples": [
+                    {"name": "ctrl", "data": [2.0], "modifiers": [{"name": "k", "type": "normfactor", "data": None}]}
+                ],
+            },
+        ],
         "observations": [{"name": "SR", "data": [18.0]}, {"name": "CR", "data": [2.0]}],
-        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+        "measurements": [{"name": "m", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
     rec = _one(scan(ws, None, {"calculator": "toybased", "n_toys": 1000}))
     t = rec["toys"]
     assert rec["converged"] and rec["error"] is None and rec["CLs_obs"] is not None

@@ -29,16 +29,40 @@ from .conftest import EXAMPLE, LIKELIHOODS, RJ, load, need_shared
 def workspace():
     return {
         "channels": [
-            {"name": "SR", "samples": [{"name": "bkg", "data": [40.0, 20.0], "modifiers": [
-                {"name": "norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
-                {"name": "shape", "type": "histosys", "data": {"hi_data": [42.0, 22.0], "lo_data": [38.0, 18.0]}},
-                {"name": "staterror_SR", "type": "staterror", "data": [2.0, 1.5]}]}]},
-            {"name": "CR", "samples": [{"name": "bkg", "data": [100.0], "modifiers": [
-                {"name": "uncorr", "type": "shapesys", "data": [8.0]}]}]},
+            {
+                "name": "SR",
+                "samples": [
+                    {
+                        "name": "bkg",
+                        "data": [40.0, 20.0],
+                        "modifiers": [
+                            {"name": "norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+                            {
+                                "name": "shape",
+                                "type": "histosys",
+                                "data": {"hi_data": [42.0, 22.0], "lo_data": [38.0, 18.0]},
+                            },
+                            {"name": "staterror_SR", "type": "staterror", "data": [2.0, 1.5]},
+                        ],
+                    }
+                ],
+            },
+            {
+                "name": "CR",
+                "samples": [
+                    {
+                        "name": "bkg",
+                        "data": [100.0],
+                        "modifiers": [{"name": "uncorr", "type": "shapesys", "data": [8.0]}],
+                    }
+                ],
+            },
         ],
         "observations": [{"name": "SR", "data": [43.0, 19.0]}, {"name": "CR", "data": [104.0]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}},
-                         {"name": "alt", "config": {"poi": "mu", "parameters": []}}],
+        "measurements": [
+            {"name": "meas", "config": {"poi": "mu", "parameters": []}},
+            {"name": "alt", "config": {"poi": "mu", "parameters": []}},
+        ],
         "version": "1.0.0",
     }
 
@@ -47,13 +71,25 @@ SIGNAL = {"name": "signal", "data": [5.0, 2.0], "modifiers": [{"name": "mu", "ty
 
 
 def patchset(*patches):
-    return {"metadata": {"description": "t", "digests": {"sha256": "0" * 64}, "labels": ["m"],
-                         "references": {"hepdata": "ins0000000"}}, "patches": list(patches), "version": "1.0.0"}
+    return {
+        "metadata": {
+            "description": "t",
+            "digests": {"sha256": "0" * 64},
+            "labels": ["m"],
+            "references": {"hepdata": "ins0000000"},
+        },
+        "patches": list(patches),
+        "version": "1.0.0",
+    }
 
 
 def patch(name, ops=None, values=(1.0,)):
-    return {"metadata": {"name": name, "values": list(values)},
-            "patch": ops if ops is not None else [{"op": "add", "path": "/channels/0/samples/-", "value": copy.deepcopy(SIGNAL)}]}
+    return {
+        "metadata": {"name": name, "values": list(values)},
+        "patch": ops
+        if ops is not None
+        else [{"op": "add", "path": "/channels/0/samples/-", "value": copy.deepcopy(SIGNAL)}],
+    }
 
 
 def refused(fn, *args, **kwargs) -> InputError:
@@ -71,31 +107,70 @@ def _set(doc, path, value):
     return doc
 
 
-@pytest.mark.parametrize(("path", "value", "where", "message"), [
-    (("channels", 0, "samples", 0, "data", 1), float("nan"), "workspace /channels/0/samples/0/data/1", "non-finite"),
-    # a negative yield is fine (negative-weight Monte Carlo), a negative expected rate is not
-    (("channels", 0, "samples", 0, "data", 1), -1.0, "workspace /channels/0/samples", "expected rate of bin 1"),
-    (("channels", 0, "samples", 0, "data", 1), 10**400, "workspace /channels/0/samples/0/data/1", "too large"),
-    (("channels", 0, "samples", 0, "data", 1), True, "workspace /channels/0/samples/0/data/1", "numbers"),
-    (("observations", 1, "data", 0), float("inf"), "workspace /observations/1/data/0", "non-finite"),
-    (("observations", 1, "data", 0), -3, "workspace /observations/1/data/0", "negative"),
-    (("channels", 0, "samples", 0, "modifiers", 0, "data", "lo"), 0.0, "workspace /channels/0/samples/0/modifiers/0/data/lo", "> 0"),
-    (("channels", 0, "samples", 0, "modifiers", 0, "data", "hi"), -1.1, "workspace /channels/0/samples/0/modifiers/0/data/hi", "> 0"),
-    (("channels", 0, "samples", 0, "modifiers", 1, "data", "hi_data", 0), float("nan"),
-     "workspace /channels/0/samples/0/modifiers/1/data/hi_data/0", "non-finite"),
-    (("channels", 0, "samples", 0, "modifiers", 1, "data", "lo_data"), [38.0], "workspace /channels/0/samples/0/modifiers/1/data/lo_data",
-     "bins"),
-    (("channels", 0, "samples", 0, "modifiers", 2, "data", 1), float("inf"), "workspace /channels/0/samples/0/modifiers/2/data/1", "non-finite"),
-    (("channels", 1, "samples", 0, "modifiers", 0, "data", 0), float("-inf"), "workspace /channels/1/samples/0/modifiers/0/data/0",
-     "non-finite"),
-    (("observations", 0, "data"), [43.0], "workspace /observations/0/data", "bins"),
-    (("channels", 1, "name"), "SR", "workspace /channels/1/name", "duplicate channel"),
-    (("observations", 1, "name"), "VR", "workspace /observations", "no observations for channel 'CR'"),
-    (("channels", 0, "samples"), "abc", "workspace /channels/0/samples", "not of type 'array'"),
-    (("version",), "2.0.0", "workspace /version", "not a valid pyhf workspace"),
-    (("measurements", 0, "config", "extra"), json.loads("[" * 200 + "]" * 200), "workspace /measurements/0/config/extra/0/0",
-     "nested deeper"),
-])
+@pytest.mark.parametrize(
+    ("path", "value", "where", "message"),
+    [
+        (
+            ("channels", 0, "samples", 0, "data", 1),
+            float("nan"),
+            "workspace /channels/0/samples/0/data/1",
+            "non-finite",
+        ),
+        # a negative yield is fine (negative-weight Monte Carlo), a negative expected rate is not
+        (("channels", 0, "samples", 0, "data", 1), -1.0, "workspace /channels/0/samples", "expected rate of bin 1"),
+        (("channels", 0, "samples", 0, "data", 1), 10**400, "workspace /channels/0/samples/0/data/1", "too large"),
+        (("channels", 0, "samples", 0, "data", 1), True, "workspace /channels/0/samples/0/data/1", "numbers"),
+        (("observations", 1, "data", 0), float("inf"), "workspace /observations/1/data/0", "non-finite"),
+        (("observations", 1, "data", 0), -3, "workspace /observations/1/data/0", "negative"),
+        (
+            ("channels", 0, "samples", 0, "modifiers", 0, "data", "lo"),
+            0.0,
+            "workspace /channels/0/samples/0/modifiers/0/data/lo",
+            "> 0",
+        ),
+        (
+            ("channels", 0, "samples", 0, "modifiers", 0, "data", "hi"),
+            -1.1,
+            "workspace /channels/0/samples/0/modifiers/0/data/hi",
+            "> 0",
+        ),
+        (
+            ("channels", 0, "samples", 0, "modifiers", 1, "data", "hi_data", 0),
+            float("nan"),
+            "workspace /channels/0/samples/0/modifiers/1/data/hi_data/0",
+            "non-finite",
+        ),
+        (
+            ("channels", 0, "samples", 0, "modifiers", 1, "data", "lo_data"),
+            [38.0],
+            "workspace /channels/0/samples/0/modifiers/1/data/lo_data",
+            "bins",
+        ),
+        (
+            ("channels", 0, "samples", 0, "modifiers", 2, "data", 1),
+            float("inf"),
+            "workspace /channels/0/samples/0/modifiers/2/data/1",
+            "non-finite",
+        ),
+        (
+            ("channels", 1, "samples", 0, "modifiers", 0, "data", 0),
+            float("-inf"),
+            "workspace /channels/1/samples/0/modifiers/0/data/0",
+            "non-finite",
+        ),
+        (("observations", 0, "data"), [43.0], "workspace /observations/0/data", "bins"),
+        (("channels", 1, "name"), "SR", "workspace /channels/1/name", "duplicate channel"),
+        (("observations", 1, "name"), "VR", "workspace /observations", "no observations for channel 'CR'"),
+        (("channels", 0, "samples"), "abc", "workspace /channels/0/samples", "not of type 'array'"),
+        (("version",), "2.0.0", "workspace /version", "not a valid pyhf workspace"),
+        (
+            ("measurements", 0, "config", "extra"),
+            json.loads("[" * 200 + "]" * 200),
+            "workspace /measurements/0/config/extra/0/0",
+            "nested deeper",
+        ),
+    ],
+)
 def test_workspace_errors_name_the_json_path(path, value, where, message):
     err = refused(validate_workspace, _set(workspace(), path, value))
     assert err.where.startswith(where) and message in err.message, (err.where, err.message)
@@ -103,7 +178,11 @@ def test_workspace_errors_name_the_json_path(path, value, where, message):
 
 def test_schema_errors_do_not_echo_the_document():
     ws = workspace()
-    ws["channels"][0]["samples"][0]["modifiers"][0] = {"name": "x", "type": "normsys", "data": {"hi": 1.0, "lo": 1.0, "pad": "y" * 10**5}}
+    ws["channels"][0]["samples"][0]["modifiers"][0] = {
+        "name": "x",
+        "type": "normsys",
+        "data": {"hi": 1.0, "lo": 1.0, "pad": "y" * 10**5},
+    }
     err = refused(validate_workspace, ws)
     assert err.where == "workspace /channels/0/samples/0/modifiers/0" and len(err.message) < 400
 
@@ -115,7 +194,10 @@ def test_patchset_errors_name_the_patch():
     err = refused(validate_patchset, patchset(patch("a"), patch("a")))
     assert err.where == "patchset /patches/1/metadata/name" and "duplicate patch name 'a'" in err.message
     err = refused(validate_patchset, patchset(patch("a", [{"op": "frobnicate", "path": "/x", "value": 1}])))
-    assert err.where == "patchset: patch 'a' /patches/0/patch/0/op" and "unknown JSON-patch operation 'frobnicate'" in err.message
+    assert (
+        err.where == "patchset: patch 'a' /patches/0/patch/0/op"
+        and "unknown JSON-patch operation 'frobnicate'" in err.message
+    )
     err = refused(validate_patchset, patchset(patch("a", [{"op": "move", "path": "/x"}])))
     assert err.where == "patchset: patch 'a' /patches/0/patch/0" and "needs 'from'" in err.message
     err = refused(validate_patchset, patchset(patch("a", [{"op": "add", "path": "channels/0", "value": 1}])))
@@ -128,35 +210,74 @@ def test_patchset_errors_name_the_patch():
     assert err.where == "patchset /metadata/labels/0" and "surrogate" in err.message
 
 
-@pytest.mark.parametrize(("ops", "where", "message"), [
-    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "data": [5.0, -1e6]}}],
-     "P /channels/0/samples", "expected rate of bin 1"),
-    ([{"op": "add", "path": "/channels/0/samples/1", "value": {**SIGNAL, "data": [5.0]}}], "P /channels/0/samples/1/data",
-     "has 1 bins, its channel has 2"),
-    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "name": "bkg"}}], "P /channels/0/samples/1/name",
-     "duplicate sample name 'bkg'"),
-    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "modifiers": [{"name": "mu", "type": "normsys",
-                                                                                        "data": {"hi": 0, "lo": 0.9}}]}}],
-     "P /channels/0/samples/1/modifiers/0/data/hi", "> 0"),
-    ([{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "modifiers": [{"name": "mu", "type": "magic", "data": None}]}}],
-     "P /channels/0/samples/1/modifiers/0/type", "unknown modifier type 'magic'"),
-    ([{"op": "replace", "path": "/observations/1/data/0", "value": -1}], "P /observations/1/data/0", "negative"),
-    ([{"op": "replace", "path": "/channels/1/samples/0/modifiers/0/data/0", "value": "8"}],
-     "P /channels/1/samples/0/modifiers/0/data/0", "numbers"),
-    ([{"op": "remove", "path": "/channels/0/samples/0/data"}], "P /channels/0/samples/0/data", "list of numbers"),
-    ([{"op": "move", "from": "/channels/1/samples/0/data", "path": "/observations/1/data"}], "P /channels/1/samples/0/data", "list"),
-    ([{"op": "add", "path": "/evil", "value": 1}], "P /evil", "top level"),
-    ([{"op": "replace", "path": "", "value": []}], "P", "not a JSON object"),
-    ([{"op": "add", "path": "/channels/9/samples/0", "value": SIGNAL}], "P", "does not apply"),
-    ([{"op": "add", "path": "/channels/\u00b2/samples/0", "value": SIGNAL}], "P", "does not apply"),
-    ([{"op": "add", "path": "channels", "value": SIGNAL}], "P", "does not apply"),
-    ([{"op": "test", "path": "/version", "value": "0"}], "P", "does not apply"),
-])
+@pytest.mark.parametrize(
+    ("ops", "where", "message"),
+    [
+        (
+            [{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "data": [5.0, -1e6]}}],
+            "P /channels/0/samples",
+            "expected rate of bin 1",
+        ),
+        (
+            [{"op": "add", "path": "/channels/0/samples/1", "value": {**SIGNAL, "data": [5.0]}}],
+            "P /channels/0/samples/1/data",
+            "has 1 bins, its channel has 2",
+        ),
+        (
+            [{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "name": "bkg"}}],
+            "P /channels/0/samples/1/name",
+            "duplicate sample name 'bkg'",
+        ),
+        (
+            [
+                {
+                    "op": "add",
+                    "path": "/channels/0/samples/-",
+                    "value": {**SIGNAL, "modifiers": [{"name": "mu", "type": "normsys", "data": {"hi": 0, "lo": 0.9}}]},
+                }
+            ],
+            "P /channels/0/samples/1/modifiers/0/data/hi",
+            "> 0",
+        ),
+        (
+            [
+                {
+                    "op": "add",
+                    "path": "/channels/0/samples/-",
+                    "value": {**SIGNAL, "modifiers": [{"name": "mu", "type": "magic", "data": None}]},
+                }
+            ],
+            "P /channels/0/samples/1/modifiers/0/type",
+            "unknown modifier type 'magic'",
+        ),
+        ([{"op": "replace", "path": "/observations/1/data/0", "value": -1}], "P /observations/1/data/0", "negative"),
+        (
+            [{"op": "replace", "path": "/channels/1/samples/0/modifiers/0/data/0", "value": "8"}],
+            "P /channels/1/samples/0/modifiers/0/data/0",
+            "numbers",
+        ),
+        ([{"op": "remove", "path": "/channels/0/samples/0/data"}], "P /channels/0/samples/0/data", "list of numbers"),
+        (
+            [{"op": "move", "from": "/channels/1/samples/0/data", "path": "/observations/1/data"}],
+            "P /channels/1/samples/0/data",
+            "list",
+        ),
+        ([{"op": "add", "path": "/evil", "value": 1}], "P /evil", "top level"),
+        ([{"op": "replace", "path": "", "value": []}], "P", "not a JSON object"),
+        ([{"op": "add", "path": "/channels/9/samples/0", "value": SIGNAL}], "P", "does not apply"),
+        ([{"op": "add", "path": "/channels/\u00b2/samples/0", "value": SIGNAL}], "P", "does not apply"),
+        ([{"op": "add", "path": "channels", "value": SIGNAL}], "P", "does not apply"),
+        ([{"op": "test", "path": "/version", "value": "0"}], "P", "does not apply"),
+    ],
+)
 def test_patch_errors_name_the_path_in_the_patched_model(ops, where, message):
     bkg = workspace()
     before = copy.deepcopy(bkg)
     err = refused(apply_patch, bkg, ops, where="P")
-    assert (err.where == where if where == "P" else err.where.startswith(where)) and message in err.message, (err.where, err.message)
+    assert (err.where == where if where == "P" else err.where.startswith(where)) and message in err.message, (
+        err.where,
+        err.message,
+    )
     assert bkg == before  # never modified
 
 
@@ -169,15 +290,30 @@ def test_measurement_and_poi():
     assert err.where == "options.measurement" and "'meas', 'alt'" in err.message
     patched = apply_patch(bkg, patch("a")["patch"], where="patchset: patch 'a'")
     assert check_measurement(patched, "alt", where="patchset: patch 'a'")["name"] == "alt"
-    wrong = apply_patch(bkg, [{"op": "add", "path": "/channels/0/samples/-", "value": {**SIGNAL, "modifiers": [
-        {"name": "mu", "type": "staterror", "data": [1.0, 1.0]}]}}], where="X")
+    wrong = apply_patch(
+        bkg,
+        [
+            {
+                "op": "add",
+                "path": "/channels/0/samples/-",
+                "value": {**SIGNAL, "modifiers": [{"name": "mu", "type": "staterror", "data": [1.0, 1.0]}]},
+            }
+        ],
+        where="X",
+    )
     err = refused(check_measurement, wrong, where="patchset: patch 'a'")
     assert err.where == "patchset: patch 'a' /measurements/0/config/poi" and "one parameter" in err.message
 
 
 def test_parse_json_never_raises_anything_but_input_error(tmp_path):
-    for raw, fragment in [(b"[" * 100_000, "nested too deeply"), ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-                          ("9" * 5000, "digits"), (b'{"a": "\xff"}', "UTF-8"), (b"", "Expecting value"), ("{'a': 1}", "line 1")]:
+    for raw, fragment in [
+        (b"[" * 100_000, "nested too deeply"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("9" * 5000, "digits"),
+        (b'{"a": "\xff"}', "UTF-8"),
+        (b"", "Expecting value"),
+        ("{'a': 1}", "line 1"),
+    ]:
         err = refused(parse_json, raw, where="body")
         assert err.where == "body" and fragment in err.message, err.message
     assert parse_json(b"\xef\xbb\xbf[1]", where="x") == [1]
@@ -220,7 +356,10 @@ def test_published_and_example_inputs_pass_quickly():
         bkg = load(path)
         validate_workspace(bkg, where=str(path))
         check_measurement(bkg, poi=False)
-    for bkg_path, ps_path in [(RJ / "BkgOnly.json", RJ / "patchset.json"), (EXAMPLE / "BkgOnly.json", EXAMPLE / "patchset.json")]:
+    for bkg_path, ps_path in [
+        (RJ / "BkgOnly.json", RJ / "patchset.json"),
+        (EXAMPLE / "BkgOnly.json", EXAMPLE / "patchset.json"),
+    ]:
         bkg, ps = load(bkg_path), load(ps_path)
         validate_patchset(ps)
         for p in ps["patches"]:

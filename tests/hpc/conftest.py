@@ -44,9 +44,14 @@ def slurm() -> str:
 def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A syntactically valid kube-config naming an unreachable cluster (KubernetesProvider
     reads one when it is built; nothing is contacted)."""
-    pytest.importorskip("kubernetes", reason="Parsl's KubernetesProvider needs the kubernetes package: pip install 'fitserve[kubernetes]'")
+    pytest.importorskip(
+        "kubernetes",
+        reason="Parsl's KubernetesProvider needs the kubernetes package: pip install 'fitserve[kubernetes]'",
+    )
     cfg = {
-        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "test",
         "clusters": [{"name": "test", "cluster": {"server": "https://127.0.0.1:1"}}],
         "users": [{"name": "test", "user": {"token": "not-a-token"}}],
         "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": "fitserve"}}],
@@ -63,10 +68,23 @@ def kubeconfig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def slurm_site(partition: str, workers: int = 1) -> dict[str, Any]:
     """endpoints/slurm.yaml with this machine's values: partition, loopback address, shared node."""
     site = yaml.safe_load((ENDPOINTS / "slurm.yaml").read_text())
-    site["executor"].update(address="127.0.0.1", max_workers_per_node=workers, cores_per_worker=1,
-                            heartbeat_period=2, heartbeat_threshold=10, encrypted=False)
-    site["provider"].update(partition=partition, exclusive=False, walltime="00:10:00", init_blocks=1, min_blocks=0,
-                            max_blocks=1, worker_init=TEST_WORKER_INIT)
+    site["executor"].update(
+        address="127.0.0.1",
+        max_workers_per_node=workers,
+        cores_per_worker=1,
+        heartbeat_period=2,
+        heartbeat_threshold=10,
+        encrypted=False,
+    )
+    site["provider"].update(
+        partition=partition,
+        exclusive=False,
+        walltime="00:10:00",
+        init_blocks=1,
+        min_blocks=0,
+        max_blocks=1,
+        worker_init=TEST_WORKER_INIT,
+    )
     site["provider"]["launcher"] = {"type": "SrunLauncher"}
     return site
 
@@ -108,7 +126,9 @@ def workspace_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def local_engine(tmp_path_factory: pytest.TempPathFactory, workspace_cache: Path) -> Any:
     """GlobusComputeEngine + LocalProvider from endpoints/globus-compute/local (2 workers), started as an endpoint starts it."""
-    pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'")
+    pytest.importorskip(
+        "globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'"
+    )
     import uuid
 
     engine = engine_from_template(

@@ -48,10 +48,10 @@ from fitserve.executors.globus import CloudLimits
 class Ledger:
     """What crossed the stand-in, for assertions and for the docs' figures."""
 
-    requests: list[dict[str, Any]] = field(default_factory=list)   # one per HTTP request: path, bytes, tasks, t
+    requests: list[dict[str, Any]] = field(default_factory=list)  # one per HTTP request: path, bytes, tasks, t
     task_bytes: list[int] = field(default_factory=list)
     result_bytes: list[int] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)                # every limit violation, as the service would answer
+    refused: list[str] = field(default_factory=list)  # every limit violation, as the service would answer
 
     def max_requests_in_window(self, window_s: float) -> int:
         times = sorted(r["t"] for r in self.requests)
@@ -64,12 +64,16 @@ class Ledger:
 
     def summary(self) -> dict[str, Any]:
         submits = [r for r in self.requests if r["path"].endswith("/submit")]
-        return {"requests": len(self.requests), "batch_requests": len(submits), "tasks": len(self.task_bytes),
-                "largest_request_bytes": max((r["bytes"] for r in self.requests), default=0),
-                "largest_task_bytes": max(self.task_bytes, default=0),
-                "largest_result_bytes": max(self.result_bytes, default=0),
-                "most_tasks_in_a_request": max((r["tasks"] for r in submits), default=0),
-                "refused": list(self.refused)}
+        return {
+            "requests": len(self.requests),
+            "batch_requests": len(submits),
+            "tasks": len(self.task_bytes),
+            "largest_request_bytes": max((r["bytes"] for r in self.requests), default=0),
+            "largest_task_bytes": max(self.task_bytes, default=0),
+            "largest_result_bytes": max(self.result_bytes, default=0),
+            "most_tasks_in_a_request": max((r["tasks"] for r in submits), default=0),
+            "refused": list(self.refused),
+        }
 
 
 class _Reply:
@@ -126,11 +130,19 @@ class LimitedCloud(BaseAdapter):
             too_many = len(self._arrivals) > self.limits.max_requests
         data = json.loads(body) if body else {}
         tasks = data.get("tasks") or {}
-        self.ledger.requests.append({"path": path, "bytes": size, "t": now,
-                                     "tasks": sum(len(v) for v in tasks.values()) if isinstance(tasks, dict) else 0,
-                                     "user_endpoint_config": data.get("user_endpoint_config")})
+        self.ledger.requests.append(
+            {
+                "path": path,
+                "bytes": size,
+                "t": now,
+                "tasks": sum(len(v) for v in tasks.values()) if isinstance(tasks, dict) else 0,
+                "user_endpoint_config": data.get("user_endpoint_config"),
+            }
+        )
         if too_many:
-            self.ledger.refused.append(f"{path}: more than {self.limits.max_requests} requests in {self.limits.window_s} s")
+            self.ledger.refused.append(
+                f"{path}: more than {self.limits.max_requests} requests in {self.limits.window_s} s"
+            )
             return _Reply.make(request, 429, {"code": "TOO_MANY_REQUESTS", "error": "rate limit exceeded"})
         if size > self.limits.max_request_bytes:
             self.ledger.refused.append(f"{path}: request of {size} bytes")
@@ -167,8 +179,11 @@ class LimitedCloud(BaseAdapter):
                 task_id = uuid.uuid4()
                 out[fid].append(str(task_id))
                 self._run(tg, task_id, code + payload)
-        return _Reply.make(request, 200, {"tasks": out, "task_group_id": tg, "request_id": str(uuid.uuid4()),
-                                          "endpoint_id": endpoint_id})
+        return _Reply.make(
+            request,
+            200,
+            {"tasks": out, "task_group_id": tg, "request_id": str(uuid.uuid4()), "endpoint_id": endpoint_id},
+        )
 
     def _run(self, tg: str, task_id: uuid.UUID, buffer: str) -> None:
         fut = GCFuture(gc_task_id=task_id)
@@ -178,13 +193,20 @@ class LimitedCloud(BaseAdapter):
                 packed = f.result()
                 result = messagepack.unpack(packed)
             except Exception as exc:  # noqa: BLE001  (the engine lost the task)
-                result = Result(task_id=task_id, data=f"{type(exc).__name__}: {exc}", error_details={"code": "WorkerLost", "user_message": str(exc)})
+                result = Result(
+                    task_id=task_id,
+                    data=f"{type(exc).__name__}: {exc}",
+                    error_details={"code": "WorkerLost", "user_message": str(exc)},
+                )
             if not result.is_error:
                 self.ledger.result_bytes.append(len(result.data))
                 if len(result.data) > self.limits.max_result_bytes:
                     self.ledger.refused.append(f"result of {len(result.data)} bytes")
-                    result = Result(task_id=task_id, data=f"MaxResultSizeExceeded: {len(result.data)}",
-                                    error_details={"code": "MaxResultSizeExceeded", "user_message": "result too large"})
+                    result = Result(
+                        task_id=task_id,
+                        data=f"MaxResultSizeExceeded: {len(result.data)}",
+                        error_details={"code": "MaxResultSizeExceeded", "user_message": "result too large"},
+                    )
             with self._lock:
                 self._results[tg].append((pika.BasicProperties(timestamp=int(time.time())), result))
 

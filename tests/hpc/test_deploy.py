@@ -18,13 +18,24 @@ import yaml
 
 from .conftest import REPO
 
-kubernetes = pytest.importorskip("kubernetes", reason="needs the kubernetes package: pip install 'fitserve[kubernetes]'")
+kubernetes = pytest.importorskip(
+    "kubernetes", reason="needs the kubernetes package: pip install 'fitserve[kubernetes]'"
+)
 
 DEPLOY = REPO / "deploy" / "kubernetes"
 CONTAINERS = REPO / "containers"
-MODELS = {"Namespace": "V1Namespace", "Secret": "V1Secret", "ConfigMap": "V1ConfigMap", "Service": "V1Service",
-          "StatefulSet": "V1StatefulSet", "Deployment": "V1Deployment", "ServiceAccount": "V1ServiceAccount",
-          "Role": "V1Role", "RoleBinding": "V1RoleBinding", "NetworkPolicy": "V1NetworkPolicy"}
+MODELS = {
+    "Namespace": "V1Namespace",
+    "Secret": "V1Secret",
+    "ConfigMap": "V1ConfigMap",
+    "Service": "V1Service",
+    "StatefulSet": "V1StatefulSet",
+    "Deployment": "V1Deployment",
+    "ServiceAccount": "V1ServiceAccount",
+    "Role": "V1Role",
+    "RoleBinding": "V1RoleBinding",
+    "NetworkPolicy": "V1NetworkPolicy",
+}
 
 
 def _documents() -> list[dict]:
@@ -50,7 +61,9 @@ def test_a_typo_is_caught_by_the_round_trip():
     api = kubernetes.client.ApiClient()
     doc = next(d for d in _documents() if d["kind"] == "Deployment")
     bad = json.loads(json.dumps(doc))
-    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = bad["spec"]["template"]["spec"]["containers"][0].pop("readinessProbe")
+    bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = bad["spec"]["template"]["spec"]["containers"][
+        0
+    ].pop("readinessProbe")
     assert api.sanitize_for_serialization(api.deserialize(json.dumps(bad), "V1Deployment", "application/json")) != bad
     missing = json.loads(json.dumps(doc))
     del missing["spec"]["selector"]
@@ -65,7 +78,11 @@ def _by(kind: str, name: str) -> dict:
 def test_workloads_have_probes_requests_and_secrets_that_exist():
     secret = _by("Secret", "fitserve-tokens")
     config = _by("ConfigMap", "fitserve-config")
-    for kind, name in (("Deployment", "fitserve-api"), ("Deployment", "fitserve-worker"), ("StatefulSet", "fitserve-redis")):
+    for kind, name in (
+        ("Deployment", "fitserve-api"),
+        ("Deployment", "fitserve-worker"),
+        ("StatefulSet", "fitserve-redis"),
+    ):
         w = _by(kind, name)
         tpl = w["spec"]["template"]
         assert w["spec"]["selector"]["matchLabels"].items() <= tpl["metadata"]["labels"].items()
@@ -79,8 +96,12 @@ def test_workloads_have_probes_requests_and_secrets_that_exist():
             for src in c.get("envFrom", []):
                 assert src["configMapRef"]["name"] == "fitserve-config"
     for svc in (d for d in _documents() if d["kind"] == "Service"):
-        owners = [d for d in _documents() if d["kind"] in ("Deployment", "StatefulSet")
-                  and svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        owners = [
+            d
+            for d in _documents()
+            if d["kind"] in ("Deployment", "StatefulSet")
+            and svc["spec"]["selector"].items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert len(owners) == 1, svc["metadata"]["name"]
     redis = _by("StatefulSet", "fitserve-redis")
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -93,12 +114,17 @@ def test_network_policy_admits_only_the_api_from_outside():
     pols = {d["metadata"]["name"]: d["spec"] for d in _documents() if d["kind"] == "NetworkPolicy"}
     assert pols["fitserve-default-deny"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
     assert pols["fitserve-api-ingress"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "fitserve-api"}
-    redis_from = [f["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for f in pols["fitserve-redis-ingress"]["ingress"][0]["from"]]
+    redis_from = [
+        f["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        for f in pols["fitserve-redis-ingress"]["ingress"][0]["from"]
+    ]
     assert sorted(redis_from) == ["fitserve-api", "fitserve-worker"]
     # every other policy restricts its sources to pods of this namespace
     for name, spec in pols.items():
         if name not in ("fitserve-default-deny", "fitserve-api-ingress"):
-            assert all("podSelector" in f and "namespaceSelector" not in f for rule in spec["ingress"] for f in rule["from"])
+            assert all(
+                "podSelector" in f and "namespaceSelector" not in f for rule in spec["ingress"] for f in rule["from"]
+            )
 
 
 def test_the_workers_site_file_builds_a_kubernetes_provider(kubeconfig, tmp_path, monkeypatch):
@@ -125,7 +151,11 @@ def test_containerfile_and_apptainer_definition():
     with open(CONTAINERS / "Containerfile", "rb") as f:
         df = DockerfileParser(fileobj=f, env_replace=False)
         structure, parents = df.structure, df.parent_images
-    args = {i["value"].split("=")[0]: i["value"].split("=", 1)[1] for i in structure if i["instruction"] == "ARG" and "=" in i["value"]}
+    args = {
+        i["value"].split("=")[0]: i["value"].split("=", 1)[1]
+        for i in structure
+        if i["instruction"] == "ARG" and "=" in i["value"]
+    }
     assert set(args["EXTRAS"].split(",")) <= extras and "cuda" in extras
     py = args["PYTHON"]
     assert all("python:${PYTHON}" in b or py in b for b in parents)
@@ -140,7 +170,17 @@ def test_containerfile_and_apptainer_definition():
     header = dict(line.split(":", 1) for line in text.splitlines() if re.match(r"^(Bootstrap|From):", line))
     assert header["Bootstrap"].strip() == "docker" and f"python:{py}" in header["From"]
     sections = re.findall(r"(?m)^%(\w+)", text)
-    assert set(sections) <= {"arguments", "files", "post", "environment", "test", "labels", "help", "runscript", "setup"}
+    assert set(sections) <= {
+        "arguments",
+        "files",
+        "post",
+        "environment",
+        "test",
+        "labels",
+        "help",
+        "runscript",
+        "setup",
+    }
     files = text.split("%files", 1)[1].split("\n%", 1)[0]
     for line in filter(None, (x.strip() for x in files.splitlines())):
         assert (REPO / line.split()[0]).exists(), f"%files {line}: not in the repository"

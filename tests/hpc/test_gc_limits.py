@@ -21,7 +21,9 @@ import zlib
 
 import pytest
 
-pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'")
+pytest.importorskip(
+    "globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'"
+)
 pytest.importorskip("globus_compute_sdk", reason="needs the Globus Compute SDK: pip install 'fitserve[globus]'")
 
 from globus_sdk import GlobusAPIError  # noqa: E402
@@ -58,7 +60,9 @@ def cloud(local_engine):
 
 
 def _executor(cloud: LimitedCloud, **kw) -> GlobusComputeExecutor:
-    return GlobusComputeExecutor(endpoint_id=str(uuid.uuid4()), client=cloud.client(), sdk_factory=cloud.sdk_factory, **kw)
+    return GlobusComputeExecutor(
+        endpoint_id=str(uuid.uuid4()), client=cloud.client(), sdk_factory=cloud.sdk_factory, **kw
+    )
 
 
 @pytest.mark.shared
@@ -71,7 +75,7 @@ def test_naive_encoding_is_refused_by_the_stand_in(lbb, local_engine):
     fid = client.register_function(run_chunk_task)
     batch = client.create_batch(create_websocket_queue=True)
     for i in range(16):
-        batch.add(fid, (zlib.compress(ws), ps["patches"][16 * i:16 * i + 16] or ps["patches"][:16], {}))
+        batch.add(fid, (zlib.compress(ws), ps["patches"][16 * i : 16 * i + 16] or ps["patches"][:16], {}))
     with pytest.raises(GlobusAPIError) as err:
         client.batch_run(str(uuid.uuid4()), batch)
     assert err.value.http_status == 413 and err.value.code == "TASK_PAYLOAD_TOO_LARGE"
@@ -99,9 +103,20 @@ def test_1lbb_through_the_service_within_the_limits(lbb, cloud, service):
     assert st["state"] == "done" and st["counts"]["computed"] == n, st
     assert all(r["converged"] for r in results.values())
     s = cloud.ledger.summary()
-    print("\n1Lbb via the stand-in:", json.dumps({"points": n, **s, **{k: gx.describe()[k] for k in
-          ("batch_size", "task_budget_bytes", "workspace_sent", "workspace_misses")},
-          "max_requests_in_10s": cloud.ledger.max_requests_in_window(10.0)}))
+    print(
+        "\n1Lbb via the stand-in:",
+        json.dumps(
+            {
+                "points": n,
+                **s,
+                **{
+                    k: gx.describe()[k]
+                    for k in ("batch_size", "task_budget_bytes", "workspace_sent", "workspace_misses")
+                },
+                "max_requests_in_10s": cloud.ledger.max_requests_in_window(10.0),
+            }
+        ),
+    )
     assert s["refused"] == []
     assert s["largest_request_bytes"] < MB and s["largest_task_bytes"] < MB and s["largest_result_bytes"] < MB
     assert cloud.ledger.max_requests_in_window(10.0) <= 20
@@ -140,14 +155,18 @@ def test_a_hypothesis_that_cannot_fit_fails_alone_before_submission(tiny, local_
     ws, ps = tiny
     cloud = LimitedCloud(local_engine, CloudLimits(max_request_bytes=40_000))
     gx = _executor(cloud, limits=CloudLimits(max_request_bytes=40_000))
-    big = {"metadata": {"name": "huge", "values": [1.0]},
-           "patch": [{"op": "add", "path": "/x", "value": os.urandom(40_000).hex()}]}
+    big = {
+        "metadata": {"name": "huge", "values": [1.0]},
+        "patch": [{"op": "add", "path": "/x", "value": os.urandom(40_000).hex()}],
+    }
     try:
         got = gx.submit(ws, [ps["patches"][1], big], {}).result(timeout=120)
     finally:
         gx.shutdown()
         cloud.stop()
-    assert re.match(r"hypothesis 'huge': one task is [\d,]+ bytes .* over the 40,000-byte request limit", got["huge"]["error"])
+    assert re.match(
+        r"hypothesis 'huge': one task is [\d,]+ bytes .* over the 40,000-byte request limit", got["huge"]["error"]
+    )
     assert got["huge"]["converged"] is False and got["sig_1"]["converged"] is True
     assert gx.stats.tasks == 1 and cloud.ledger.refused == []
     assert max(r["bytes"] for r in cloud.ledger.requests) < 40_000
@@ -189,7 +208,10 @@ def test_version_mismatch_names_both_sides(tiny, cloud):
     have = versions()
     msg = str(err.value)
     assert f"the client runs fitserve 9.9.9, engine {have['engine']}, Python 3.99" in msg
-    assert f"the endpoint's worker runs fitserve {have['fitserve']}, engine {have['engine']}, Python {have['python']}" in msg
+    assert (
+        f"the endpoint's worker runs fitserve {have['fitserve']}, engine {have['engine']}, Python {have['python']}"
+        in msg
+    )
 
 
 def test_version_check_and_cache_helpers(tmp_path, monkeypatch):
@@ -232,8 +254,10 @@ def test_user_endpoint_config_from_the_site_file_reaches_the_template(tiny, clou
 
     ws, ps = tiny
     site = tmp_path / "globus.yaml"
-    site.write_text(f"globus:\n  endpoint_id: {uuid.uuid4()}\n  user_endpoint_config:\n    ACCOUNT_ID: atlas42\n"
-                    f"    NODES_PER_BLOCK: 2\n    WALLTIME: '00:30:00'\n    PARTITION: short\n")
+    site.write_text(
+        f"globus:\n  endpoint_id: {uuid.uuid4()}\n  user_endpoint_config:\n    ACCOUNT_ID: atlas42\n"
+        f"    NODES_PER_BLOCK: 2\n    WALLTIME: '00:30:00'\n    PARTITION: short\n"
+    )
     gx = GlobusComputeExecutor(site=site, client=cloud.client(), sdk_factory=cloud.sdk_factory)
     try:
         gx.submit(ws, ps["patches"][:1], {}).result(timeout=120)
@@ -242,7 +266,12 @@ def test_user_endpoint_config_from_the_site_file_reaches_the_template(tiny, clou
     sent = [r["user_endpoint_config"] for r in cloud.ledger.requests if r["path"].endswith("/submit")]
     assert sent == [{"ACCOUNT_ID": "atlas42", "NODES_PER_BLOCK": 2, "WALLTIME": "00:30:00", "PARTITION": "short"}]
     mep = tmp_path / "mep"
-    assert CliRunner().invoke(app, ["endpoint", "init", "--multi-user", str(mep), "--site", "slurm", "--no-check"]).exit_code == 0
+    assert (
+        CliRunner()
+        .invoke(app, ["endpoint", "init", "--multi-user", str(mep), "--site", "slurm", "--no-check"])
+        .exit_code
+        == 0
+    )
     summary = check_multi_user(mep, sent[0])
     assert "account=atlas42, partition=short, nodes_per_block=2, walltime=00:30:00" in summary
 
@@ -257,7 +286,7 @@ def test_request_rate_stays_under_the_limit(tiny, local_engine):
     gx = _executor(cloud, limits=limits)
     try:
         for i in range(6):
-            gx.submit(ws, ps["patches"][i % 3:i % 3 + 1], {"poi_test": 1.0 + i}).result(timeout=120)
+            gx.submit(ws, ps["patches"][i % 3 : i % 3 + 1], {"poi_test": 1.0 + i}).result(timeout=120)
     finally:
         gx.shutdown()
         cloud.stop()
@@ -272,7 +301,9 @@ def test_a_result_over_the_limit_fails_with_its_size(tiny, cloud):
     ws, ps = tiny
     gx = _executor(cloud, limits=CloudLimits(max_result_bytes=400))
     try:
-        with pytest.raises(RuntimeError, match=r"1 records compress to [\d,]+ bytes, over half the result limit of 400 bytes"):
+        with pytest.raises(
+            RuntimeError, match=r"1 records compress to [\d,]+ bytes, over half the result limit of 400 bytes"
+        ):
             gx.submit(ws, ps["patches"][:1], {}).result(timeout=120)
     finally:
         gx.shutdown()

@@ -17,7 +17,9 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
-pytest.importorskip("globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'")
+pytest.importorskip(
+    "globus_compute_endpoint", reason="needs the Globus Compute endpoint package: pip install 'fitserve[globus]'"
+)
 pytest.importorskip("globus_compute_sdk", reason="needs the Globus Compute SDK: pip install 'fitserve[globus]'")
 
 from globus_compute_endpoint.endpoint.config.utils import load_config_yaml  # noqa: E402
@@ -30,7 +32,12 @@ from fitserve.executors.globus import GlobusComputeExecutor  # noqa: E402
 from .conftest import ENDPOINTS, TEST_WORKER_INIT, engine_from_template, slurm_jobs, wait_until  # noqa: E402
 from .gc_loopback import LoopbackSDKExecutor, pack_task, run_on_engine  # noqa: E402
 
-PROVIDERS = {"slurm": "SlurmProvider", "pbs": "PBSProProvider", "kubernetes": "KubernetesProvider", "local": "LocalProvider"}
+PROVIDERS = {
+    "slurm": "SlurmProvider",
+    "pbs": "PBSProProvider",
+    "kubernetes": "KubernetesProvider",
+    "local": "LocalProvider",
+}
 
 
 def _shutdown(engine) -> None:
@@ -59,8 +66,20 @@ def test_endpoint_init_writes_a_valid_config(tmp_path, kubeconfig):
     runner = CliRunner()
     for site in SITES:
         target = tmp_path / site
-        result = runner.invoke(app, ["endpoint", "init", "--site", site, str(target), "--display-name", f"fitserve {site}",
-                                     "--venv", "/shared/fitserve/venv"])
+        result = runner.invoke(
+            app,
+            [
+                "endpoint",
+                "init",
+                "--site",
+                site,
+                str(target),
+                "--display-name",
+                f"fitserve {site}",
+                "--venv",
+                "/shared/fitserve/venv",
+            ],
+        )
         assert result.exit_code == 0, result.output
         assert f"GlobusComputeEngine with {PROVIDERS[site]}" in result.output
         config = load_config_yaml((target / "config.yaml").read_text())
@@ -147,7 +166,13 @@ def test_globus_executor_builds_the_sdk_executor(monkeypatch, tmp_path):
         assert isinstance(gx, GlobusComputeExecutor) and isinstance(gx._sdk, globus_compute_sdk.Executor)
         assert str(gx._sdk.endpoint_id) == ep and gx._sdk.batch_size == 32 and gx.capacity == 7
         d = gx.describe()
-        assert (d["executor"], d["capacity"], d["endpoint_id"], d["site"], d["batch_size"]) == ("globus", 7, ep, str(site), 32)
+        assert (d["executor"], d["capacity"], d["endpoint_id"], d["site"], d["batch_size"]) == (
+            "globus",
+            7,
+            ep,
+            str(site),
+            32,
+        )
     finally:
         gx.shutdown()
     monkeypatch.setenv("FITSERVE_GLOBUS_ENDPOINT_ID", "not-a-uuid")
@@ -161,10 +186,23 @@ def test_slurm_engine_runs_the_task(slurm, tiny, tmp_path):
     ws, ps = tiny
     engine = engine_from_template(
         "slurm",
-        {"max_workers_per_node": 1, "cores_per_worker": 1, "address": "127.0.0.1", "heartbeat_period": 2,
-         "heartbeat_threshold": 10, "encrypted": False},
-        {"partition": slurm, "exclusive": False, "walltime": "00:10:00", "init_blocks": 1, "min_blocks": 0,
-         "max_blocks": 1, "worker_init": TEST_WORKER_INIT},
+        {
+            "max_workers_per_node": 1,
+            "cores_per_worker": 1,
+            "address": "127.0.0.1",
+            "heartbeat_period": 2,
+            "heartbeat_threshold": 10,
+            "encrypted": False,
+        },
+        {
+            "partition": slurm,
+            "exclusive": False,
+            "walltime": "00:10:00",
+            "init_blocks": 1,
+            "min_blocks": 0,
+            "max_blocks": 1,
+            "worker_init": TEST_WORKER_INIT,
+        },
     )
     engine.start(endpoint_id=uuid.uuid4(), run_dir=str(tmp_path))
     try:

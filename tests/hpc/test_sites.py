@@ -19,7 +19,10 @@ def test_shipped_parsl_sites_build(name, tmp_path):
     config, capacity = build_config(workers=1, run_dir=tmp_path, site=ENDPOINTS / f"{name}.yaml")
     htex = config.executors[0]
     provider = htex.provider
-    assert type(provider).__name__ == {"local": "LocalProvider", "slurm": "SlurmProvider", "pbspro": "PBSProProvider"}[name]
+    assert (
+        type(provider).__name__
+        == {"local": "LocalProvider", "slurm": "SlurmProvider", "pbspro": "PBSProProvider"}[name]
+    )
     assert capacity == htex.max_workers_per_node * provider.nodes_per_block * provider.max_blocks
     if name != "local":
         assert "activate" in provider.worker_init and provider.walltime == "02:00:00"
@@ -30,24 +33,40 @@ def test_kubernetes_site_builds(kubeconfig, tmp_path):
     config, capacity = build_config(workers=1, run_dir=tmp_path, site=ENDPOINTS / "kubernetes.yaml")
     provider = config.executors[0].provider
     assert type(provider).__name__ == "KubernetesProvider"
-    assert (provider.image, provider.namespace, provider.max_mem, provider.init_cpu) == ("ghcr.io/your-org/fitserve:latest", "fitserve", "4Gi", 2)
+    assert (provider.image, provider.namespace, provider.max_mem, provider.init_cpu) == (
+        "ghcr.io/your-org/fitserve:latest",
+        "fitserve",
+        "4Gi",
+        2,
+    )
     assert config.executors[0].worker_port_range == (54000, 54100)  # a YAML list became the tuple Parsl wants
     assert capacity == 2 * 8
 
 
 def test_globus_site(monkeypatch):
     monkeypatch.delenv("FITSERVE_GLOBUS_ENDPOINT_ID", raising=False)
-    assert check_site(ENDPOINTS / "globus.yaml", "globus")["globus"]["endpoint_id"] == "00000000-0000-0000-0000-000000000000"
+    assert (
+        check_site(ENDPOINTS / "globus.yaml", "globus")["globus"]["endpoint_id"]
+        == "00000000-0000-0000-0000-000000000000"
+    )
     monkeypatch.setenv("FITSERVE_GLOBUS_ENDPOINT_ID", "5d1ee5c1-5b07-4a6b-9c1f-8d9a1b8e0c11")
     assert load_site(ENDPOINTS / "globus.yaml")["globus"]["endpoint_id"] == "5d1ee5c1-5b07-4a6b-9c1f-8d9a1b8e0c11"
 
 
 BAD = [
     ("provider:\n  type: SlurmProvider\n  partiton: short\n", "provider.partiton", "did you mean 'partition'"),
-    ("provider:\n  type: SlurmProvider\n  nodes_per_block: two\n", "provider.nodes_per_block", "not an instance of int"),
+    (
+        "provider:\n  type: SlurmProvider\n  nodes_per_block: two\n",
+        "provider.nodes_per_block",
+        "not an instance of int",
+    ),
     ("provider:\n  type: SlurmProvder\n", "provider.type", "unknown provider 'SlurmProvder'"),
     ("provider:\n  partition: short\n", "provider.type", "missing"),
-    ("provider:\n  type: SlurmProvider\n  launcher: {type: Srun}\n", "provider.launcher.type", "unknown launcher 'Srun'"),
+    (
+        "provider:\n  type: SlurmProvider\n  launcher: {type: Srun}\n",
+        "provider.launcher.type",
+        "unknown launcher 'Srun'",
+    ),
     ("provider:\n  type: KubernetesProvider\n", "provider.image", "required by KubernetesProvider"),
     ("executor:\n  max_workers: 4\n", "executor.max_workers", "unknown option of HighThroughputExecutor"),
     ("executor:\n  label: mine\n", "executor.label", "set by fitserve"),
@@ -55,8 +74,11 @@ BAD = [
     ("capacity: 0\n", "capacity", "positive integer"),
     ("providers:\n  type: SlurmProvider\n", "providers", "unknown key"),
     ("globus:\n  endpoint: x\n", "globus.endpoint", "unknown key"),
-    ("provider:\n  type: SlurmProvider\n  worker_init: source ${FITSERVE_TEST_UNSET_VAR}/bin/activate\n",
-     "provider.worker_init", "FITSERVE_TEST_UNSET_VAR is not set"),
+    (
+        "provider:\n  type: SlurmProvider\n  worker_init: source ${FITSERVE_TEST_UNSET_VAR}/bin/activate\n",
+        "provider.worker_init",
+        "FITSERVE_TEST_UNSET_VAR is not set",
+    ),
 ]
 
 
@@ -82,14 +104,18 @@ def test_file_level_errors(tmp_path):
         load_site(bad)
     os.environ.pop("FITSERVE_TEST_DEFAULTED", None)
     ok = tmp_path / "ok.yaml"
-    ok.write_text("provider:\n  type: LocalProvider\n  worker_init: source ${FITSERVE_TEST_DEFAULTED:-/opt/venv}/bin/activate\n")
+    ok.write_text(
+        "provider:\n  type: LocalProvider\n  worker_init: source ${FITSERVE_TEST_DEFAULTED:-/opt/venv}/bin/activate\n"
+    )
     assert load_site(ok)["provider"]["worker_init"] == "source /opt/venv/bin/activate"
 
 
 def test_worker_command_reports_bad_site_before_starting(tmp_path):
     bad = tmp_path / "slurm.yaml"
     bad.write_text("provider:\n  type: SlurmProvider\n  walltime: 2\n")
-    result = CliRunner().invoke(app, ["worker", "--executor", "parsl", "--site", str(bad), "--redis-url", "redis://127.0.0.1:1/0"])
+    result = CliRunner().invoke(
+        app, ["worker", "--executor", "parsl", "--site", str(bad), "--redis-url", "redis://127.0.0.1:1/0"]
+    )
     assert result.exit_code == 2
     assert f"{bad}: provider.walltime:" in result.output
 

@@ -43,7 +43,11 @@ def test_service_job_on_slurm_matches_local_executor(slurm, service, tiny, tmp_p
     log = open(tmp_path / "worker.log", "w")
     worker = subprocess.Popen(
         [sys.executable, "-m", "fitserve.cli", "worker", "--executor", "parsl", "--site", str(site)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp_path,
     )
     try:
         job = service.submit(ws, ps)

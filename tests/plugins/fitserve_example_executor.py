@@ -26,8 +26,9 @@ class InlineExecutor(Executor):
     def __init__(self, **_settings: Any) -> None:
         self.chunks = 0
 
-    def submit(self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None,
-               options: dict[str, Any]) -> Future:
+    def submit(
+        self, workspace: dict[str, Any] | bytes, patches: Sequence[dict[str, Any]] | None, options: dict[str, Any]
+    ) -> Future:
         fut: Future = Future()
         try:
             fut.set_result(run_chunk_task(workspace, patches, options))

@@ -38,9 +38,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     port = free_port()
     data = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes", "--dir", str(data),
-         "--save", "", "--daemonize", "no", "--logfile", str(data / "redis.log")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--appendonly",
+            "yes",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(data / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
@@ -65,8 +81,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 def settings(redis_url: str, tmp_path: Path) -> Settings:
     """Settings isolated per test by a fresh key prefix (so the result cache starts empty)."""
     return Settings(
-        redis_url=redis_url, key_prefix=f"test-{secrets.token_hex(4)}", executor="local", chunk_size=2, auth="open",
-        data_dir=tmp_path, claim_idle_ms=1000,
+        redis_url=redis_url,
+        key_prefix=f"test-{secrets.token_hex(4)}",
+        executor="local",
+        chunk_size=2,
+        auth="open",
+        data_dir=tmp_path,
+        claim_idle_ms=1000,
     )
 
 
@@ -103,7 +124,9 @@ class Service:
 
         self.settings = settings
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning")
+        )
         self._server_thread = threading.Thread(target=self.server.run, daemon=True)
         self._server_thread.start()
         wait_until(lambda: self.server.started, timeout=20, what="uvicorn")
@@ -140,8 +163,12 @@ class Service:
         return resp.json()
 
     def wait(self, job_id: str, timeout: float = 180) -> dict[str, Any]:
-        return wait_until(lambda: (s := self.status(job_id))["state"] in ("done", "failed", "cancelled") and s,
-                          timeout=timeout, interval=0.2, what=f"job {job_id}")
+        return wait_until(
+            lambda: (s := self.status(job_id))["state"] in ("done", "failed", "cancelled") and s,
+            timeout=timeout,
+            interval=0.2,
+            what=f"job {job_id}",
+        )
 
     def close(self) -> None:
         self.stop_workers()

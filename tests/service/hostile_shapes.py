@@ -19,8 +19,14 @@ SAMPLES = 5
 
 def five_sample_workspace() -> dict[str, Any]:
     """One signal region with 5 background samples (one bin), mu on nothing yet."""
-    samples = [{"name": f"b{i}", "data": [10.0 + i], "modifiers": [
-        {"name": f"b{i}_norm", "type": "normsys", "data": {"hi": 1.05, "lo": 0.95}}]} for i in range(SAMPLES)]
+    samples = [
+        {
+            "name": f"b{i}",
+            "data": [10.0 + i],
+            "modifiers": [{"name": f"b{i}_norm", "type": "normsys", "data": {"hi": 1.05, "lo": 0.95}}],
+        }
+        for i in range(SAMPLES)
+    ]
     return {
         "channels": [{"name": "SR", "samples": samples}],
         "observations": [{"name": "SR", "data": [62.0]}],
@@ -30,14 +36,25 @@ def five_sample_workspace() -> dict[str, Any]:
 
 
 def _patchset(patches: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    return {"metadata": {"name": name, "description": "hostile shape", "digests": {"sha256": "0" * 64},
-                         "labels": ["m"], "references": {"hepdata": "ins0000000"}},
-            "patches": patches, "version": "1.0.0"}
+    return {
+        "metadata": {
+            "name": name,
+            "description": "hostile shape",
+            "digests": {"sha256": "0" * 64},
+            "labels": ["m"],
+            "references": {"hepdata": "ins0000000"},
+        },
+        "patches": patches,
+        "version": "1.0.0",
+    }
 
 
 def _signal(extra: list[dict[str, Any]] | None = None, value: float = 3.0) -> dict[str, Any]:
-    return {"op": "add", "path": "/channels/0/samples/-", "value": {
-        "name": "signal", "data": [value], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}
+    return {
+        "op": "add",
+        "path": "/channels/0/samples/-",
+        "value": {"name": "signal", "data": [value], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+    }
 
 
 def union_blowup(k: int, n: int = 16, salt: float = 0.0) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -62,10 +79,21 @@ def group_explosion(n: int = 32) -> tuple[dict[str, Any], dict[str, Any]]:
     patches = []
     for j in range(n):
         nb = j + 1
-        ch = {"name": "CR", "samples": [{"name": "cr_bkg", "data": [20.0] * nb, "modifiers": [
-            {"name": "cr_norm", "type": "normfactor", "data": None}]}]}
-        ops = [_signal(value=3.0 + 0.1 * j), {"op": "add", "path": "/channels/-", "value": ch},
-               {"op": "add", "path": "/observations/-", "value": {"name": "CR", "data": [21.0] * nb}}]
+        ch = {
+            "name": "CR",
+            "samples": [
+                {
+                    "name": "cr_bkg",
+                    "data": [20.0] * nb,
+                    "modifiers": [{"name": "cr_norm", "type": "normfactor", "data": None}],
+                }
+            ],
+        }
+        ops = [
+            _signal(value=3.0 + 0.1 * j),
+            {"op": "add", "path": "/channels/-", "value": ch},
+            {"op": "add", "path": "/observations/-", "value": {"name": "CR", "data": [21.0] * nb}},
+        ]
         patches.append({"metadata": {"name": f"g{j}", "values": [float(j)]}, "patch": ops})
     return five_sample_workspace(), _patchset(patches, "group-explosion")
 
@@ -75,7 +103,13 @@ def wide_patch(n_params: int, n: int = 1, bins: int = 1) -> tuple[dict[str, Any]
     patches = []
     for j in range(n):
         mods = [{"name": "mu", "type": "normfactor", "data": None}]
-        mods += [{"name": f"w{j}_{i}", "type": "normsys", "data": {"hi": 1.01, "lo": 0.99}} for i in range(n_params - 1)]
-        op = {"op": "add", "path": "/channels/0/samples/-", "value": {"name": "signal", "data": [3.0 + 0.1 * j], "modifiers": mods}}
+        mods += [
+            {"name": f"w{j}_{i}", "type": "normsys", "data": {"hi": 1.01, "lo": 0.99}} for i in range(n_params - 1)
+        ]
+        op = {
+            "op": "add",
+            "path": "/channels/0/samples/-",
+            "value": {"name": "signal", "data": [3.0 + 0.1 * j], "modifiers": mods},
+        }
         patches.append({"metadata": {"name": f"w{j}", "values": [float(j)]}, "patch": [op]})
     return five_sample_workspace(), _patchset(patches, "wide")

@@ -14,8 +14,18 @@ from fitserve.service.plot import exclusion_plot
 def record(values, cls_obs, shift=0.0, converged=True, error=None):
     # CLs_exp: the same surface moved by -2..+2 "sigma" shifts (in log10 CLs)
     exp = [cls_obs * 10 ** (shift * k) for k in (-2, -1, 0, 1, 2)]
-    return {"values": list(values), "CLs_obs": cls_obs, "CLs_exp": exp, "CLsb_obs": cls_obs / 2, "CLb_obs": 0.5,
-            "mu_hat": 0.0, "nll_free": 1.0, "converged": converged, "upper_limit": None, "error": error}
+    return {
+        "values": list(values),
+        "CLs_obs": cls_obs,
+        "CLs_exp": exp,
+        "CLsb_obs": cls_obs / 2,
+        "CLb_obs": 0.5,
+        "mu_hat": 0.0,
+        "nll_free": 1.0,
+        "converged": converged,
+        "upper_limit": None,
+        "error": error,
+    }
 
 
 def grid_2d(bad: set[tuple[float, float]] = frozenset()):

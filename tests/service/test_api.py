@@ -41,7 +41,11 @@ def test_json_submission_runs_and_matches_the_engine(service, tiny):
     assert csv.headers["content-type"].startswith("text/csv")
     assert csv.text.splitlines()[0].startswith("name,m_X,CLs_obs") and len(csv.text.splitlines()) == 4
     cont = service.http.get(f"/v1/jobs/{job['id']}/contours").json()
-    assert cont["kind"] == "1d" and len(cont["crossings"]["observed"]) == 1 and 150 < cont["crossings"]["observed"][0] < 200
+    assert (
+        cont["kind"] == "1d"
+        and len(cont["crossings"]["observed"]) == 1
+        and 150 < cont["crossings"]["observed"][0] < 200
+    )
     png = service.http.get(f"/v1/jobs/{job['id']}/plot.png")
     assert png.status_code == 200 and png.headers["content-type"] == "image/png" and png.content[:4] == b"\x89PNG"
     listed = service.http.get("/v1/jobs").json()["jobs"]
@@ -55,7 +59,9 @@ def test_multipart_upload_and_full_workspace(service, tiny):
         "workspace": ("BkgOnly.json", json.dumps(ws), "application/json"),
         "patchset": ("patchset.json", json.dumps(ps), "application/json"),
     }
-    resp = service.http.post("/v1/jobs", files=files, data={"options": json.dumps({"patches": ["sig_2"], "test_stat": "q"})})
+    resp = service.http.post(
+        "/v1/jobs", files=files, data={"options": json.dumps({"patches": ["sig_2"], "test_stat": "q"})}
+    )
     assert resp.status_code == 202, resp.text
     assert resp.json()["total"] == 1
     st = service.wait(resp.json()["id"])
@@ -68,7 +74,9 @@ def test_multipart_upload_and_full_workspace(service, tiny):
     st = service.wait(job["id"])
     assert st["state"] == "done"
     res = service.http.get(f"/v1/jobs/{job['id']}/results").json()["results"]
-    assert list(res) == ["meas"] and res["meas"]["CLs_obs"] == pytest.approx(scan(full)["results"]["meas"]["CLs_obs"], rel=1e-9)
+    assert list(res) == ["meas"] and res["meas"]["CLs_obs"] == pytest.approx(
+        scan(full)["results"]["meas"]["CLs_obs"], rel=1e-9
+    )
     assert service.http.get(f"/v1/jobs/{job['id']}/contours").status_code == 422
 
 
@@ -94,7 +102,10 @@ def test_bad_input_is_422_naming_the_problem(service, tiny):
     assert "sig_1" in d["where"] and "does not apply" in d["message"]
     assert _err(post(json={"workspace": ws, "extra": 1}))["where"] == "request body"
     nan_ws = json.dumps({"workspace": ws}).replace("52.0", "NaN")
-    assert _err(post(content=nan_ws, headers={"content-type": "application/json"}))["where"] == "workspace /observations/0/data/0"
+    assert (
+        _err(post(content=nan_ws, headers={"content-type": "application/json"}))["where"]
+        == "workspace /observations/0/data/0"
+    )
     assert _err(post(content=b"x", headers={"content-type": "text/plain"}), 415)["where"] == "content-type"
     assert _err(service.http.get("/v1/jobs/nope"), 404)["where"] == "job id"
     assert service.http.get("/v1/jobs").json()["jobs"] == []  # nothing was stored
@@ -113,8 +124,15 @@ def test_body_limit_is_413(settings):
 
 def test_openapi_lists_the_endpoints(service):
     paths = service.http.get("/openapi.json").json()["paths"]
-    for p in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/results", "/v1/jobs/{job_id}/contours",
-              "/v1/jobs/{job_id}/plot.png", "/v1/jobs/{job_id}/plot.svg", "/v1/health"):
+    for p in (
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/results",
+        "/v1/jobs/{job_id}/contours",
+        "/v1/jobs/{job_id}/plot.png",
+        "/v1/jobs/{job_id}/plot.svg",
+        "/v1/health",
+    ):
         assert p in paths
     assert "multipart/form-data" in paths["/v1/jobs"]["post"]["requestBody"]["content"]
     assert service.http.get("/docs").status_code == 200

@@ -31,7 +31,11 @@ def secured(settings):
     """The service in token mode, with tokens for alice, bob and an admin."""
     svc = Service(settings.model_copy(update={"auth": "token", "max_active_jobs": 3}))
     tokens = TokenStore(redis.Redis.from_url(settings.redis_url), settings.key_prefix)
-    svc.tokens = {"alice": tokens.create("alice"), "bob": tokens.create("bob"), "root": tokens.create("root", admin=True)}
+    svc.tokens = {
+        "alice": tokens.create("alice"),
+        "bob": tokens.create("bob"),
+        "root": tokens.create("root", admin=True),
+    }
     svc.token_store = tokens
     svc.url = f"http://127.0.0.1:{svc.port}"
     try:
@@ -93,8 +97,11 @@ def test_users_cannot_see_each_others_jobs_through_the_api(secured):
     job_a = submit(secured, a)
     job_b = submit(secured, b, poi_test=2.0)
     for job in (job_a, job_b):
-        wait_until(lambda: secured.http.get(f"/v1/jobs/{job}", headers=auth(root)).json()["state"] == "done",
-                   timeout=120, what=f"job {job}")
+        wait_until(
+            lambda: secured.http.get(f"/v1/jobs/{job}", headers=auth(root)).json()["state"] == "done",
+            timeout=120,
+            what=f"job {job}",
+        )
     missing = "0" * 24
     for route in JOB_ROUTES:
         own = secured.http.get(f"/v1/jobs/{job_a}{route}", headers=auth(a))
@@ -103,7 +110,9 @@ def test_users_cannot_see_each_others_jobs_through_the_api(secured):
         absent = secured.http.get(f"/v1/jobs/{missing}{route}", headers=auth(b))
         assert other.status_code == absent.status_code == 404, (route, other.text)
         # indistinguishable from a job that does not exist, apart from the id it names
-        assert other.json()["detail"]["message"].replace(job_a, "ID") == absent.json()["detail"]["message"].replace(missing, "ID")
+        assert other.json()["detail"]["message"].replace(job_a, "ID") == absent.json()["detail"]["message"].replace(
+            missing, "ID"
+        )
     assert secured.http.delete(f"/v1/jobs/{job_a}", headers=auth(b)).status_code == 404
     assert secured.http.get(f"/v1/jobs/{job_a}", headers=auth(a)).json()["state"] == "done"  # bob's cancel did nothing
     # listing: own jobs only; the admin sees all, and may filter by user; others may not
@@ -122,7 +131,10 @@ def test_users_cannot_see_each_others_jobs_through_the_api(secured):
 
 def test_users_cannot_see_each_others_jobs_through_the_client(secured):
     secured.start_worker()
-    with Client(secured.url, token=secured.tokens["alice"]) as alice, Client(secured.url, token=secured.tokens["bob"]) as bob:
+    with (
+        Client(secured.url, token=secured.tokens["alice"]) as alice,
+        Client(secured.url, token=secured.tokens["bob"]) as bob,
+    ):
         ws, ps = tiny_inputs(4)
         job = alice.submit(ws, ps)
         job.wait(timeout=120)
@@ -144,15 +156,30 @@ def test_users_cannot_see_each_others_jobs_through_the_client(secured):
 
 
 def test_limits_name_what_was_exceeded(settings):
-    svc = Service(settings.model_copy(update={
-        "max_body_bytes": 4096, "max_hypotheses": 5, "max_bins": 3, "max_parameters": 4, "max_active_jobs": 2}))
+    svc = Service(
+        settings.model_copy(
+            update={
+                "max_body_bytes": 4096,
+                "max_hypotheses": 5,
+                "max_bins": 3,
+                "max_parameters": 4,
+                "max_active_jobs": 2,
+            }
+        )
+    )
     try:
         ws, ps = tiny_inputs(3)
         post = lambda body, **kw: svc.http.post("/v1/jobs", json=body, **kw)
         # request body size: 413, by Content-Length and while streaming (chunked, no length)
         big = {"workspace": ws, "patchset": ps, "options": {"measurement": "x" * 5000}}
-        for resp in (post(big), svc.http.post("/v1/jobs", content=iter([b'{"workspace": "', b"x" * 5000, b'"}']),
-                                              headers={"Content-Type": "application/json"})):
+        for resp in (
+            post(big),
+            svc.http.post(
+                "/v1/jobs",
+                content=iter([b'{"workspace": "', b"x" * 5000, b'"}']),
+                headers={"Content-Type": "application/json"},
+            ),
+        ):
             assert resp.status_code == 413, resp.text
             assert "max_body_bytes = 4096 (FITSERVE_MAX_BODY_BYTES)" in resp.json()["detail"]["message"]
         # hypotheses per job: 422
@@ -160,17 +187,31 @@ def test_limits_name_what_was_exceeded(settings):
         resp = post({"workspace": ws, "patchset": ps6})
         assert resp.status_code == 422 and "max_hypotheses = 5" in resp.json()["detail"]["message"]
         # bins per model: the patch adds a 4-bin channel
-        wide = [{"op": "add", "path": "/channels/-", "value": {"name": "CR", "samples": [
-            {"name": "b", "data": [1.0, 2.0, 3.0, 4.0], "modifiers": []}]}},
-                {"op": "add", "path": "/observations/-", "value": {"name": "CR", "data": [1, 2, 3, 4]}}]
+        wide = [
+            {
+                "op": "add",
+                "path": "/channels/-",
+                "value": {"name": "CR", "samples": [{"name": "b", "data": [1.0, 2.0, 3.0, 4.0], "modifiers": []}]},
+            },
+            {"op": "add", "path": "/observations/-", "value": {"name": "CR", "data": [1, 2, 3, 4]}},
+        ]
         ps_wide = {**ps, "patches": [{**ps["patches"][0], "patch": ps["patches"][0]["patch"] + wide}]}
         resp = post({"workspace": ws, "patchset": ps_wide})
         assert resp.status_code == 422, resp.text
-        assert "5 bins" in resp.json()["detail"]["message"] and "max_bins = 3 (FITSERVE_MAX_BINS)" in resp.json()["detail"]["message"]
+        assert (
+            "5 bins" in resp.json()["detail"]["message"]
+            and "max_bins = 3 (FITSERVE_MAX_BINS)" in resp.json()["detail"]["message"]
+        )
         assert resp.json()["detail"]["where"] == "patchset: patch 'sig_0'"
         # parameters per model: four more normsys modifiers on the background
-        many = [{"op": "add", "path": "/channels/0/samples/0/modifiers/-",
-                 "value": {"name": f"np_{i}", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}} for i in range(4)]
+        many = [
+            {
+                "op": "add",
+                "path": "/channels/0/samples/0/modifiers/-",
+                "value": {"name": f"np_{i}", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+            }
+            for i in range(4)
+        ]
         ps_many = {**ps, "patches": [{**ps["patches"][1], "patch": ps["patches"][1]["patch"] + many}]}
         resp = post({"workspace": ws, "patchset": ps_many})
         assert resp.status_code == 422 and "max_parameters = 4" in resp.json()["detail"]["message"], resp.text
@@ -198,16 +239,29 @@ def test_concurrent_submissions_cannot_overshoot_the_job_limit(settings):
     try:
         ws, ps = tiny_inputs(2)
         with ThreadPoolExecutor(12) as pool:
-            codes = list(pool.map(lambda i: svc.http.post(
-                "/v1/jobs", json={"workspace": ws, "patchset": ps, "options": {"poi_test": 1 + i}}).status_code, range(12)))
+            codes = list(
+                pool.map(
+                    lambda i: (
+                        svc.http.post(
+                            "/v1/jobs", json={"workspace": ws, "patchset": ps, "options": {"poi_test": 1 + i}}
+                        ).status_code
+                    ),
+                    range(12),
+                )
+            )
         assert sorted(codes) == [202] * 4 + [429] * 8
     finally:
         svc.close()
 
 
 def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fitserve.cli", *args], env={**os.environ, **env},
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "fitserve.cli", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_token_cli_create_list_revoke(secured):
@@ -234,8 +288,25 @@ def _serve(redis_url: str, prefix: str, host: str, *extra: str) -> tuple[subproc
     port = free_port()
     env = {**os.environ, "FITSERVE_REDIS_URL": redis_url, "FITSERVE_KEY_PREFIX": prefix, "FITSERVE_WEB_WARMUP": "off"}
     env.pop("FITSERVE_AUTH", None)
-    proc = subprocess.Popen([sys.executable, "-m", "fitserve.cli", "serve", "--host", host, "--port", str(port),
-                             "--log-level", "warning", *extra], env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fitserve.cli",
+            "serve",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *extra,
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
     def answers() -> bool:
         try:
             return httpx.get(f"http://127.0.0.1:{port}/v1/health").status_code in (200, 503)
@@ -257,11 +328,14 @@ def _stop(proc: subprocess.Popen) -> str:
     return err
 
 
-@pytest.mark.parametrize("host, extra, mode, warned", [
-    ("127.0.0.1", (), "open", False),          # the local default: no tokens, no warning
-    ("0.0.0.0", (), "token", False),           # any other address: tokens by default
-    ("0.0.0.0", ("--auth", "open"), "open", True),  # open on a shared address: a loud warning
-])
+@pytest.mark.parametrize(
+    "host, extra, mode, warned",
+    [
+        ("127.0.0.1", (), "open", False),  # the local default: no tokens, no warning
+        ("0.0.0.0", (), "token", False),  # any other address: tokens by default
+        ("0.0.0.0", ("--auth", "open"), "open", True),  # open on a shared address: a loud warning
+    ],
+)
 def test_open_mode_is_the_default_on_loopback_only(settings, host, extra, mode, warned):
     proc, port = _serve(settings.redis_url, settings.key_prefix, host, *extra)
     try:

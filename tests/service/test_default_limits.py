@@ -24,9 +24,19 @@ from .workload import tiny_inputs
 
 pytestmark = pytest.mark.slow
 
-DEFAULTS = {"max_body_bytes": 64 * 2**20, "max_hypotheses": 10_000, "max_bins": 5_000, "max_parameters": 2_000,
-            "max_structure_groups": 8, "max_active_jobs": 20, "chunk_wall_s": 900.0, "chunk_size": 16,
-            "worker_memory_bytes": 0, "batch_memory_bytes": 0, "max_user_chunks": 0}
+DEFAULTS = {
+    "max_body_bytes": 64 * 2**20,
+    "max_hypotheses": 10_000,
+    "max_bins": 5_000,
+    "max_parameters": 2_000,
+    "max_structure_groups": 8,
+    "max_active_jobs": 20,
+    "chunk_wall_s": 900.0,
+    "chunk_size": 16,
+    "worker_memory_bytes": 0,
+    "batch_memory_bytes": 0,
+    "max_user_chunks": 0,
+}
 
 
 def test_defaults_are_the_documented_ones(monkeypatch):
@@ -42,9 +52,14 @@ def test_defaults_are_the_documented_ones(monkeypatch):
 def _many_bins(n: int) -> dict:
     ws = five_sample_workspace()
     ch = ws["channels"][0]
-    ch["samples"] = [{"name": "bkg", "data": [10.0] * n, "modifiers": [
-        {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.05, "lo": 0.95}}]},
-        {"name": "signal", "data": [1.0] * n, "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}]
+    ch["samples"] = [
+        {
+            "name": "bkg",
+            "data": [10.0] * n,
+            "modifiers": [{"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.05, "lo": 0.95}}],
+        },
+        {"name": "signal", "data": [1.0] * n, "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
+    ]
     ws["observations"][0]["data"] = [11.0] * n
     return ws
 
@@ -54,7 +69,9 @@ def test_a_job_at_each_default_limit_completes(redis_url, tmp_path, monkeypatch)
 
     for key in [k for k in os.environ if k.startswith("FITSERVE_") and k != "FITSERVE_JAX_CACHE"]:
         monkeypatch.delenv(key)  # what in-process workers of earlier tests exported
-    settings = Settings(redis_url=redis_url, key_prefix=f"defaults-{secrets.token_hex(4)}", auth="open", data_dir=tmp_path)
+    settings = Settings(
+        redis_url=redis_url, key_prefix=f"defaults-{secrets.token_hex(4)}", auth="open", data_dir=tmp_path
+    )
     svc = Service(settings)
     try:
         svc.start_worker()
@@ -80,8 +97,16 @@ def test_a_job_at_each_default_limit_completes(redis_url, tmp_path, monkeypatch)
         for what, job_id in jobs.items():
             st = svc.wait(job_id, timeout=1200)
             assert st["state"] == "done" and st["counts"]["errors"] == 0, (what, st)
-            print("DEFAULT-LIMIT", json.dumps({"limit": what, "total_s": round(st["timings"]["total_s"], 1),
-                                                "compute_s": round(st["timings"]["compute_s"], 1)}))
+            print(
+                "DEFAULT-LIMIT",
+                json.dumps(
+                    {
+                        "limit": what,
+                        "total_s": round(st["timings"]["total_s"], 1),
+                        "compute_s": round(st["timings"]["compute_s"], 1),
+                    }
+                ),
+            )
         print("DEFAULT-LIMIT", json.dumps({"all_s": round(time.monotonic() - t0, 1)}))
     finally:
         svc.close()

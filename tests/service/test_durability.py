@@ -44,7 +44,9 @@ from fitserve.service.store import JobStore
 from .conftest import tiny_inputs
 
 REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not on PATH (Debian: apt-get install -y redis-server)")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server not on PATH (Debian: apt-get install -y redis-server)"
+)
 
 N = 200  # hypotheses of the big job
 CHUNK = 4  # hypotheses per chunk: 50 chunks, one batch shape
@@ -74,8 +76,15 @@ class Procs:
 
     def start(self, label: str, *args: str) -> subprocess.Popen:
         log = open(self.tmp / f"{label}.log", "ab")
-        proc = subprocess.Popen([sys.executable, "-m", "fitserve.cli", *args], env=self.env, cwd=self.tmp,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fitserve.cli", *args],
+            env=self.env,
+            cwd=self.tmp,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         proc.label = label  # type: ignore[attr-defined]
         self.procs.append(proc)
@@ -115,11 +124,18 @@ class Procs:
 
 def service_env(redis_url: str, prefix: str, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_") or k == "FITSERVE_JAX_CACHE"}
-    env.update({
-        "FITSERVE_REDIS_URL": redis_url, "FITSERVE_KEY_PREFIX": prefix, "FITSERVE_EXECUTOR": "local",
-        "FITSERVE_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS), "FITSERVE_CHUNK_SIZE": str(CHUNK), "FITSERVE_AUTH": "open",
-        "FITSERVE_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "FITSERVE_REDIS_URL": redis_url,
+            "FITSERVE_KEY_PREFIX": prefix,
+            "FITSERVE_EXECUTOR": "local",
+            "FITSERVE_CLAIM_IDLE_MS": str(CLAIM_IDLE_MS),
+            "FITSERVE_CHUNK_SIZE": str(CHUNK),
+            "FITSERVE_AUTH": "open",
+            "FITSERVE_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -148,7 +164,9 @@ def assert_records_equal(got: dict[str, Any], want: dict[str, Any], rel: float =
                 assert got[name][key] == value, (name, key)
 
 
-def assert_complete_exactly_once(r: redis.Redis, prefix: str, job: Any, final: dict[str, Any], reference: dict[str, Any]) -> None:
+def assert_complete_exactly_once(
+    r: redis.Redis, prefix: str, job: Any, final: dict[str, Any], reference: dict[str, Any]
+) -> None:
     """Done, 200/200, every hypothesis recorded once (done-hash fields = counter sum = total), results right."""
     store = JobStore(r, prefix)
     assert final["state"] == "done", final
@@ -228,12 +246,21 @@ def test_worker_killed_with_sigkill_mid_job_every_hypothesis_recorded_once(redis
 
         # every chunk the victim held was delivered again, to the rescuer, and nothing else was
         claims = re.findall(r"took over \d+ stale chunks.*?: (.*)", procs.log("rescuer"))
-        claimed = {m.group(1): int(m.group(2)) for line in claims for m in re.finditer(r"(\S+) \(delivery (\d+)\)", line)}
+        claimed = {
+            m.group(1): int(m.group(2)) for line in claims for m in re.finditer(r"(\S+) \(delivery (\d+)\)", line)
+        }
         assert set(claimed) == held, (claimed, held)
         assert all(d == 2 for d in claimed.values()), claimed
-        figure(test="worker_sigkill", done_at_kill=done_at_kill, redelivered_chunks=len(held),
-               kill_to_claimed_s=round(t_claimed - t_kill, 2), kill_to_first_record_s=round(t_first - t_kill, 2),
-               kill_to_done_s=round(t_done - t_kill, 2), computed=final["counts"]["computed"], cached=final["counts"]["cached"])
+        figure(
+            test="worker_sigkill",
+            done_at_kill=done_at_kill,
+            redelivered_chunks=len(held),
+            kill_to_claimed_s=round(t_claimed - t_kill, 2),
+            kill_to_first_record_s=round(t_first - t_kill, 2),
+            kill_to_done_s=round(t_done - t_kill, 2),
+            computed=final["counts"]["computed"],
+            cached=final["counts"]["cached"],
+        )
     finally:
         procs.close()
         r.close()
@@ -255,28 +282,53 @@ def test_hung_worker_that_resumes_after_its_chunk_was_taken_over_counts_once(red
         ws, ps = grid()
         job = client.submit(ws, ps, **OPTIONS)
         done_key = store.job_key(job.id, "done")
-        wait_until(lambda: 40 <= r.hlen(done_key) <= N - 2 * CHUNK and pending_of(r, queue, "sleeper"),
-                   timeout=120, interval=0.01, what="the job to be partly done")
+        wait_until(
+            lambda: 40 <= r.hlen(done_key) <= N - 2 * CHUNK and pending_of(r, queue, "sleeper"),
+            timeout=120,
+            interval=0.01,
+            what="the job to be partly done",
+        )
         sleeper.send_signal(signal.SIGSTOP)
         held = {p["message_id"].decode() for p in pending_of(r, queue, "sleeper")}
         done_at_stop = r.hlen(done_key)
         assert held and done_at_stop < N
         procs.worker("other")
         # the other worker takes the frozen one's chunks over and records them ...
-        wait_until(lambda: not pending_of(r, queue, "sleeper") and r.hlen(done_key) >= done_at_stop + CHUNK,
-                   timeout=60, interval=0.02, what="the chunks of the frozen worker to be taken over")
+        wait_until(
+            lambda: not pending_of(r, queue, "sleeper") and r.hlen(done_key) >= done_at_stop + CHUNK,
+            timeout=60,
+            interval=0.02,
+            what="the chunks of the frozen worker to be taken over",
+        )
         sleeper.send_signal(signal.SIGCONT)  # ... and the frozen one wakes up and finishes its chunk as well
         final = job.wait(timeout=180)
         assert_complete_exactly_once(r, prefix, job, final, reference)
         assert sleeper.poll() is None  # it carried on working
         # the second recording was a no-op: the workers count the hypotheses they found recorded already
-        twice = wait_until(lambda: (n := sum(worker_beat(f"http://127.0.0.1:{port}", name).get("recorded_already", 0)
-                                             for name in ("sleeper", "other"))) > 0 and n,
-                           timeout=30, interval=0.2, what="a worker to count a repeated recording")
+        twice = wait_until(
+            lambda: (
+                (
+                    n := sum(
+                        worker_beat(f"http://127.0.0.1:{port}", name).get("recorded_already", 0)
+                        for name in ("sleeper", "other")
+                    )
+                )
+                > 0
+                and n
+            ),
+            timeout=30,
+            interval=0.2,
+            what="a worker to count a repeated recording",
+        )
         claimed = set(re.findall(r"(\S+) \(delivery \d+\)", procs.log("other")))
         assert held <= claimed, (held, claimed)
-        figure(test="worker_sigstop", held_chunks=len(held), recorded_twice=twice,
-               computed=final["counts"]["computed"], cached=final["counts"]["cached"])
+        figure(
+            test="worker_sigstop",
+            held_chunks=len(held),
+            recorded_twice=twice,
+            computed=final["counts"]["computed"],
+            cached=final["counts"]["cached"],
+        )
     finally:
         if sleeper is not None and sleeper.poll() is None:
             sleeper.send_signal(signal.SIGCONT)
@@ -313,7 +365,9 @@ def test_redis_restarted_mid_job_worker_rides_it_out_nothing_lost(tmp_path, refe
         done_key = store.job_key(job.id, "done")
         outages = []
         for how, fraction in (("SIGTERM", 0.25), ("SIGKILL", 0.6)):
-            wait_until(lambda: r.hlen(done_key) >= fraction * N, timeout=120, interval=0.01, what=f"{fraction:.0%} done")
+            wait_until(
+                lambda: r.hlen(done_key) >= fraction * N, timeout=120, interval=0.01, what=f"{fraction:.0%} done"
+            )
             before = job.results().records  # partial results, all stored before the outage
             if how == "SIGTERM":
                 server.stop()
@@ -332,31 +386,55 @@ def test_redis_restarted_mid_job_worker_rides_it_out_nothing_lost(tmp_path, refe
             server = EmbeddedRedis(port, rdir, binary=REDIS_SERVER).start()  # same port, same AOF
             t_up = time.monotonic()
             done_at_restart = r.hlen(done_key)
-            wait_until(lambda: httpx.get(f"{api}/v1/jobs/{job.id}", timeout=10).status_code == 200, timeout=30,
-                       interval=0.05, what="the API to answer again")
+            wait_until(
+                lambda: httpx.get(f"{api}/v1/jobs/{job.id}", timeout=10).status_code == 200,
+                timeout=30,
+                interval=0.05,
+                what="the API to answer again",
+            )
             t_api = time.monotonic()
-            wait_until(lambda: r.hlen(done_key) > done_at_restart or store.state(job.id) == "done", timeout=60,
-                       interval=0.02, what="the worker to record again")
+            wait_until(
+                lambda: r.hlen(done_key) > done_at_restart or store.state(job.id) == "done",
+                timeout=60,
+                interval=0.02,
+                what="the worker to record again",
+            )
             t_resumed = time.monotonic()
 
             after = job.results().records
             assert {n: after[n] for n in before} == before  # nothing finished before the outage was lost
             assert small.results().records == small_before and small.status()["state"] == "done"
             assert len(after) >= done_at_restart >= len(before)
-            outages.append({"signal": how, "done_before": len(before), "down_s": round(t_up - t_down, 2),
-                            "api_back_after_redis_s": round(t_api - t_up, 2),
-                            "worker_records_again_after_redis_s": round(t_resumed - t_up, 2)})
+            outages.append(
+                {
+                    "signal": how,
+                    "done_before": len(before),
+                    "down_s": round(t_up - t_down, 2),
+                    "api_back_after_redis_s": round(t_api - t_up, 2),
+                    "worker_records_again_after_redis_s": round(t_resumed - t_up, 2),
+                }
+            )
 
         final = job.wait(timeout=180)
         assert worker.poll() is None, "the worker did not survive"
         assert_complete_exactly_once(r, prefix, job, final, reference)
         # the worker's own counters, from its heartbeat (every 2 s) in /v1/health
-        beat = wait_until(lambda: (w := worker_beat(api, "steady")).get("redis_outages") == 2 and w, timeout=30,
-                          interval=0.2, what="the worker's heartbeat to count both outages")
+        beat = wait_until(
+            lambda: (w := worker_beat(api, "steady")).get("redis_outages") == 2 and w,
+            timeout=30,
+            interval=0.2,
+            what="the worker's heartbeat to count both outages",
+        )
         kept, redelivered = beat["chunks_kept"], beat["chunks_claimed"]
         assert kept >= 1, beat  # results computed during an outage were kept and stored afterwards
-        figure(test="redis_restart", outages=outages, chunks_kept_over_outages=kept, redelivered_chunks=redelivered,
-               computed=final["counts"]["computed"], cached=final["counts"]["cached"])
+        figure(
+            test="redis_restart",
+            outages=outages,
+            chunks_kept_over_outages=kept,
+            redelivered_chunks=redelivered,
+            computed=final["counts"]["computed"],
+            cached=final["counts"]["cached"],
+        )
     finally:
         procs.close()
         r.close()
@@ -411,11 +489,18 @@ def test_api_restarted_while_a_client_waits(redis_url, tmp_path, how, flavour):
         final = outcome["status"]
         assert final["state"] == "done" and final["progress"]["done"] == final["progress"]["total"] == N
         assert final["counts"]["computed"] + final["counts"]["cached"] == N and final["counts"]["errors"] == 0
-        assert polled[0]["state"] in ("queued", "running") and outcome["t"] > t_restart  # the same wait() spanned the outage
+        assert (
+            polled[0]["state"] in ("queued", "running") and outcome["t"] > t_restart
+        )  # the same wait() spanned the outage
         assert r.hlen(JobStore(r, prefix).job_key(job.id, "done")) == N
         assert len(job.results().records) == N
-        figure(test=f"api_{how.lower()}_{flavour}", api_down_s=round(t_restart - t_down, 2), api_start_s=round(t_up - t_restart, 2),
-               wait_returned_after_restart_s=round(outcome["t"] - t_restart, 2), polls_seen=len(polled))
+        figure(
+            test=f"api_{how.lower()}_{flavour}",
+            api_down_s=round(t_restart - t_down, 2),
+            api_start_s=round(t_up - t_restart, 2),
+            wait_returned_after_restart_s=round(outcome["t"] - t_restart, 2),
+            polls_seen=len(polled),
+        )
     finally:
         procs.close()
         r.close()

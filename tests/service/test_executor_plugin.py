@@ -39,10 +39,17 @@ def test_unknown_executor_names_the_installed_ones():
 
 def test_plugin_found_in_a_fresh_process():
     """No test machinery: a plain interpreter with the plug-in's folder on its path."""
-    code = ("import json; from fitserve.executors import get_executor; "
-            "e = get_executor('example', workers=3, redis_url='ignored'); print(json.dumps(e.describe()))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120).stdout
+    code = (
+        "import json; from fitserve.executors import get_executor; "
+        "e = get_executor('example', workers=3, redis_url='ignored'); print(json.dumps(e.describe()))"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=120
+    ).stdout
     assert json.loads(out) == {"executor": "example", "capacity": 1, "chunks": 0}
 
 

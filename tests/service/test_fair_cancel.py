@@ -43,8 +43,12 @@ def _status(svc: Service, job_id: str, token: str | None = None) -> dict[str, An
 
 
 def _wait(svc: Service, job_id: str, token: str | None = None, timeout: float = 240) -> dict[str, Any]:
-    return wait_until(lambda: (s := _status(svc, job_id, token))["state"] in ("done", "failed", "cancelled") and s,
-                      timeout=timeout, interval=0.1, what=f"job {job_id}")
+    return wait_until(
+        lambda: (s := _status(svc, job_id, token))["state"] in ("done", "failed", "cancelled") and s,
+        timeout=timeout,
+        interval=0.1,
+        what=f"job {job_id}",
+    )
 
 
 def test_small_job_of_another_user_waits_for_at_most_one_chunk_of_a_large_job(settings):
@@ -60,8 +64,12 @@ def test_small_job_of_another_user_waits_for_at_most_one_chunk_of_a_large_job(se
         warm = _post(svc, *tiny_inputs(1, [2.5]), token=bob, limits=True)  # compile the shape first
         _wait(svc, warm, bob)
         big = _post(svc, *tiny_inputs(40, [3.0 + 0.5 * k for k in range(40)]), token=alice, limits=True)
-        wait_until(lambda: _status(svc, big, alice)["progress"]["done"] >= chunk, timeout=120, interval=0.05,
-                   what="alice's job to be running")
+        wait_until(
+            lambda: _status(svc, big, alice)["progress"]["done"] >= chunk,
+            timeout=120,
+            interval=0.05,
+            what="alice's job to be running",
+        )
         r = redis.Redis.from_url(settings.redis_url)
         now_s, now_us = r.time()
         t0 = time.monotonic()
@@ -86,8 +94,13 @@ def test_small_job_of_another_user_waits_for_at_most_one_chunk_of_a_large_job(se
         final = _wait(svc, big, alice)
         assert final["state"] == "done" and final["progress"]["done"] == 40, final
         assert len(store.chunk_ids(big)) == 20
-        figure(test="fairness", small_job_total_s=round(waited, 2), small_job_compute_s=round(alone, 2),
-               big_job_chunks_dispatched_before_it=passed, big_job_total_s=round(final["timings"]["total_s"], 2))
+        figure(
+            test="fairness",
+            small_job_total_s=round(waited, 2),
+            small_job_compute_s=round(alone, 2),
+            big_job_chunks_dispatched_before_it=passed,
+            big_job_total_s=round(final["timings"]["total_s"], 2),
+        )
     finally:
         svc.close()
 
@@ -120,15 +133,23 @@ def _warm_up(svc: Service) -> float:
 
 
 def _cancel_and_measure(svc: Service, worker: Any, job_id: str, cpu_pid: int | None = None) -> dict[str, float]:
-    wait_until(lambda: worker.inflight and _status(svc, job_id)["state"] == "running", timeout=120, interval=0.05,
-               what="the chunk to be running")
+    wait_until(
+        lambda: worker.inflight and _status(svc, job_id)["state"] == "running",
+        timeout=120,
+        interval=0.05,
+        what="the chunk to be running",
+    )
     time.sleep(1.0)  # inside the fitting
     assert worker.inflight, "the chunk finished before it could be cancelled"
     t0 = time.monotonic()
     resp = svc.http.delete(f"/v1/jobs/{job_id}")
     assert resp.status_code == 200 and resp.json()["state"] == "cancelled", resp.text
-    wait_until(lambda: worker.chunks_cancelled == 1 and not worker.inflight, timeout=90, interval=0.05,
-               what="the running chunk to stop")
+    wait_until(
+        lambda: worker.chunks_cancelled == 1 and not worker.inflight,
+        timeout=90,
+        interval=0.05,
+        what="the running chunk to stop",
+    )
     stopped = time.monotonic() - t0
     cpu0 = tree_cpu_seconds(cpu_pid)
     time.sleep(3.0)
@@ -161,7 +182,9 @@ def test_cancel_stops_the_running_chunk_parsl_executor(long_service):
         whole = _warm_up(service)
         ws, ps = _long_chunk()
         job = _post(service, ws, ps, limits=True)
-        figure(test="cancel_parsl", warm_up_chunk_s=round(whole, 2), **_cancel_and_measure(service, worker, job))  # the pool's processes included
+        figure(
+            test="cancel_parsl", warm_up_chunk_s=round(whole, 2), **_cancel_and_measure(service, worker, job)
+        )  # the pool's processes included
         tiny = service.submit(*tiny_inputs(1))
         assert service.wait(tiny["id"], timeout=180)["state"] == "done"
     finally:
@@ -193,7 +216,11 @@ def test_chunk_past_the_worker_memory_budget_fails_clearly_and_health_shows_rss(
         assert worker.chunks_over_budget == 1
         health = wait_until(lambda: (h := svc.http.get("/v1/health").json())["workers"] and h, timeout=10)
         w = health["workers"][0]
-        assert w["rss_bytes"] > 64 * 2**20 and w["rss_tree_bytes"] >= w["rss_bytes"] and w["memory_budget_bytes"] == 64 * 2**20
+        assert (
+            w["rss_bytes"] > 64 * 2**20
+            and w["rss_tree_bytes"] >= w["rss_bytes"]
+            and w["memory_budget_bytes"] == 64 * 2**20
+        )
         assert health["api"]["rss_bytes"] > 0 and health["limits"]["batch_memory_bytes"] == 2**30
     finally:
         svc.close()

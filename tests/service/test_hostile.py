@@ -46,8 +46,15 @@ TERMINAL = ("done", "failed", "cancelled")
 def _service(redis_url: str, data_dir: Any) -> Service:
     """The API and a worker on a fresh key prefix, with one finished job to aim GETs at."""
     settings = Settings(
-        redis_url=redis_url, key_prefix=f"hostile-{secrets.token_hex(4)}", executor="local", chunk_size=4, auth="open",
-        data_dir=data_dir, claim_idle_ms=1000, max_body_bytes=MAX_BODY, max_active_jobs=1000,
+        redis_url=redis_url,
+        key_prefix=f"hostile-{secrets.token_hex(4)}",
+        executor="local",
+        chunk_size=4,
+        auth="open",
+        data_dir=data_dir,
+        claim_idle_ms=1000,
+        max_body_bytes=MAX_BODY,
+        max_active_jobs=1000,
     )
     svc = Service(settings)
     try:
@@ -150,7 +157,10 @@ def _check_job(svc: Service, case: Case, job_id: str) -> str:
 
 @pytest.mark.parametrize(
     "case",
-    [pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known_bug)] if c.known_bug else []) for c in CORPUS],
+    [
+        pytest.param(c, id=c.id, marks=[pytest.mark.xfail(strict=True, reason=c.known_bug)] if c.known_bug else [])
+        for c in CORPUS
+    ],
 )
 def test_hostile_input(hostile: Service, case: Case, request: pytest.FixtureRequest) -> None:
     svc = request.getfixturevalue("isolated") if case.isolated else hostile
@@ -182,17 +192,35 @@ def test_corpus_size_and_categories(hostile: Service, record_property: Any) -> N
     by_category = collections.Counter(c.category for c in CORPUS)
     statuses = collections.Counter(o.split()[0] for o in OUTCOMES.values())
     record_property("hostile_cases", len(CORPUS))
-    print(f"\nhostile corpus: {len(CORPUS)} cases, {len(OUTCOMES)} sent; statuses {dict(sorted(statuses.items()))}; "
-          f"{len(ACCEPTED) - 1} accepted jobs")
+    print(
+        f"\nhostile corpus: {len(CORPUS)} cases, {len(OUTCOMES)} sent; statuses {dict(sorted(statuses.items()))}; "
+        f"{len(ACCEPTED) - 1} accepted jobs"
+    )
     for category, n in by_category.most_common():
         print(f"  {n:4d}  {category}")
     assert len(CORPUS) >= 200
     assert len({c.id for c in CORPUS}) == len(CORPUS)
-    for needed in ("truncated JSON", "wrong type at every level", "NaN / infinity / huge numbers", "deep nesting",
-                   "patch does not apply / breaks the model", "unknown patch operations", "oversized body", "wrong content type",
-                   "broken multipart", "invalid UTF-8", "duplicate names", "POI missing", "empty body", "absurd options",
-                   "hostile strings in names", "hostile job ids", "hostile query parameters", "web form",
-                   "hostile job shapes"):
+    for needed in (
+        "truncated JSON",
+        "wrong type at every level",
+        "NaN / infinity / huge numbers",
+        "deep nesting",
+        "patch does not apply / breaks the model",
+        "unknown patch operations",
+        "oversized body",
+        "wrong content type",
+        "broken multipart",
+        "invalid UTF-8",
+        "duplicate names",
+        "POI missing",
+        "empty body",
+        "absurd options",
+        "hostile strings in names",
+        "hostile job ids",
+        "hostile query parameters",
+        "web form",
+        "hostile job shapes",
+    ):
         assert by_category[needed] > 0, needed
     known = {c.id for c in CORPUS if c.known_bug}
     server_errors = {k: v for k, v in OUTCOMES.items() if v.startswith("5")}
@@ -242,15 +270,22 @@ def test_openapi_fuzz_no_server_error(hostile: Service) -> None:
     base_url = f"http://127.0.0.1:{hostile.port}"
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {"POST /v1/jobs", "GET /v1/jobs/{job_id}", "GET /v1/jobs/{job_id}/results"} <= {f"{o.method.upper()} {o.path}" for o in operations}
+    assert {"POST /v1/jobs", "GET /v1/jobs/{job_id}", "GET /v1/jobs/{job_id}/results"} <= {
+        f"{o.method.upper()} {o.path}" for o in operations
+    }
     statuses: collections.Counter[tuple[str, int]] = collections.Counter()
     skipped: list[str] = []
 
     for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
-            @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, derandomize=True,
-                      suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=FUZZ_EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=True,
+                suppress_health_check=list(HealthCheck),
+            )
             @given(case=operation.as_strategy(generation_mode=mode))
             def fuzz(case: Any) -> None:
                 response = case.call(base_url=base_url, timeout=60)
@@ -262,6 +297,8 @@ def test_openapi_fuzz_no_server_error(hostile: Service) -> None:
             except Unsatisfiable:  # nothing in the operation can be made invalid (no parameters, no body)
                 assert mode == GenerationMode.NEGATIVE
                 skipped.append(f"{operation.method.upper()} {operation.path}")
-    print(f"\nschemathesis: {sum(statuses.values())} requests over {len(operations)} operations; "
-          f"statuses {dict(collections.Counter(s for _, s in statuses.elements()))}; no negative data for {skipped}")
+    print(
+        f"\nschemathesis: {sum(statuses.values())} requests over {len(operations)} operations; "
+        f"statuses {dict(collections.Counter(s for _, s in statuses.elements()))}; no negative data for {skipped}"
+    )
     assert not [k for k in statuses if k[1] >= 500]

@@ -41,8 +41,9 @@ def api(settings: Settings):
 def test_union_blowup_is_refused_at_submission_naming_the_padded_parameters(api):
     for k, padded in ((200, 3206),):  # K = 4998 (P = 79,970) has 5004 parameters per patch already
         ws, ps = union_blowup(k)
-        detail = _refused(api, ws, ps, f"has {padded} parameters", "max_parameters = 2000 (FITSERVE_MAX_PARAMETERS)",
-                          "patches 0..15")
+        detail = _refused(
+            api, ws, ps, f"has {padded} parameters", "max_parameters = 2000 (FITSERVE_MAX_PARAMETERS)", "patches 0..15"
+        )
         assert "union" in detail["message"]
     assert api.http.get("/v1/health").json()["queue"]["chunks_waiting"] == 0  # nothing queued for them
 
@@ -106,6 +107,10 @@ def test_plan_agrees_with_the_models_the_engine_builds(shape):
     for g, m in zip(planned, built):
         assert list(g.names) == m.names
         assert (g.n_params, g.n_bins, g.n_sb, g.k_mult, g.k_histosys) == (
-            m.n_params, m.arrays["observed"].shape[1], m.arrays["nominal"].shape[1], m.structure["mult"].shape[1],
-            m.arrays["hs_hi"].shape[-1])
+            m.n_params,
+            m.arrays["observed"].shape[1],
+            m.arrays["nominal"].shape[1],
+            m.structure["mult"].shape[1],
+            m.arrays["hs_hi"].shape[-1],
+        )
         assert g.width == budget.model_width(m, budget_bytes=2**40)

@@ -109,14 +109,20 @@ def test_20_users_5_jobs_each_all_correct_and_isolated(settings):
         assert not any(t.is_alive() for t in threads)
 
         # latencies (reported, not asserted) and no server errors
-        print(f"\n{CLIENTS} users x {JOBS} jobs x {PATCHES} hypotheses in {wall:.2f} s "
-              f"({CLIENTS * JOBS * PATCHES / wall:.1f} hypotheses/s, 2 workers, in-process API)")
+        print(
+            f"\n{CLIENTS} users x {JOBS} jobs x {PATCHES} hypotheses in {wall:.2f} s "
+            f"({CLIENTS * JOBS * PATCHES / wall:.1f} hypotheses/s, 2 workers, in-process API)"
+        )
         for kind in ("submit", "status", "results", "list"):
             ms = [dt * 1000 for k, _, dt in log if k == kind]
             if ms:
-                print(f"  {kind:8s} n={len(ms):4d}  p50 {percentile(ms, 50):7.1f} ms  p95 {percentile(ms, 95):7.1f} ms  "
-                      f"max {max(ms):7.1f} ms")
-        print(f"  turnaround (submit to done seen) p50 {percentile(turnaround, 50):.2f} s  p95 {percentile(turnaround, 95):.2f} s")
+                print(
+                    f"  {kind:8s} n={len(ms):4d}  p50 {percentile(ms, 50):7.1f} ms  p95 {percentile(ms, 95):7.1f} ms  "
+                    f"max {max(ms):7.1f} ms"
+                )
+        print(
+            f"  turnaround (submit to done seen) p50 {percentile(turnaround, 50):.2f} s  p95 {percentile(turnaround, 95):.2f} s"
+        )
         server_errors = [(k, code) for k, code, _ in log if code >= 500]
         assert server_errors == []
         assert sum(1 for k, _, _ in log if k == "submit") == CLIENTS * JOBS  # nothing was retried

@@ -41,7 +41,9 @@ def test_observed_line_is_solid_like_its_legend_and_the_expected_dashed(example_
     assert styles, "no observed line"
     lines = [s for s in styles if "stroke-width: 2.5" in s]
     assert lines and not any("dasharray" in s for s in lines), lines
-    assert any("dasharray" in s for s in re.findall(r'style="([^"]*stroke: ?#000000[^"]*)"', svg)), "expected line not dashed"
+    assert any("dasharray" in s for s in re.findall(r'style="([^"]*stroke: ?#000000[^"]*)"', svg)), (
+        "expected line not dashed"
+    )
 
 
 def test_axis_labels_carry_units_and_edge_points_are_not_clipped(example_records) -> None:

@@ -68,7 +68,9 @@ def test_partial_results_while_running_and_toy_limits(toy_service):
     st = svc.status(job["id"])
     assert st["state"] == "queued" and st["toys"] == {"done": 0, "total": 1200, "cached": 0}
     # the first of its two chunks, computed as a worker would and stored as its part
-    part = scan(ws, ps["patches"], {"calculator": "toybased", "n_toys": 600, "seed": 1, "toy_range": [0, 300]})["results"]
+    part = scan(ws, ps["patches"], {"calculator": "toybased", "n_toys": 600, "seed": 1, "toy_range": [0, 300]})[
+        "results"
+    ]
     store = svc.server.config.app.state.store
     meta = store.meta(job["id"])
     assert not toyjobs.add_part(store, job["id"], meta, "sig_0", [0, 300], part["sig_0"])
@@ -82,14 +84,19 @@ def test_partial_results_while_running_and_toy_limits(toy_service):
     assert st["state"] == "done" and st["toys"]["done"] == 1200
     final = svc.http.get(f"/v1/jobs/{job['id']}/results").json()["results"]["sig_0"]
     want = scan(ws, ps["patches"], {"calculator": "toybased", "n_toys": 600, "seed": 1})["results"]["sig_0"]
-    assert "partial" not in final and final["CLs_exp"] == want["CLs_exp"] and final["uncertainty"] == want["uncertainty"]
+    assert (
+        "partial" not in final and final["CLs_exp"] == want["CLs_exp"] and final["uncertainty"] == want["uncertainty"]
+    )
 
-    bad = svc.http.post("/v1/jobs", json={"workspace": ws, "patchset": ps,
-                                          "options": {"calculator": "toybased", "toy_range": [0, 10]}})
+    bad = svc.http.post(
+        "/v1/jobs", json={"workspace": ws, "patchset": ps, "options": {"calculator": "toybased", "toy_range": [0, 10]}}
+    )
     assert bad.status_code == 422 and "toy_range" in bad.text
-    huge = svc.http.post("/v1/jobs", json={"workspace": ws, "patchset": ps,
-                                           "options": {"calculator": "toybased", "n_toys": 1_000_001}})
+    huge = svc.http.post(
+        "/v1/jobs", json={"workspace": ws, "patchset": ps, "options": {"calculator": "toybased", "n_toys": 1_000_001}}
+    )
     assert huge.status_code == 413 and "max_job_toys" in huge.text
-    limits = svc.http.post("/v1/jobs", json={"workspace": ws, "patchset": ps,
-                                             "options": {"calculator": "toybased", "limits": True}})
+    limits = svc.http.post(
+        "/v1/jobs", json={"workspace": ws, "patchset": ps, "options": {"calculator": "toybased", "limits": True}}
+    )
     assert limits.status_code == 422 and "asymptotic" in limits.text

@@ -24,9 +24,25 @@ def test_up_starts_everything_and_stops_cleanly(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("FITSERVE_")}
     env["FITSERVE_KEY_PREFIX"] = "uptest"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fitserve.cli", "up", "--port", str(api_port), "--executor", "local",
-         "--redis-url", url, "--data-dir", str(tmp_path)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "fitserve.cli",
+            "up",
+            "--port",
+            str(api_port),
+            "--executor",
+            "local",
+            "--redis-url",
+            url,
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = proc.stdout.readline()

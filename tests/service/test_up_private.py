@@ -37,7 +37,11 @@ class Up:
         cwd.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fitserve.cli", "up", "--port", str(self.port), "--executor", executor],
-            cwd=cwd, env={**_env(), "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=cwd,
+            env={**_env(), "PYTHONPATH": str(REPO)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=30)
 
@@ -104,7 +108,9 @@ def test_two_services_on_one_machine_do_not_see_each_other(tmp_path: Path) -> No
         workers_b = {w["pid"] for w in b.http.get("/v1/health").json()["workers"]}
         assert len(workers_a) == len(workers_b) == 1 and not workers_a & workers_b
         # nothing listens on TCP for their Redis: each is a Unix socket in its own data directory
-        assert (tmp_path / "alice/var/redis/redis.sock").is_socket() and (tmp_path / "bob/var/redis/redis.sock").is_socket()
+        assert (tmp_path / "alice/var/redis/redis.sock").is_socket() and (
+            tmp_path / "bob/var/redis/redis.sock"
+        ).is_socket()
         time.sleep(2)  # the job log polls once a second
     finally:
         rca, erra = a.stop()
@@ -174,10 +180,21 @@ def test_sigkill_of_fitserve_up_leaves_no_redis_worker_or_parsl_process(tmp_path
 @pytest.mark.parametrize("executor", ["parsl", "local"])
 def test_ctrl_c_stops_a_worker_and_its_pool_within_seconds(tmp_path: Path, redis_url: str, executor: str) -> None:
     """SIGINT to the whole process group, as a terminal's Ctrl-C sends it."""
-    env = {**_env(), "PYTHONPATH": str(REPO), "FITSERVE_REDIS_URL": redis_url, "FITSERVE_DATA_DIR": str(tmp_path),
-           "FITSERVE_KEY_PREFIX": f"ctrlc-{executor}"}
-    proc = subprocess.Popen([sys.executable, "-m", "fitserve.cli", "worker", "--executor", executor], env=env,
-                            cwd=tmp_path, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    env = {
+        **_env(),
+        "PYTHONPATH": str(REPO),
+        "FITSERVE_REDIS_URL": redis_url,
+        "FITSERVE_DATA_DIR": str(tmp_path),
+        "FITSERVE_KEY_PREFIX": f"ctrlc-{executor}",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fitserve.cli", "worker", "--executor", executor],
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     family: list[psutil.Process] = []
     try:
         for line in proc.stderr:
@@ -185,8 +202,11 @@ def test_ctrl_c_stops_a_worker_and_its_pool_within_seconds(tmp_path: Path, redis
                 break
         root = psutil.Process(proc.pid)
         if executor == "parsl":
-            wait_until(lambda: "process_worker_pool" in " ".join(_cmd(p) for p in _family(root, str(tmp_path))),
-                       timeout=60, what="Parsl's pool")
+            wait_until(
+                lambda: "process_worker_pool" in " ".join(_cmd(p) for p in _family(root, str(tmp_path))),
+                timeout=60,
+                what="Parsl's pool",
+            )
         family = _family(root, str(tmp_path))
         os.killpg(proc.pid, signal.SIGINT)
         rc = proc.wait(15)
@@ -205,15 +225,26 @@ def test_ctrl_c_stops_a_worker_and_its_pool_within_seconds(tmp_path: Path, redis
 
 def test_a_killed_parsl_worker_takes_its_interchange_with_it(tmp_path: Path, redis_url: str) -> None:
     """SIGKILL of the worker itself (no clean-up runs): the interchange exits by the parent-death signal."""
-    env = {**_env(), "PYTHONPATH": str(REPO), "FITSERVE_REDIS_URL": redis_url, "FITSERVE_DATA_DIR": str(tmp_path),
-           "FITSERVE_KEY_PREFIX": "killed-worker"}
-    proc = subprocess.Popen([sys.executable, "-m", "fitserve.cli", "worker", "--executor", "parsl"], env=env,
-                            cwd=tmp_path, start_new_session=True, stderr=subprocess.DEVNULL)
+    env = {
+        **_env(),
+        "PYTHONPATH": str(REPO),
+        "FITSERVE_REDIS_URL": redis_url,
+        "FITSERVE_DATA_DIR": str(tmp_path),
+        "FITSERVE_KEY_PREFIX": "killed-worker",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fitserve.cli", "worker", "--executor", "parsl"],
+        env=env,
+        cwd=tmp_path,
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
     root = psutil.Process(proc.pid)
     family: list[psutil.Process] = []
     try:
-        interchange = wait_until(lambda: [p for p in root.children() if "interchange" in _cmd(p)],
-                                 timeout=60, what="Parsl's interchange")
+        interchange = wait_until(
+            lambda: [p for p in root.children() if "interchange" in _cmd(p)], timeout=60, what="Parsl's interchange"
+        )
         family = _family(root, str(tmp_path))
         proc.kill()
         proc.wait()

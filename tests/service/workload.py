@@ -16,8 +16,18 @@ import httpx
 def tiny_workspace() -> dict[str, Any]:
     """A 1-bin background-only workspace: fast to fit, no shared data needed."""
     return {
-        "channels": [{"name": "SR", "samples": [{"name": "bkg", "data": [50.0], "modifiers": [
-            {"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}]}]}],
+        "channels": [
+            {
+                "name": "SR",
+                "samples": [
+                    {
+                        "name": "bkg",
+                        "data": [50.0],
+                        "modifiers": [{"name": "bkg_norm", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}}],
+                    }
+                ],
+            }
+        ],
         "observations": [{"name": "SR", "data": [52.0]}],
         "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
         "version": "1.0.0",
@@ -27,13 +37,34 @@ def tiny_workspace() -> dict[str, Any]:
 def tiny_inputs(n: int = 3, signals: list[float] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """:func:`tiny_workspace` and a patchset of ``n`` signal hypotheses (yields ``signals``, default 5, 15, 25, ...)."""
     signals = signals if signals is not None else [5.0 + 10.0 * i for i in range(n)]
-    patches = [{
-        "metadata": {"name": f"sig_{i}", "values": [100.0 + 50 * i]},
-        "patch": [{"op": "add", "path": "/channels/0/samples/1", "value": {
-            "name": "signal", "data": [signal], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]}}],
-    } for i, signal in enumerate(signals)]
-    ps = {"metadata": {"name": "tiny", "description": "test", "digests": {"sha256": "0" * 64}, "labels": ["m_X"],
-                       "references": {"hepdata": "ins0000000"}}, "patches": patches, "version": "1.0.0"}
+    patches = [
+        {
+            "metadata": {"name": f"sig_{i}", "values": [100.0 + 50 * i]},
+            "patch": [
+                {
+                    "op": "add",
+                    "path": "/channels/0/samples/1",
+                    "value": {
+                        "name": "signal",
+                        "data": [signal],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                }
+            ],
+        }
+        for i, signal in enumerate(signals)
+    ]
+    ps = {
+        "metadata": {
+            "name": "tiny",
+            "description": "test",
+            "digests": {"sha256": "0" * 64},
+            "labels": ["m_X"],
+            "references": {"hepdata": "ins0000000"},
+        },
+        "patches": patches,
+        "version": "1.0.0",
+    }
     return tiny_workspace(), ps
 
 
@@ -75,8 +106,13 @@ class TimedTransport(httpx.HTTPTransport):
         dt = time.perf_counter() - t0
         with self.lock:
             self.log.append((kind_of(request), resp.status_code, dt))
-        return httpx.Response(resp.status_code, headers=resp.headers, stream=httpx.ByteStream(raw),
-                              extensions=resp.extensions, request=request)
+        return httpx.Response(
+            resp.status_code,
+            headers=resp.headers,
+            stream=httpx.ByteStream(raw),
+            extensions=resp.extensions,
+            request=request,
+        )
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -14,7 +14,9 @@ EXAMPLE = REPO / "workspaces" / "example"
 
 def cells(page, col: int) -> list[str]:
     return page.eval_on_selector_all(
-        "[data-testid=results-table] tbody tr", f"rows => rows.map(r => r.cells[{col}].dataset.sort ?? r.cells[{col}].textContent)")
+        "[data-testid=results-table] tbody tr",
+        f"rows => rows.map(r => r.cells[{col}].dataset.sort ?? r.cells[{col}].textContent)",
+    )
 
 
 @pytest.mark.shared
@@ -34,8 +36,10 @@ def test_upload_3L_RJ_progress_plot_table_downloads(page, web, rj, shot):
     assert page.get_by_test_id("job-state").inner_text() in ("queued", "running", "done")
     shot(page, "job-progress")
     # live progress: the numbers move without a reload (the page polls /v1/jobs/{id})
-    page.wait_for_function(f"() => document.querySelector('[data-testid=job-progress]').textContent.trim() !== '0 / {len(names)}'",
-                           timeout=600_000)
+    page.wait_for_function(
+        f"() => document.querySelector('[data-testid=job-progress]').textContent.trim() !== '0 / {len(names)}'",
+        timeout=600_000,
+    )
     assert "0 computed" not in page.get_by_test_id("job-counts").inner_text()
     shot(page, "job-progress-moved", widths=("phone",))
 
@@ -49,18 +53,31 @@ def test_upload_3L_RJ_progress_plot_table_downloads(page, web, rj, shot):
     page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=plot.element_handle())
 
     # the table: one row per hypothesis, grid columns named by the PatchSet labels, numbers as in the API
-    heads = page.eval_on_selector_all("[data-testid=results-table] thead th", "ths => ths.map(t => t.textContent.trim())")
-    assert heads[:5] == ["hypothesis", "status", "m_C1N2", "m_N1", "CLs obs"]  # status next to the name: in view at 1280 px
+    heads = page.eval_on_selector_all(
+        "[data-testid=results-table] thead th", "ths => ths.map(t => t.textContent.trim())"
+    )
+    assert heads[:5] == [
+        "hypothesis",
+        "status",
+        "m_C1N2",
+        "m_N1",
+        "CLs obs",
+    ]  # status next to the name: in view at 1280 px
     doc = page.request.get(f"{web.url}/v1/jobs/{job_id}/results").json()
     assert sorted(cells(page, 0)) == sorted(names)
     for name, sort_value in zip(cells(page, 0), cells(page, 4)):
         want = doc["results"][name]["CLs_obs"]
-        assert (float(sort_value) if sort_value else None) == (pytest.approx(want, rel=1e-12) if want is not None else None)
+        assert (float(sort_value) if sort_value else None) == (
+            pytest.approx(want, rel=1e-12) if want is not None else None
+        )
 
     # sortable: CLs obs ascending, then descending (empty cells last)
     page.click("[data-testid=results-table] thead th:nth-child(5)")
     up = [float(v) for v in cells(page, 4) if v]
-    assert up == sorted(up) and page.get_attribute("[data-testid=results-table] thead th:nth-child(5)", "aria-sort") == "ascending"
+    assert (
+        up == sorted(up)
+        and page.get_attribute("[data-testid=results-table] thead th:nth-child(5)", "aria-sort") == "ascending"
+    )
     page.click("[data-testid=results-table] thead th:nth-child(5)")
     down = [float(v) for v in cells(page, 4) if v]
     assert down == sorted(down, reverse=True)

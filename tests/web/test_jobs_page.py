@@ -33,7 +33,16 @@ def test_job_list_and_job_page_show_options_and_cl_aware_exclusion(page, web, sh
     plot = page.get_by_test_id("plot")
     page.wait_for_function("img => img.complete && img.naturalWidth > 300", arg=plot.element_handle(), timeout=60_000)
     opts = page.get_by_test_id("job-options").inner_text()
-    for text in ("test statistic", "qtilde", "POI value tested", "68%", "upper limits", "no", "calculator", "asymptotic"):
+    for text in (
+        "test statistic",
+        "qtilde",
+        "POI value tested",
+        "68%",
+        "upper limits",
+        "no",
+        "calculator",
+        "asymptotic",
+    ):
         assert text in opts, opts
     assert "excluded at 68% CL" in page.get_by_test_id("row-legend").inner_text()
     # "excluded" at the job's CL (CLs_obs < 0.32), not 0.05
@@ -43,7 +52,9 @@ def test_job_list_and_job_page_show_options_and_cl_aware_exclusion(page, web, sh
     assert got == want and want != {n for n, r in recs.items() if r["CLs_obs"] is not None and r["CLs_obs"] < 0.05}
     # at 1280 px every column, status included, is in view without scrolling the table
     page.set_viewport_size({"width": 1280, "height": 900})
-    right = page.eval_on_selector("[data-testid=results-table] thead th:last-child", "th => th.getBoundingClientRect().right")
+    right = page.eval_on_selector(
+        "[data-testid=results-table] thead th:last-child", "th => th.getBoundingClientRect().right"
+    )
     assert right <= 1280, right
     scroll = page.eval_on_selector(".scroll", "d => [d.scrollWidth, d.clientWidth]")
     assert scroll[0] <= scroll[1], scroll

@@ -23,8 +23,11 @@ class CompileCounter:
     "Fast" is a structural fact, not a clock reading: a warmed-up size is answered without compiling.
     """
 
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration",
-              "/jax/compilation_cache/cache_retrieval_time_sec")
+    EVENTS = (
+        "/jax/core/compile/jaxpr_trace_duration",
+        "/jax/core/compile/backend_compile_duration",
+        "/jax/compilation_cache/cache_retrieval_time_sec",
+    )
     _active: list[CompileCounter] = []
     _registered = False
 
@@ -69,7 +72,11 @@ def assert_shows(page, form: dict[str, str]) -> None:
     inp = counting.parse_form(form)
     rec = scan(counting.build_workspace(inp), None, {"limits": True})["results"]["quick_limit"]
     s_tot = sum(inp.signal)
-    want = {"cls-obs": rec["CLs_obs"], "mu-obs": rec["upper_limit"]["obs"], "events-obs": rec["upper_limit"]["obs"] * s_tot}
+    want = {
+        "cls-obs": rec["CLs_obs"],
+        "mu-obs": rec["upper_limit"]["obs"],
+        "events-obs": rec["upper_limit"]["obs"] * s_tot,
+    }
     for k in EXP:
         want[f"cls-exp-{k}"] = rec["CLs_exp"][k]
         want[f"mu-exp-{k}"] = rec["upper_limit"]["exp"][k]
@@ -101,8 +108,13 @@ def test_counting_form_shows_the_engines_numbers_fast(page, web, shot):
     shot(page, "quick-result-1bin")
 
     # three bins, relative uncertainty (bin count warmed up too)
-    form = {"observed": "3, 8, 20", "background": "2.5, 6, 18", "uncertainty": "0.3, 0.2, 0.1", "signal": "1, 4, 6",
-            "mode": "relative"}
+    form = {
+        "observed": "3, 8, 20",
+        "background": "2.5, 6, 18",
+        "uncertainty": "0.3, 0.2, 0.1",
+        "signal": "1, 4, 6",
+        "mode": "relative",
+    }
     fill(page, **form)
     t0 = time.perf_counter()
     with CompileCounter() as second_compiles:
@@ -129,7 +141,8 @@ def test_counting_form_shows_the_engines_numbers_fast(page, web, shot):
         f"warm-up (s per bin count): {counting.Warmup.warmed}\n"
         f"click -> result shown, 1 bin (first request): {first:.2f} s (engine in the server: {first_server} s)\n"
         f"click -> result shown, 3 bins: {second:.2f} s (engine in the server: {second_server} s)\n"
-        f"load average: {os.getloadavg()}\n")
+        f"load average: {os.getloadavg()}\n"
+    )
     # fast because nothing compiled: the warm-up had compiled both sizes (the times above are figures, not asserts)
     assert first_compiles.events == [] and second_compiles.events == [], (first_compiles.events, second_compiles.events)
 

@@ -60,8 +60,9 @@ def extract(git_dir: str, commit: str, dest: Path) -> str:
     sha = subprocess.check_output(["git", "--git-dir", git_dir, "rev-parse", commit], text=True).strip()
     tar = dest / "src.tar"
     with tar.open("wb") as fh:
-        subprocess.check_call(["git", "--git-dir", git_dir, "archive", sha, "tests/test_validation.py", "validation"],
-                              stdout=fh)
+        subprocess.check_call(
+            ["git", "--git-dir", git_dir, "archive", sha, "tests/test_validation.py", "validation"], stdout=fh
+        )
     with tarfile.open(tar) as tf:
         tf.extractall(dest, filter="data")
     return sha
@@ -74,8 +75,10 @@ def effective_codes(model) -> dict[str, dict[str, str]]:
         applier = model.main_model.modifiers_appliers.get(kind)
         code = getattr(applier, "interpcode", None) if applier is not None else None
         if code is None:  # no modifier of this kind: what the model would use
-            code = model.config.modifier_settings.get(kind, {}).get("interpcode") or {"normsys": "code1",
-                                                                                      "histosys": "code0"}[kind]
+            code = (
+                model.config.modifier_settings.get(kind, {}).get("interpcode")
+                or {"normsys": "code1", "histosys": "code0"}[kind]
+            )
         out[kind] = {"interpcode": code}
     return out
 
@@ -109,9 +112,19 @@ def validation_cases(src: Path) -> list[dict]:
 
             def record(pdf, data, mu_test, expected_result, test_stat="q", tolerance=1e-6, calctype="asymptotics"):
                 setup = item.funcargs["setup"]
-                captured.append({"id": item.callspec.id, "pdf": pdf, "data": list(map(float, data)), "mu": mu_test,
-                                 "expected": expected_result, "test_stat": test_stat, "tolerance": tolerance,
-                                 "calctype": calctype, "config": setup["expected"]["config"]})
+                captured.append(
+                    {
+                        "id": item.callspec.id,
+                        "pdf": pdf,
+                        "data": list(map(float, data)),
+                        "mu": mu_test,
+                        "expected": expected_result,
+                        "test_stat": test_stat,
+                        "tolerance": tolerance,
+                        "calctype": calctype,
+                        "config": setup["expected"]["config"],
+                    }
+                )
 
             saved = mod.validate_hypotest
             mod.validate_hypotest = record
@@ -123,8 +136,17 @@ def validation_cases(src: Path) -> list[dict]:
     cwd = os.getcwd()
     os.chdir(src)  # pyhf's fixtures open validation/data/... relative to its repository root
     try:
-        rc = pytest.main([str(src / "tests" / "test_validation.py") + "::test_validation", "-q", "-p",
-                          "no:cacheprovider", "--noconftest", f"--rootdir={src}"], plugins=[Recorder()])
+        rc = pytest.main(
+            [
+                str(src / "tests" / "test_validation.py") + "::test_validation",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--noconftest",
+                f"--rootdir={src}",
+            ],
+            plugins=[Recorder()],
+        )
     finally:
         os.chdir(cwd)
     if rc != 0:
@@ -152,8 +174,12 @@ def validation_cases(src: Path) -> list[dict]:
             "calctype": c["calctype"],
             "modifier_settings": codes,
             "n_pars": len(pdf.config.suggested_init()),
-            "pyhf_recorded": {"CLs_obs": c["expected"]["obs"], "CLs_exp": list(c["expected"]["exp"]),
-                              "rtol": c["tolerance"], "what": "pyhf's expected_result_* fixture"},
+            "pyhf_recorded": {
+                "CLs_obs": c["expected"]["obs"],
+                "CLs_exp": list(c["expected"]["exp"]),
+                "rtol": c["tolerance"],
+                "what": "pyhf's expected_result_* fixture",
+            },
         }
         if c["calctype"] == "toybased":
             case["toys"] = {"ntoys": 2000, "numpy_seed": 0, "note": "pyhf.infer.hypotest defaults, np.random.seed(0)"}
@@ -174,7 +200,9 @@ def _literal(func: ast.FunctionDef, name: str):
 
 def nuisparfilter_case(src: Path) -> dict:
     tree = ast.parse((src / "tests" / "test_validation.py").read_text())
-    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "test_shapesys_nuisparfilter_validation")
+    func = next(
+        n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "test_shapesys_nuisparfilter_validation"
+    )
     spec = _literal(func, "spec")
     ref = _literal(func, "reference_root_results")
     return {
@@ -186,14 +214,22 @@ def nuisparfilter_case(src: Path) -> dict:
         "test_stat": "qtilde",
         "calctype": "asymptotics",
         "modifier_settings": ATLAS,  # ws.model(modifier_settings=code4/code4p) in the test
-        "pyhf_recorded": {"CLs_obs": ref["CLs_obs"], "CLs_exp": ref["CLs_exp"], "atol": 1e-4, "rtol": 1e-5,
-                          "what": "ROOT's numbers (reference_root_results), pyhf's np.allclose tolerances"},
+        "pyhf_recorded": {
+            "CLs_obs": ref["CLs_obs"],
+            "CLs_exp": ref["CLs_exp"],
+            "atol": 1e-4,
+            "rtol": 1e-5,
+            "what": "ROOT's numbers (reference_root_results), pyhf's np.allclose tolerances",
+        },
     }
 
 
 #: pyhf's test_import_roundtrip ids of the XML inputs it round-trips
-ROUNDTRIP = {"xmlimport_input/config/example.xml": "example-one", "xmlimport_input2/config/example.xml": "example-two",
-             "xmlimport_input3/config/examples/example_ShapeSys.xml": "example-three"}
+ROUNDTRIP = {
+    "xmlimport_input/config/example.xml": "example-one",
+    "xmlimport_input2/config/example.xml": "example-two",
+    "xmlimport_input3/config/examples/example_ShapeSys.xml": "example-three",
+}
 
 
 def xml_cases(src: Path) -> tuple[list[dict], list[str]]:
@@ -215,24 +251,28 @@ def xml_cases(src: Path) -> tuple[list[dict], list[str]]:
         except Exception as exc:  # noqa: BLE001 -- recorded in the README
             skipped.append(f"{rel}: pyhf.readxml cannot read it ({type(exc).__name__}: {exc})")
             continue
-        stem = rel.split("/config/")[0] + ("" if Path(rel).stem == "example" else "_" + Path(rel).stem.removeprefix("example_"))
+        stem = rel.split("/config/")[0] + (
+            "" if Path(rel).stem == "example" else "_" + Path(rel).stem.removeprefix("example_")
+        )
         discovery = stem.endswith("_p0")
         for k, meas in enumerate(spec["measurements"]):
             name = "xml_" + stem + ("" if len(spec["measurements"]) == 1 else "_" + meas["name"])
             origin = {"file": f"validation/{rel}", "reader": "pyhf.readxml.parse", "measurement": meas["name"]}
             if rel in ROUNDTRIP and k == 0:
                 origin["test"] = f"test_import_roundtrip[{ROUNDTRIP[rel]}]"
-            cases.append({
-                "name": name,
-                "origin": origin,
-                "workspace": spec,
-                "measurement": meas["name"],
-                "poi_test": 0.0 if discovery else 1.0,
-                "test_stat": "q0" if discovery else "qtilde",
-                "calctype": "asymptotics",
-                "modifier_settings": ATLAS,  # pyhf.Model's defaults since 0.7, as in test_import_roundtrip
-                "pyhf_recorded": None,
-            })
+            cases.append(
+                {
+                    "name": name,
+                    "origin": origin,
+                    "workspace": spec,
+                    "measurement": meas["name"],
+                    "poi_test": 0.0 if discovery else 1.0,
+                    "test_stat": "q0" if discovery else "qtilde",
+                    "calctype": "asymptotics",
+                    "modifier_settings": ATLAS,  # pyhf.Model's defaults since 0.7, as in test_import_roundtrip
+                    "pyhf_recorded": None,
+                }
+            )
             poi = next((p for p in meas["config"]["parameters"] if p["name"] == meas["config"]["poi"]), None)
             if poi and "bounds" in poi and poi["bounds"][0][0] > 0:
                 # pyhf (and fitserve) refuse qtilde / q0 here: 0 lies outside the POI's bounds; a variant
@@ -241,9 +281,18 @@ def xml_cases(src: Path) -> tuple[list[dict], list[str]]:
                 wmeas = widened["measurements"][k]
                 wpoi = next(p for p in wmeas["config"]["parameters"] if p["name"] == meas["config"]["poi"])
                 wpoi["bounds"][0][0] = 0.0
-                cases.append({**copy.deepcopy(cases[-1]), "name": name + "_poi_from_0", "workspace": widened,
-                              "origin": {**origin, "modified": f"POI {poi['name']!r} bounds {poi['bounds'][0]} -> "
-                                                             f"{wpoi['bounds'][0]} (0 inside, as qtilde needs)"}})
+                cases.append(
+                    {
+                        **copy.deepcopy(cases[-1]),
+                        "name": name + "_poi_from_0",
+                        "workspace": widened,
+                        "origin": {
+                            **origin,
+                            "modified": f"POI {poi['name']!r} bounds {poi['bounds'][0]} -> "
+                            f"{wpoi['bounds'][0]} (0 inside, as qtilde needs)",
+                        },
+                    }
+                )
     return cases, skipped
 
 
@@ -274,9 +323,15 @@ def hypotest_record(case: dict) -> dict:
     free, twice_free = ts.fit(data, model, return_fitted_val=True)
     fixed, twice_fixed = ts.fixed_poi_fit(mu, data, model, return_fitted_val=True)
     poi = model.config.poi_index
-    return {"CLs_obs": _f(obs), "CLs_exp": [_f(v) for v in exp], "nll_free": _f(twice_free) / 2,
-            "nll_fixed": _f(twice_fixed) / 2, "mu_hat": _f(np.asarray(free)[poi]),
-            "free_pars": [float(v) for v in np.asarray(free)], "fixed_pars": [float(v) for v in np.asarray(fixed)]}
+    return {
+        "CLs_obs": _f(obs),
+        "CLs_exp": [_f(v) for v in exp],
+        "nll_free": _f(twice_free) / 2,
+        "nll_fixed": _f(twice_fixed) / 2,
+        "mu_hat": _f(np.asarray(free)[poi]),
+        "free_pars": [float(v) for v in np.asarray(free)],
+        "fixed_pars": [float(v) for v in np.asarray(fixed)],
+    }
 
 
 class Multistart:
@@ -337,8 +392,11 @@ class Multistart:
         def ms_fixed(poi_val, data, pdf, init_pars=None, par_bounds=None, fixed_params=None, **kwargs):
             return self.best(fixed_poi_fit, (poi_val, data), pdf, init_pars, par_bounds, fixed_params, kwargs)
 
-        self._saved = [(ts, "fit", ts.fit), (ts, "fixed_poi_fit", ts.fixed_poi_fit),
-                       (calc, "fixed_poi_fit", calc.fixed_poi_fit)]
+        self._saved = [
+            (ts, "fit", ts.fit),
+            (ts, "fixed_poi_fit", ts.fixed_poi_fit),
+            (calc, "fixed_poi_fit", calc.fixed_poi_fit),
+        ]
         ts.fit, ts.fixed_poi_fit, calc.fixed_poi_fit = ms_fit, ms_fixed, ms_fixed
         self._log = logging.getLogger("pyhf.optimize.mixins")
         self._level = self._log.level
@@ -454,8 +512,10 @@ def attempt(fn, case):
     try:
         return fn(case)
     except (pyhf.exceptions.FailedMinimization, RuntimeError, ValueError, pyhf.exceptions.InvalidModel) as exc:
-        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-                "refused": isinstance(exc, (ValueError, pyhf.exceptions.InvalidModel))}
+        return {
+            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            "refused": isinstance(exc, (ValueError, pyhf.exceptions.InvalidModel)),
+        }
 
 
 def max_dcls(a: dict, b: dict) -> float:
@@ -476,7 +536,9 @@ def references(cases: list[dict], n_starts: int) -> dict:
         pyhf.set_backend("numpy")  # exactly pyhf's test: default backend and optimizer
         entry["pyhf_default"] = attempt(hypotest_record, case)
         if entry["pyhf_default"].get("refused"):  # pyhf cannot test it (e.g. 0 outside the POI's bounds)
-            entry.update(pyhf_refuses=entry["pyhf_default"]["error"], multimodal=False, well_posed=False, reference=None)
+            entry.update(
+                pyhf_refuses=entry["pyhf_default"]["error"], multimodal=False, well_posed=False, reference=None
+            )
             print(json.dumps(entry), file=sys.stderr, flush=True)
             out[name] = entry
             continue
@@ -485,13 +547,18 @@ def references(cases: list[dict], n_starts: int) -> dict:
         offset = 0.0
         if dropped:
             offset = nll_offset(full, case)
-            entry["reference_model"] = ("the case's workspace less its empty bins " + ", ".join(dropped) +
-                                        " (pyhf's JAX fits get NaN gradients from them); their constant "
-                                        f"NLL {offset:.17g} (the fixed gammas' constraints) is added back")
+            entry["reference_model"] = (
+                "the case's workspace less its empty bins "
+                + ", ".join(dropped)
+                + " (pyhf's JAX fits get NaN gradients from them); their constant "
+                f"NLL {offset:.17g} (the fixed gammas' constraints) is added back"
+            )
         rec = case.get("pyhf_recorded")
         if rec and "error" not in entry["pyhf_default"]:
             rtol, atol = rec.get("rtol", 0.0), rec.get("atol", 0.0)
-            pairs = zip([rec["CLs_obs"], *rec["CLs_exp"]], [entry["pyhf_default"]["CLs_obs"], *entry["pyhf_default"]["CLs_exp"]])
+            pairs = zip(
+                [rec["CLs_obs"], *rec["CLs_exp"]], [entry["pyhf_default"]["CLs_obs"], *entry["pyhf_default"]["CLs_exp"]]
+            )
             entry["pyhf_default"]["reproduces_recorded"] = all(abs(a - b) <= atol + rtol * abs(a) for a, b in pairs)
         pyhf.set_backend("jax", pyhf.optimize.scipy_optimizer(tolerance=SCIPY_TOLERANCE))
         entry["tight"] = attempt(hypotest_record, case)
@@ -559,14 +626,27 @@ def main() -> None:
     old = json.loads(path.read_text())["cases"] if (path.exists() and args.only) else {}
     doc = {
         "pyhf_commit": sha,
-        "versions": {"pyhf": pyhf.__version__, "jax": jax.__version__, "scipy": scipy.__version__,
-                     "iminuit": iminuit.__version__, "python": sys.version.split()[0]},
+        "versions": {
+            "pyhf": pyhf.__version__,
+            "jax": jax.__version__,
+            "scipy": scipy.__version__,
+            "iminuit": iminuit.__version__,
+            "python": sys.version.split()[0],
+        },
         "tight": {"backend": "jax (64b)", "optimizer": "scipy SLSQP", "tolerance": SCIPY_TOLERANCE},
-        "minuit": {"backend": "jax (64b)", "optimizer": "minuit", "tolerance": MINUIT_TOLERANCE,
-                   "strategy": MINUIT_STRATEGY},
-        "global": {"backend": "jax (64b)", "optimizer": "scipy SLSQP", "tolerance": SCIPY_TOLERANCE,
-                   "method": "every fit of pyhf's hypotest from the suggested start and --starts random ones "
-                             "(uniform in boxes of half-width 1 and 3 around it, inside the bounds); lowest NLL kept"},
+        "minuit": {
+            "backend": "jax (64b)",
+            "optimizer": "minuit",
+            "tolerance": MINUIT_TOLERANCE,
+            "strategy": MINUIT_STRATEGY,
+        },
+        "global": {
+            "backend": "jax (64b)",
+            "optimizer": "scipy SLSQP",
+            "tolerance": SCIPY_TOLERANCE,
+            "method": "every fit of pyhf's hypotest from the suggested start and --starts random ones "
+            "(uniform in boxes of half-width 1 and 3 around it, inside the bounds); lowest NLL kept",
+        },
         "nll_convention": "nll = pyhf twice_nll / 2 (fitserve's nll_free / nll_fixed)",
         "skipped_xml": skipped,
         "cases": {**old, **refs},

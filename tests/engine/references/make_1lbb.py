@@ -23,8 +23,14 @@ def main() -> None:
     pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-10))
     bkg = pyhf.Workspace(json.loads((LBB / "BkgOnly.json").read_text()))
     ps = pyhf.PatchSet(json.loads((LBB / "patchset.json").read_text()))
-    out = {"pyhf_version": pyhf.__version__, "modifier_settings": {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}},
-           "test_stat": "qtilde", "poi_test": 1.0, "optimizer": "scipy SLSQP, tolerance 1e-10", "points": {}}
+    out = {
+        "pyhf_version": pyhf.__version__,
+        "modifier_settings": {"normsys": {"interpcode": "code4"}, "histosys": {"interpcode": "code4p"}},
+        "test_stat": "qtilde",
+        "poi_test": 1.0,
+        "optimizer": "scipy SLSQP, tolerance 1e-10",
+        "points": {},
+    }
     for name in POINTS:
         ws = pyhf.Workspace(ps[name].apply(bkg))
         model = ws.model(modifier_settings=out["modifier_settings"])

@@ -30,8 +30,10 @@ REPO = HERE.parents[2]
 EXAMPLE = REPO / "workspaces" / "example"
 LIKELIHOODS = REPO.parent / "shared" / "likelihoods"
 CODES = {"atlas": ("code4", "code4p"), "legacy": ("code1", "code0")}
-PUBLISHED = {"atlas-susy-2018-04-staus": ["sig_600_250", "sig_800_350"],
-             "atlas-susy-2018-31-sbottom-C": ["sig_400_350", "sig_700_350"]}
+PUBLISHED = {
+    "atlas-susy-2018-04-staus": ["sig_600_250", "sig_800_350"],
+    "atlas-susy-2018-31-sbottom-C": ["sig_400_350", "sig_700_350"],
+}
 
 
 def model_of(bkg: dict, patch: dict, codes: tuple[str, str]):
@@ -55,10 +57,18 @@ def main() -> None:
     pyhf.set_backend("numpy")
     bkg = json.loads((EXAMPLE / "BkgOnly.json").read_text())
     patches = {p["metadata"]["name"]: p for p in json.loads((EXAMPLE / "patchset.json").read_text())["patches"]}
-    out = {"pyhf_version": pyhf.__version__, "optimizer": "scipy SLSQP, pyhf's default", "cls": {}, "other_test_stats": {},
-           "limits": {}, "published": {}}
+    out = {
+        "pyhf_version": pyhf.__version__,
+        "optimizer": "scipy SLSQP, pyhf's default",
+        "cls": {},
+        "other_test_stats": {},
+        "limits": {},
+        "published": {},
+    }
     for label, codes in CODES.items():
-        out["cls"][label] = {n: hypotest(1.0, *_swap(model_of(bkg, patches[n], codes))) for n in ("sig_575_262p5", "sig_750_87p5")}
+        out["cls"][label] = {
+            n: hypotest(1.0, *_swap(model_of(bkg, patches[n], codes))) for n in ("sig_575_262p5", "sig_750_87p5")
+        }
     model, data = model_of(bkg, patches["sig_575_262p5"], CODES["atlas"])
     out["other_test_stats"] = {"q": hypotest(1.0, data, model, "q"), "q0": hypotest(0.0, data, model, "q0")}
     model, data = model_of(bkg, patches["sig_750_87p5"], CODES["atlas"])

@@ -33,9 +33,16 @@ def main() -> None:
     pyhf.set_backend("numpy", pyhf.optimize.scipy_optimizer(tolerance=1e-12))
     files = generate.example_files(grid=4, seed=0)
     bkg = pyhf.Workspace(files["BkgOnly.json"])
-    out = {"pyhf_version": pyhf.__version__, "modifier_settings": SETTINGS, "test_stat": "qtilde",
-           "grid": {"generator": "fitserve.generate.example_files", "grid": 4, "seed": 0},
-           "optimizer": "scipy SLSQP, tolerance 1e-12", "pois": POIS, "cls": {}, "limits": {}}
+    out = {
+        "pyhf_version": pyhf.__version__,
+        "modifier_settings": SETTINGS,
+        "test_stat": "qtilde",
+        "grid": {"generator": "fitserve.generate.example_files", "grid": 4, "seed": 0},
+        "optimizer": "scipy SLSQP, tolerance 1e-12",
+        "pois": POIS,
+        "cls": {},
+        "limits": {},
+    }
     for patch in files["patchset.json"]["patches"][:PATCHES]:
         name = patch["metadata"]["name"]
         ws = pyhf.Workspace(pyhf.patchset.Patch(patch).apply(bkg))
@@ -47,7 +54,9 @@ def main() -> None:
             rows.append([float(obs)] + [float(v) for v in exp])
         out["cls"][name] = rows
         if name in LIMIT_PATCHES:
-            obs, exp = pyhf.infer.intervals.upper_limits.toms748_scan(data, model, 0.0, 10.0, rtol=1e-4, test_stat="qtilde")
+            obs, exp = pyhf.infer.intervals.upper_limits.toms748_scan(
+                data, model, 0.0, 10.0, rtol=1e-4, test_stat="qtilde"
+            )
             out["limits"][name] = {"obs": float(obs), "exp": [float(v) for v in exp]}
         print(name, out["limits"].get(name), flush=True)
     (HERE / "legacy_grid_pyhf.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -28,20 +28,59 @@ BAND = [2.27501319, 15.86552539, 50.0, 84.13447461, 97.72498681]
 
 
 def one_bin(sig: float, bkg: float, err: float, obs: float) -> dict:
-    return {"channels": [{"name": "singlechannel", "samples": [
-        {"name": "signal", "data": [sig], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-        {"name": "background", "data": [bkg], "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": [err]}]}]}],
+    return {
+        "channels": [
+            {
+                "name": "singlechannel",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": [sig],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "background",
+                        "data": [bkg],
+                        "modifiers": [{"name": "uncorr_bkguncrt", "type": "shapesys", "data": [err]}],
+                    },
+                ],
+            }
+        ],
         "observations": [{"name": "singlechannel", "data": [obs]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
 
 
 def two_bin_histosys() -> dict:
-    return {"channels": [{"name": "singlechannel", "samples": [
-        {"name": "signal", "data": [30.0, 95.0], "modifiers": [{"name": "mu", "type": "normfactor", "data": None}]},
-        {"name": "background", "data": [100.0, 150.0], "modifiers": [
-            {"name": "bkg_norm", "type": "histosys", "data": {"lo_data": [98.0, 100.0], "hi_data": [102.0, 190.0]}}]}]}],
+    return {
+        "channels": [
+            {
+                "name": "singlechannel",
+                "samples": [
+                    {
+                        "name": "signal",
+                        "data": [30.0, 95.0],
+                        "modifiers": [{"name": "mu", "type": "normfactor", "data": None}],
+                    },
+                    {
+                        "name": "background",
+                        "data": [100.0, 150.0],
+                        "modifiers": [
+                            {
+                                "name": "bkg_norm",
+                                "type": "histosys",
+                                "data": {"lo_data": [98.0, 100.0], "hi_data": [102.0, 190.0]},
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
         "observations": [{"name": "singlechannel", "data": [120.0, 180.0]}],
-        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}], "version": "1.0.0"}
+        "measurements": [{"name": "meas", "config": {"poi": "mu", "parameters": []}}],
+        "version": "1.0.0",
+    }
 
 
 #: name -> (workspace, test statistic, POI value); the first is pyhf's validation case 1bin_shapesys_q0_toys
@@ -61,15 +100,22 @@ def main() -> None:
         model = ws.model()
         data = ws.data(model)
         np.random.seed(0)
-        calc = pyhf.infer.calculators.ToyCalculator(data, model, test_stat=test_stat, ntoys=N_TOYS, track_progress=False)
+        calc = pyhf.infer.calculators.ToyCalculator(
+            data, model, test_stat=test_stat, ntoys=N_TOYS, track_progress=False
+        )
         q_obs = float(calc.teststatistic(mu))
         sb, b = calc.distributions(mu)
         clsb, clb, cls = (float(v) for v in calc.pvalues(q_obs, sb, b))
         per_toy = np.array([[float(v) for v in calc.pvalues(q, sb, b)] for q in b.samples])  # [N, (CLsb, CLb, CLs)]
         exp = np.percentile(per_toy[:, 0 if test_stat == "q0" else 2], BAND)
         out["cases"][name] = {
-            "workspace": spec, "test_stat": test_stat, "poi_test": mu, "q_obs": q_obs,
-            "CLs_obs": clsb if test_stat == "q0" else cls, "CLsb_obs": clsb, "CLb_obs": clb,
+            "workspace": spec,
+            "test_stat": test_stat,
+            "poi_test": mu,
+            "q_obs": q_obs,
+            "CLs_obs": clsb if test_stat == "q0" else cls,
+            "CLsb_obs": clsb,
+            "CLb_obs": clb,
             "CLs_exp": [float(v) for v in exp],
             "q_sb": [float(f"{v:.6g}") for v in np.asarray(sb.samples)],
             "q_b": [float(f"{v:.6g}") for v in np.asarray(b.samples)],
