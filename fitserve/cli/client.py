@@ -195,6 +195,11 @@ def register(app: typer.Typer) -> None:
             f"job       {st['id']}",
             f"state     {st['state']}",
             f"progress  {p['done']}/{p['total']} ({p['fraction']:.0%})",
+            *(
+                [f"toys      {st['toys']['done']:,}/{st['toys']['total']:,} ({st['toys']['cached']:,} from the cache)"]
+                if st.get("toys")
+                else []
+            ),
             f"counts    {c['computed']} computed, {c['cached']} cached, {c['errors']} errors, {c['not_converged']} not converged",
             f"timings   queued {_fmt_s(t.get('queued_s'))}, running {_fmt_s(t.get('run_s'))}, compute {_fmt_s(t.get('compute_s'))}",
             f"labels    {', '.join(st.get('labels') or []) or '-'}",

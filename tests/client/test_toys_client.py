@@ -88,6 +88,9 @@ def test_submit_and_python_client_run_toys(live, tmp_path, monkeypatch):
     want = next(iter(scan(ONE_BIN, None, {"calculator": "toybased", "n_toys": 300, "seed": 9})["results"].values()))
     assert float(row["CLs_obs"]) == want["CLs_obs"] and float(row["CLs_obs_err"]) == want["uncertainty"]["CLs_obs"]
     assert row["n_toys"] == "300"
+    job_id = res.stdout.strip().splitlines()[-1]
+    st = CliRunner().invoke(app, ["status", job_id], env={"FITSERVE_URL": live.url})
+    assert st.exit_code == 0 and "toys      600/600" in st.stdout, st.stdout
 
     with Client(live.url) as client:
         job = client.submit(ONE_BIN, calculator="toybased", n_toys=300, seed=9)
