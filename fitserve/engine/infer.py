@@ -207,7 +207,7 @@ class Engine:
         return _best(res, n, k)
 
     def spread_starts(self, count: int, seed: int = 0) -> list[np.ndarray]:
-        """``count`` starting points spread around the initial values (deterministic).
+        """``count`` starting points spread around the initial values (deterministic, the same for every chunking).
 
         Constrained parameters move by up to ~2 of their constraint widths,
         unconstrained ones (normfactors, the POI) across their range; all stay
@@ -220,7 +220,9 @@ class Engine:
         tau = np.asarray(self.t["pois_tau"])[:n]
         out = []
         for _ in range(count):
-            z = rng.uniform(-2.0, 2.0, size=self.init.shape)
+            # one draw per parameter, shared by the batch: a hypothesis gets the same starts whichever
+            # other hypotheses its chunk holds (so chunking never changes a result)
+            z = rng.uniform(-2.0, 2.0, size=self.init.shape[1])[None, :]
             span = np.minimum(self.hi - self.lo, 2.0 * np.maximum(np.abs(self.init), 1.0))
             step = np.where(normal, sigma, np.where(pois, 1.0 / np.sqrt(np.maximum(tau, 1e-12)), 0.25 * span))
             x = np.clip(self.init + z * step, self.lo, self.hi)
