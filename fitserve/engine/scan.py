@@ -312,18 +312,8 @@ def _fit_models(
     done = 0
     for model in models:
         _check_poi(model, opts)
-        if opts.calculator == "toybased":
-            c0 = _COMPILE_SECONDS[0]
-            records, seconds = _fit_toys(model, opts, cancel)
-            compiled = _COMPILE_SECONDS[0] - c0
-            compile_s += compiled
-            fit_s += max(seconds - compiled, 0.0)
-            results_by_name.update(records)
-            done += 1
-            if progress:
-                progress(done, total)
-            continue
-        size = budget.model_width(model)  # batch_size, narrowed to the batch memory budget
+        toys = opts.calculator == "toybased"  # one hypothesis per model (compile_each), its toys fill the lanes
+        size = 1 if toys else budget.model_width(model)  # batch_size, narrowed to the batch memory budget
         if on_event is not None and (model.structure_key, size) not in _FITTED:
             on_event(
                 "compile",
@@ -340,7 +330,7 @@ def _fit_models(
             n_real = len(idx)
             batch = model.take(idx + [idx[0]] * (size - n_real))  # pad with copies: fixed shapes
             c0 = _COMPILE_SECONDS[0]
-            records, seconds = _fit_batch(batch, opts, n_real, cancel)
+            records, seconds = _fit_toys(batch, opts, cancel) if toys else _fit_batch(batch, opts, n_real, cancel)
             compiled = _COMPILE_SECONDS[0] - c0
             compile_s += compiled
             fit_s += max(seconds - compiled, 0.0)

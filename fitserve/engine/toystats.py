@@ -159,16 +159,18 @@ def merge_records(parts: list[dict], test_stat: str, n_toys: int, seed: int, max
     The fields of the first part that do not depend on toys are kept.
     """
     parts = sorted(parts, key=lambda r: r["toy_q"]["start"])
-    q_sb = np.concatenate([np.asarray([np.nan if v is None else v for v in p["toy_q"]["sb"]], float) for p in parts])
-    q_b = np.concatenate([np.asarray([np.nan if v is None else v for v in p["toy_q"]["b"]], float) for p in parts])
+    q_obs, q_sb, q_b = distributions(parts)
     ranges = [[p["toy_q"]["start"], p["toy_q"]["stop"]] for p in parts]
     base = {k: v for k, v in parts[0].items() if k not in ("toy_q", "warning")}
-    base.update(_summary_fields(parts[0]["toys"]["q_obs"], q_sb, q_b, test_stat, n_toys, seed, max_failed, ranges))
+    base.update(_summary_fields(q_obs, q_sb, q_b, test_stat, n_toys, seed, max_failed, ranges))
     return base
 
 
-def distributions(record: dict) -> tuple[float, np.ndarray, np.ndarray]:
-    """``(q_obs, q_sb, q_b)`` of a record that carries its toys (``toy_q``): for plots."""
-    raw = record["toy_q"]
-    as_array = lambda xs: np.asarray([np.nan if v is None else v for v in xs], float)  # noqa: E731
-    return float(record["toys"]["q_obs"]), as_array(raw["sb"]), as_array(raw["b"])
+def distributions(parts: list[dict]) -> tuple[float, np.ndarray, np.ndarray]:
+    """``(q_obs, q_sb, q_b)`` of chunk records that carry their toys (``toy_q``), in toy order; NaN: a failed toy."""
+    parts = sorted(parts, key=lambda r: r["toy_q"]["start"])
+
+    def joined(key: str) -> np.ndarray:
+        return np.asarray([np.nan if v is None else v for p in parts for v in p["toy_q"][key]], float)
+
+    return float(parts[0]["toys"]["q_obs"]), joined("sb"), joined("b")

@@ -13,7 +13,7 @@ def options_text(opts: dict[str, Any]) -> str:
     """The options that tell jobs apart, short: ``qtilde mu=1 CL=95% limits atlas``.
 
     Shown by ``fitserve jobs`` (and the web pages use the same words), so a mu=0.5 job,
-    a limits job and a default job no longer look the same.  All fits are asymptotic.
+    a limits job and a default job no longer look the same; toy-based jobs say ``toys=N seed=S``.
     """
     if not opts:
         return "-"
@@ -29,5 +29,8 @@ def options_text(opts: dict[str, Any]) -> str:
     parts.append(ms if isinstance(ms, str) else "custom-interp")
     if opts.get("measurement"):
         parts.append(f"measurement={opts['measurement']}")
-    parts.append("asymptotic")
+    if opts.get("calculator") == "toybased":
+        parts.append(f"toys={int(opts.get('n_toys', 1000))} seed={int(opts.get('seed', 0))}")
+    else:
+        parts.append("asymptotic")
     return " ".join(parts)

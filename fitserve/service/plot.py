@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import math
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -52,14 +54,8 @@ def exclusion_plot(
         raise AggregationError(
             f"a plot needs hypotheses on a 1-D or 2-D grid (patch metadata 'values'); these have {dim} values each"
         )
-    import matplotlib.style
-    import mplhep
-    from matplotlib.figure import Figure
-
     labels = list(labels or [])
-    with _LOCK, matplotlib.style.context(mplhep.style.ATLAS):
-        fig = Figure(figsize=(7.5, 6.0))
-        ax = fig.add_subplot()
+    with _figure((7.5, 6.0), fmt) as (ax, out):
         units = list(units or []) + [None] * 2
         names = [axis_label(labels[i] if i < len(labels) else None, units[i], f"value {i}") for i in range(2)]
         if dim == 2:
@@ -73,10 +69,24 @@ def exclusion_plot(
             fontsize=12,
             loc="left",
         )
+    return out.getvalue()
+
+
+@contextmanager
+def _figure(size: tuple[float, float], fmt: str) -> Iterator[tuple[Any, io.BytesIO]]:
+    """One axes in the ATLAS style (matplotlib is not thread-safe: one figure at a time); rendered as
+    ``fmt`` into the yielded buffer when the block ends."""
+    import matplotlib.style
+    import mplhep
+    from matplotlib.figure import Figure
+
+    buf = io.BytesIO()
+    with _LOCK, matplotlib.style.context(mplhep.style.ATLAS):
+        fig = Figure(figsize=size)
+        ax = fig.add_subplot()
+        yield ax, buf
         fig.tight_layout()
-        buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    return buf.getvalue()
 
 
 def _plot_2d(ax: Any, records: dict[str, dict[str, Any]], labels: list[str], level: float) -> None:
@@ -202,17 +212,11 @@ def toy_plot(
     Histograms of the signal+background and background-only toys on a log scale (failed toys left
     out), a line at the observed value, and CLs with its Monte Carlo uncertainty in the legend.
     """
-    import matplotlib.style
-    import mplhep
-    from matplotlib.figure import Figure
-
     sb, b = q_sb[np.isfinite(q_sb)], q_b[np.isfinite(q_b)]
     top = max(float(np.max(sb, initial=0.0)), float(np.max(b, initial=0.0)), q_obs, 1e-3) * 1.05
     bins = np.linspace(0.0, top, 51)
     symbol = {"qtilde": r"$\tilde{q}_{\mu}$", "q": r"$q_{\mu}$", "q0": r"$q_0$"}.get(test_stat, test_stat)
-    with _LOCK, matplotlib.style.context(mplhep.style.ATLAS):
-        fig = Figure(figsize=(7.5, 5.5))
-        ax = fig.add_subplot()
+    with _figure((7.5, 5.5), fmt) as (ax, out):
         ax.hist(
             b, bins=bins, histtype="step", color="tab:blue", linewidth=1.6, label=f"background-only ({b.size} toys)"
         )
@@ -234,7 +238,4 @@ def toy_plot(
         ax.set_ylabel("toys")
         ax.legend(fontsize=10, loc="upper right")
         ax.set_title(f"toys of {name}", fontsize=12, loc="left")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", pad_inches=0.1)
-    return buf.getvalue()
+    return out.getvalue()

@@ -132,10 +132,4 @@ def distributions(store: Any, meta: dict[str, Any], name: str):
     parts = _load_parts(store, meta, name)
     if not parts:
         return None
-    parts.sort(key=lambda p: p["toy_q"]["start"])
-    q_obs = float(parts[0]["toys"]["q_obs"])
-    merged = {
-        "toys": {"q_obs": q_obs},
-        "toy_q": {"sb": [v for p in parts for v in p["toy_q"]["sb"]], "b": [v for p in parts for v in p["toy_q"]["b"]]},
-    }
-    return engine.toy_distributions(merged)
+    return engine.toy_distributions(parts)

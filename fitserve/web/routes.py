@@ -412,7 +412,12 @@ def option_items(opts: dict[str, Any]) -> list[tuple[str, str]]:
         ("confidence level", f"{100 * float(opts.get('confidence_level', 0.95)):g}%"),
         ("upper limits", "yes" if opts.get("limits") else "no"),
         ("interpolation", ms if isinstance(ms, str) else json.dumps(ms)),
-        ("calculator", "asymptotic"),
+        (
+            "calculator",
+            "asymptotic"
+            if opts.get("calculator") != "toybased"
+            else f"toys ({int(opts.get('n_toys', 1000)):,} per distribution, seed {int(opts.get('seed', 0))})",
+        ),
     ]
     if opts.get("measurement"):
         items.append(("measurement", str(opts["measurement"])))

@@ -91,6 +91,8 @@ def test_submit_and_python_client_run_toys(live, tmp_path, monkeypatch):
     job_id = res.stdout.strip().splitlines()[-1]
     st = CliRunner().invoke(app, ["status", job_id], env={"FITSERVE_URL": live.url})
     assert st.exit_code == 0 and "toys      600/600" in st.stdout, st.stdout
+    jobs = CliRunner().invoke(app, ["jobs"], env={"FITSERVE_URL": live.url})
+    assert f"{job_id}" in jobs.stdout and "toys=300 seed=9" in jobs.stdout.split(job_id)[1].splitlines()[0], jobs.stdout
 
     with Client(live.url) as client:
         job = client.submit(ONE_BIN, calculator="toybased", n_toys=300, seed=9)
