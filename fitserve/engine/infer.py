@@ -188,8 +188,9 @@ class Engine:
         )
         return fit_tasks(self.t, tasks, self.codes, self.lanes, self.cancel, poi=self.poi)
 
-    def pool(self) -> Pool:
-        return Pool(self.t, self.codes, self.lanes, self.poi, self.cancel)
+    def pool(self, lanes: int | None = None) -> Pool:
+        """A pool of fit lanes on these tensors (``lanes``: the engine's own count by default)."""
+        return Pool(self.t, self.codes, lanes or self.lanes, self.poi, self.cancel)
 
     def fit_role(
         self, data: dict[str, np.ndarray], starts: list[np.ndarray], poi_value: np.ndarray | None, cold: bool = False

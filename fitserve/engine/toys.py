@@ -104,8 +104,7 @@ def run_toys(engine: Engine, ht: HypoTestResult, name: str, n_toys: tuple[int, i
     key = hypothesis_key(seed, name)
     q_obs = float(test_statistic(ht.test_stat, ht.nll_fixed[:1], ht.nll_free[:1], ht.mu_hat[:1], mu)[0])
     free = engine.free_mask(False)[0]
-    pool = engine.pool()
-    pool.lanes = TOY_LANES
+    pool = engine.pool(TOY_LANES)
     ids, data = [], []
     gens = (ht.fixed_poi_fit_to_data.x[0], ht.asimov_generator.x[0])
     for d, gen in enumerate(gens):
@@ -117,8 +116,7 @@ def run_toys(engine: Engine, ht: HypoTestResult, name: str, n_toys: tuple[int, i
     fits = [(pool.result(ids[d], 0), pool.result(ids[d], 1)) for d in range(2)]
     # guard: a free fit above the fixed-POI fit of the same toy stopped in a local minimum; refit it
     # from the fixed-POI minimum (the POI free again)
-    again = engine.pool()
-    again.lanes = TOY_LANES
+    again = engine.pool(TOY_LANES)
     redo = []
     for d, (f_free, f_fixed) in enumerate(fits):
         stuck = np.nonzero(f_fixed.converged & (f_fixed.fval < f_free.fval - 1e-9 * (1 + np.abs(f_free.fval))))[0]
