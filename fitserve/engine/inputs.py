@@ -27,8 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import jsonpatch
 import jsonpointer
-import pyhf
 
+from fitserve.engine import schema as pyhf_schema
 from fitserve.engine.errors import InputError
 
 
@@ -113,9 +113,9 @@ def _schema_check(spec: Any, schema: str, what: str, where: str, locate: Any = N
     (default: ``where`` and the JSON pointer into ``spec``).
     """
     try:
-        pyhf.schema.validate(spec, schema)
-    except pyhf.exceptions.InvalidSpecification as exc:
-        err = exc.parent  # the jsonschema ValidationError (best match)
+        pyhf_schema.validate(spec, schema)
+    except pyhf_schema.SchemaError as exc:
+        err = exc.error  # the jsonschema ValidationError (best match)
         parts = list(err.absolute_path)
         message = err.message
         shown = repr(err.instance)
@@ -861,8 +861,8 @@ def _validate_patched(spec: dict[str, Any], operations: Sequence[dict[str, Any]]
         "version": "1.0.0",
     }
     try:  # one schema check for all of them; one per sample only to locate an error
-        pyhf.schema.validate(together, "workspace.json")
-    except pyhf.exceptions.InvalidSpecification:
+        pyhf_schema.validate(together, "workspace.json")
+    except pyhf_schema.SchemaError:
         pass
     else:
         if len(_VALID_SKELETONS) < 100_000:
