@@ -26,16 +26,27 @@ formulae; each step fits only the edges still searching.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import jax
 import numpy as np
-from scipy.special import ndtr, ndtri
 
 from fitserve.engine import likelihood as lh
+from fitserve.engine.aot import exported_jit
 from fitserve.engine.fit import FitResult, Pool, Tasks, fit_tasks, lanes_for
+
+#: The standard normal CDF, ``Phi(x) = erfc(-x / sqrt 2) / 2`` (accurate in both tails), from the C
+#: library's ``erfc``: ``scipy.special.ndtr`` computes the same, but importing ``scipy.special``
+#: costs 0.2 s of every engine process's start, and these are a few numbers per hypothesis.
+_erfc = np.frompyfunc(math.erfc, 1, 1)
+
+
+def ndtr(x: np.ndarray | float) -> np.ndarray:
+    """The standard normal CDF, elementwise (float64 array out)."""
+    return np.asarray(_erfc(-np.asarray(x, dtype=float) / math.sqrt(2.0)), dtype=float) * 0.5
+
 
 # pyhf's expected band: test statistic values for n_sigma in [2, 1, 0, -1, -2]
 _N_SIGMA = np.array([2.0, 1.0, 0.0, -1.0, -2.0])
@@ -107,12 +118,12 @@ def expected_cls(qa: np.ndarray, name: str) -> np.ndarray:
 # data
 
 
-@jax.jit
+@exported_jit()
 def _observed(t):
     return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
 
 
-@jax.jit
+@exported_jit()
 def _constant(t, data):
     return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
 
@@ -379,10 +390,10 @@ def _expected(t: dict[str, jax.Array], x: np.ndarray, codes: tuple[str, str]) ->
     """Expected main data of every hypothesis at ``x`` ([H, B]; rows beyond ``x`` repeat its first)."""
     width = int(t["init"].shape[0])
     full = np.concatenate([x, np.repeat(x[:1], width - x.shape[0], axis=0)]) if x.shape[0] < width else x
-    return _expected_main(t, full, codes)
+    return _expected_main(t, full, codes=codes)
 
 
-@partial(jax.jit, static_argnames=("codes",))
+@exported_jit(static_argnames=("codes",))
 def _expected_main(t, x, codes):
     return jax.vmap(lambda xi, ti: lh.expected_main(xi, ti, codes), in_axes=(0, lh.in_axes(t)))(x, t)
 
@@ -428,6 +439,7 @@ def upper_limits(
     there is reported in ``above``, not as a failure.
     """
     from scipy.optimize import elementwise  # imported here: 0.3 s that a CLs-only scan does not need
+    from scipy.special import ndtri
 
     if ht.test_stat == "q0":
         raise ValueError("upper limits need the qtilde or q test statistic")
