@@ -30,14 +30,15 @@ length and the model's (bucketed) shapes, never on the number of tasks.
 from __future__ import annotations
 
 from collections import deque
-from functools import partial
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import export
 
 from fitserve.engine import likelihood as lh
+from fitserve.engine.aot import exported_jit
 from fitserve.engine.errors import Cancelled
 
 EDM_TARGET = 1e-12  # iterate until here
@@ -111,6 +112,8 @@ class _Lanes(NamedTuple):
 
 
 class _Out(NamedTuple):
+    """What a block hands back per output slot: the minima of the fits that finished in it."""
+
     x: jax.Array  # [L + R, P]
     f: jax.Array
     edm: jax.Array
@@ -118,6 +121,11 @@ class _Out(NamedTuple):
     it: jax.Array
     main: jax.Array  # [L + R, B] the main data the fit used (Asimov data generated in a lane)
     done: jax.Array  # [L + R] bool: this slot finished in the block
+
+
+# the lane state crosses the boundary of an exported block (:mod:`fitserve.engine.aot`)
+export.register_namedtuple_serialization(_Lanes, serialized_name="fitserve.engine.fit._Lanes")
+export.register_namedtuple_serialization(_Out, serialized_name="fitserve.engine.fit._Out")
 
 
 def _free_set(x, g, lo, hi, free):
@@ -219,7 +227,7 @@ def _accept(f, f_new, pred, ok, lam, use_fisher):
     return accept, jnp.where(lam < 1e-7, 0.0, lam), use_fisher
 
 
-@partial(jax.jit, static_argnames=("codes", "block", "max_iter"))
+@exported_jit(static_argnames=("codes", "block", "max_iter"))
 def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=MAX_ITER):
     """Up to ``block`` iterations of every lane, refilling finished lanes from ``queue``.
 
@@ -372,7 +380,7 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
     return s, out, used, k
 
 
-@partial(jax.jit, static_argnames=("n_lanes", "n_par", "n_bins"))
+@exported_jit(static_argnames=("n_lanes", "n_par", "n_bins"))
 def _empty_lanes(t: dict[str, jax.Array], n_lanes: int, n_par: int, n_bins: int) -> _Lanes:
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
     model = {k: jnp.repeat(v[:1], n_lanes, axis=0) for k, v in t.items() if k not in lh.SHARED}
@@ -497,7 +505,7 @@ class Pool:
         if not self._pending:
             return
         lane_task = np.full(lanes, -1)
-        state = _empty_lanes(self.t, lanes, self.n_par, self.n_bins)
+        state = _empty_lanes(self.t, n_lanes=lanes, n_par=self.n_par, n_bins=self.n_bins)
         lane_iters = done_iters = 0
         while self._pending or (lane_task >= 0).any():
             if self.cancel is not None and self.cancel():
@@ -505,7 +513,7 @@ class Pool:
             chosen = [self._pending.popleft() for _ in range(min(queue_len, len(self._pending)))]
             queue = self._queue(chosen, queue_len)
             state, out, used, k = _run_block(
-                self.t, state, queue, np.int32(len(chosen)), np.int32(self.poi), self.codes
+                self.t, state, queue, np.int32(len(chosen)), np.int32(self.poi), codes=self.codes
             )
             used, k = int(used), int(k)
             lane_iters += lanes * k

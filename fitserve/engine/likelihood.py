@@ -16,7 +16,6 @@ the NLL accurate to ~1e-14, which the optimiser's acceptance test relies on.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Mapping
 
 from fitserve.engine.runtime import configure_env
@@ -26,6 +25,8 @@ configure_env()  # before JAX starts its backend (the engine's first JAX import 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+from fitserve.engine.aot import exported_jit  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -110,10 +111,10 @@ def prepare_batch(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
     """:func:`prepare` for a batch of hypotheses (leading axis H; shared tables stay shared)."""
     if "ns_log_hi" in t:
         return dict(t)
-    return _prepare_batch(dict(t), codes)
+    return _prepare_batch(dict(t), codes=codes)
 
 
-@partial(jax.jit, static_argnames=("codes",))
+@exported_jit(static_argnames=("codes",))
 def _prepare_batch(t: dict[str, jax.Array], codes: tuple[str, str]) -> dict[str, jax.Array]:
     out_axes = in_axes(_prepared_keys(t, codes))
     return jax.vmap(prepare, in_axes=(in_axes(t), None), out_axes=out_axes)(t, codes)
