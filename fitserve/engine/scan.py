@@ -329,9 +329,10 @@ def _fit_models(
             idx = list(range(lo, min(lo + size, model.n_hypotheses)))
             n_real = len(idx)
             batch = model.take(idx + [idx[0]] * (size - n_real))  # pad with copies: fixed shapes
-            c0 = _COMPILE_SECONDS[0]
+            c0 = len(_COMPILE_SPANS)
             records, seconds = _fit_toys(batch, opts, cancel) if toys else _fit_batch(batch, opts, n_real, cancel)
-            compiled = _COMPILE_SECONDS[0] - c0
+            compiled = min(_covered(_COMPILE_SPANS[c0:]), seconds)
+            del _COMPILE_SPANS[c0:]  # (one scan at a time: _ENGINE_LOCK)
             compile_s += compiled
             fit_s += max(seconds - compiled, 0.0)
             for name in batch.names[:n_real]:
@@ -342,7 +343,8 @@ def _fit_models(
     return fit_s, compile_s
 
 
-_COMPILE_SECONDS = [0.0]
+#: (start, end) of every span JAX spent tracing, lowering, compiling or loading compiled code
+_COMPILE_SPANS: list[tuple[float, float]] = []
 #: (structure key, batch width) pairs fitted in this process (compiled already)
 _FITTED: set[tuple[str, int]] = set()
 _COMPILE_EVENTS = {
@@ -354,9 +356,26 @@ _COMPILE_EVENTS = {
 
 
 def _on_duration(event: str, seconds: float, **_: Any) -> None:
-    """Sum the time JAX spends tracing, compiling or loading compiled code."""
+    """Note when JAX traced, compiled or loaded compiled code (the span ends now)."""
     if event in _COMPILE_EVENTS:
-        _COMPILE_SECONDS[0] += seconds
+        end = time.perf_counter()
+        _COMPILE_SPANS.append((end - seconds, end))
+
+
+def _covered(spans: Sequence[tuple[float, float]]) -> float:
+    """Seconds covered by the union of ``spans``.
+
+    The events nest (a jitted function traced inside another's trace, a cache
+    lookup inside a compile): summing their durations counted some time twice,
+    so that a cold small scan reported more compile time than it took and
+    ``fit 0.0 s``.
+    """
+    total, reach = 0.0, float("-inf")
+    for lo, hi in sorted(spans):
+        if hi > reach:
+            total += hi - max(lo, reach)
+            reach = hi
+    return total
 
 
 jax.monitoring.register_event_duration_secs_listener(_on_duration)
