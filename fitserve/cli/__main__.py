@@ -1,5 +1,5 @@
 """``python -m fitserve.cli``: the same as the ``fitserve`` command (how the service starts its workers)."""
 
-from fitserve.cli import app
+from fitserve.cli import entry
 
-app()
+entry()

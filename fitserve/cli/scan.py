@@ -153,8 +153,8 @@ def _compile_notice(bar: Optional[_progress_bar]) -> Any:
         if event != "compile":
             return
         line = (
-            f"compiling the fit for this model structure (first time: {info.get('n_params', '?')} parameters, "
-            f"{info.get('n_bins', '?')} bins; typically 5-20 s)..."
+            f"compiling the fit for this model structure ({info.get('n_params', '?')} parameters, "
+            f"{info.get('n_bins', '?')} bins: 3-20 s the first time, under 1 s from the cache)..."
         )
         if bar is not None:
             bar.write(line)
