@@ -46,7 +46,6 @@ ENGINE_DEEP_IMPORTS = {
     ("fitserve.executors.base", "fitserve.engine.records"),
     ("fitserve.service.settings", "fitserve.engine.budget"),
     ("fitserve.service.worker", "fitserve.engine.budget"),
-    ("fitserve.web.counting", "fitserve.engine.scan"),
 }
 
 #: Circles inside the engine, today (none: the batch widths live in budget, which scan asks); the list may

@@ -5,9 +5,15 @@ options), :class:`Record` and its constructors (the one shape of a result or
 an error), :class:`InputError` / :class:`LimitError` / :class:`Cancelled`, the
 one submission check :func:`check_submission` (with :func:`check_options`,
 :class:`SubmissionLimits` and the :class:`PreparedJob` it returns, and
-:func:`parse_json` for submitted documents), and :func:`run_chunk`
-(``fitserve.engine.scan.scan`` for a whole scan: the name ``scan`` here is
-that module's).
+:func:`parse_json` for submitted documents), :func:`run_scan` (a whole scan:
+``{"fitserve_version", "options", "timing", "results"}``) and :func:`run_chunk`
+(one chunk of a job: its records by patch name).
+
+``run_scan`` is :func:`fitserve.engine.scan.scan` under a name of its own: in a
+package a submodule's name is taken by the submodule (``fitserve.engine.scan``
+is the module, set on the package whenever it is imported), so the function
+cannot be ``fitserve.engine.scan`` too.  ``from fitserve.engine.scan import
+scan`` keeps working.
 
 Importing this package imports neither JAX nor pydantic: ``run_chunk`` (JAX),
 ``ScanOptions`` (pydantic) and the submission check are loaded on first use.
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
     from fitserve.engine.inputs import parse_json
     from fitserve.engine.options import ScanOptions
     from fitserve.engine.scan import run_chunk
+    from fitserve.engine.scan import scan as run_scan
     from fitserve.engine.submission import PreparedJob, SubmissionLimits, check_options, check_submission
     from fitserve.engine.toystats import distributions as toy_distributions
     from fitserve.engine.toystats import merge_records as merge_toy_records
@@ -46,6 +53,7 @@ __all__ = [
     "merge_toy_records",
     "parse_json",
     "run_chunk",
+    "run_scan",
     "toy_distributions",
 ]
 
@@ -58,9 +66,11 @@ _LAZY = {
         ("PreparedJob", "SubmissionLimits", "check_options", "check_submission"), "fitserve.engine.submission"
     ),
 }
-#: toy-based results (numpy only): the chunks of a hypothesis merged, its distributions for a plot
+#: under another name: toy-based results (numpy only), the chunks of a hypothesis merged and their
+#: distributions for a plot; a whole scan (``scan`` is the module's name)
 _ALIASES = {
     "merge_toy_records": ("fitserve.engine.toystats", "merge_records"),
+    "run_scan": ("fitserve.engine.scan", "scan"),
     "toy_distributions": ("fitserve.engine.toystats", "distributions"),
 }
 
