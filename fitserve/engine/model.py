@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fitserve.engine.errors import InputError
 from fitserve.engine.inputs import Hypothesis
+
+if TYPE_CHECKING:
+    from fitserve.engine.likelihood import ModelTensors
 
 # pyhf's default parameter settings per modifier type.
 _CONSTRAINT = {
@@ -468,8 +471,8 @@ class BatchedModel:
     param_names: list[str]  # scalar parameter labels (role keys), length P
     poi_index: int
     structure_key: str  # hash of everything that fixes array shapes and index tables
-    arrays: dict[str, np.ndarray]  # per hypothesis (leading axis H)
-    structure: dict[str, np.ndarray]  # index tables shared by all hypotheses
+    arrays: dict[str, np.ndarray]  # per hypothesis (leading axis H), by ModelTensors field
+    structure: dict[str, np.ndarray]  # index tables shared by all hypotheses (ModelTensors' shared fields)
     param_labels: list[list[str | None]]  # per hypothesis: original name per scalar param (None = padding)
 
     @property
@@ -480,20 +483,24 @@ class BatchedModel:
     def n_params(self) -> int:
         return len(self.param_names)
 
-    def tensors(self) -> dict[str, Any]:
-        """Arrays and structure as one dict of JAX arrays (see ``likelihood.in_axes``)."""
+    def tensors(self) -> ModelTensors:
+        """Arrays and structure as one typed PyTree of JAX arrays (:class:`~fitserve.engine.likelihood.ModelTensors`)."""
         import jax
 
-        return {k: jax.device_put(v) for k, v in {**self.arrays, **self.structure}.items()}
+        from fitserve.engine.likelihood import ModelTensors
 
-    def hypothesis(self, h: int) -> dict[str, Any]:
+        return ModelTensors(**{k: jax.device_put(v) for k, v in {**self.arrays, **self.structure}.items()})
+
+    def hypothesis(self, h: int) -> ModelTensors:
         """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""
         import jax
 
-        return {
+        from fitserve.engine.likelihood import ModelTensors
+
+        return ModelTensors(
             **{k: jax.device_put(v[h]) for k, v in self.arrays.items()},
             **{k: jax.device_put(v) for k, v in self.structure.items()},
-        }
+        )
 
     def take(self, index: Sequence[int]) -> "BatchedModel":
         """A model with a subset (or repetition) of hypotheses; same structure."""

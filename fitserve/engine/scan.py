@@ -129,7 +129,7 @@ def _degenerate(model: BatchedModel, x: np.ndarray, i: int, codes: tuple[str, st
     except Exception:  # noqa: BLE001 -- a diagnosis must never fail the scan
         return None
     h = np.asarray(h)
-    free = ~np.asarray(t["fixed"])
+    free = ~np.asarray(t.fixed)
     idx = np.nonzero(free)[0]
     if idx.size < 2 or not np.isfinite(h).all():
         return None
