@@ -158,25 +158,27 @@ def normsys_tables(hi: jax.Array, lo: jax.Array, code: str) -> dict[str, jax.Arr
     return out
 
 
-def _normsys_terms(
-    alpha: jax.Array, tab: Mapping[str, jax.Array] | ModelTensors, code: str
-) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Normsys per entry from :func:`normsys_tables`: ``(log_lin, poly, g, h)``.
+def normsys_code1(alpha: jax.Array, log_hi: jax.Array, log_lo: jax.Array) -> tuple[jax.Array, ...]:
+    """Normsys code1, exponential: ``f = hi**alpha`` for alpha >= 0, ``lo**-alpha`` below (pyhf.interpolators.code1).
 
-    The factor is ``f = poly * exp(log_lin)``: ``log_lin`` is the log-linear
-    extrapolation where it applies (code1 everywhere, code4 for |alpha| >= 1)
-    and ``poly`` the code4 polynomial inside (|alpha| < 1), so a product over
-    entries needs one ``exp`` per slot, not per entry.  ``g = f'/f`` and
-    ``h = (log f)''``.  pyhf's code1 / code4 with alpha0 = 1, in closed form
-    so that the Hessian needs no automatic differentiation.
+    Returns ``(log_lin, poly, g, h)`` as :func:`_normsys_terms`; ``g`` is the
+    right derivative at the kink alpha = 0.  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code1.html
     """
-    log_hi, log_lo = tab["ns_log_hi"], tab["ns_log_lo"]
-    pos = alpha >= 0
-    slope = jnp.where(pos, log_hi, -log_lo)
+    slope = jnp.where(alpha >= 0, log_hi, -log_lo)
     zero = jnp.zeros_like(log_hi)
-    if code == "code1":
-        return alpha * slope, jnp.ones_like(log_hi), slope, zero
-    c = tab["ns_coef"]
+    return alpha * slope, jnp.ones_like(log_hi), slope, zero
+
+
+def normsys_code4(alpha: jax.Array, log_hi: jax.Array, log_lo: jax.Array, coef: jax.Array) -> tuple[jax.Array, ...]:
+    """Normsys code4: ``1 + sum_i a_i alpha**i`` (i = 1..6) for |alpha| < 1, code1 outside (pyhf.interpolators.code4).
+
+    ``coef``: the six coefficients ``a_i`` of :func:`normsys_tables` (alpha0 = 1).
+    Returns ``(log_lin, poly, g, h)`` as :func:`_normsys_terms`.
+    https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code4.html
+    """
+    slope = jnp.where(alpha >= 0, log_hi, -log_lo)
+    zero = jnp.zeros_like(log_hi)
+    c = coef
     a = jnp.clip(alpha, -1.0, 1.0)  # keeps the unused branch finite
     a2, a3, a4, a5 = a * a, a**3, a**4, a**5
     poly = 1.0 + c[0] * a + c[1] * a2 + c[2] * a3 + c[3] * a4 + c[4] * a5 + c[5] * a**6
@@ -189,6 +191,24 @@ def _normsys_terms(
     inside = (alpha < 1) & (alpha > -1)
     log_lin = jnp.where(inside, 0.0, alpha * slope)
     return log_lin, jnp.where(inside, poly, 1.0), jnp.where(inside, g_in, slope), jnp.where(inside, h_in, zero)
+
+
+def _normsys_terms(
+    alpha: jax.Array, tab: Mapping[str, jax.Array] | ModelTensors, code: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Normsys per entry from :func:`normsys_tables`: ``(log_lin, poly, g, h)``.
+
+    The factor is ``f = poly * exp(log_lin)``: ``log_lin`` is the log-linear
+    extrapolation where it applies (code1 everywhere, code4 for |alpha| >= 1)
+    and ``poly`` the code4 polynomial inside (|alpha| < 1), so a product over
+    entries needs one ``exp`` per slot, not per entry.  ``g = f'/f`` and
+    ``h = (log f)''``.  pyhf's code1 / code4 with alpha0 = 1 (:func:`normsys_code1`,
+    :func:`normsys_code4`), in closed form so that the Hessian needs no automatic
+    differentiation.
+    """
+    if code == "code1":
+        return normsys_code1(alpha, tab["ns_log_hi"], tab["ns_log_lo"])
+    return normsys_code4(alpha, tab["ns_log_hi"], tab["ns_log_lo"], tab["ns_coef"])
 
 
 def prepare_batch(t: ModelTensors, codes: tuple[str, str]) -> ModelTensors:
@@ -220,18 +240,25 @@ def prepare(t: ModelTensors, codes: tuple[str, str]) -> ModelTensors:
     return t.replace(ns_hi=None, ns_lo=None, **normsys_tables(t.ns_hi, t.ns_lo, codes[0]))
 
 
-def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Histosys delta with first and second derivative in alpha.
+def histosys_code0(alpha: jax.Array, up: jax.Array, dn: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys code0, piecewise linear: ``delta = alpha * up`` for alpha >= 0, ``alpha * dn`` below (pyhf's code0).
 
-    ``dhi = hi - nom`` and ``dlo = lo - nom``; pyhf's code0 / code4p.
+    ``up = hi - nom``, ``dn = nom - lo``; returns ``(delta, d delta, d2 delta)``, the first
+    derivative the right one at the kink alpha = 0 (as normsys code1; the left one: see
+    :func:`value_grad_hess_fisher`).  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code0.html
     """
-    up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
     zero = jnp.zeros_like(up)
-    if code == "code0":
-        pos = (
-            alpha >= 0
-        )  # the right derivative at the kink, as normsys code1 (the left one: see value_grad_hess_fisher)
-        return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
+    pos = alpha >= 0
+    return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
+
+
+def histosys_code4p(alpha: jax.Array, up: jax.Array, dn: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys code4p: ``alpha S + alpha^2 (3 alpha^4 - 10 alpha^2 + 15) A`` inside |alpha| <= 1, linear outside.
+
+    ``S = (up + dn) / 2``, ``A = (up - dn) / 16``; returns ``(delta, d delta, d2 delta)``
+    (pyhf.interpolators.code4p).  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code4p.html
+    """
+    zero = jnp.zeros_like(up)
     s = 0.5 * (up + dn)
     asym = 0.0625 * (up - dn)
     a = alpha
@@ -244,6 +271,16 @@ def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tu
     d1 = jnp.where(above, up, jnp.where(below, dn, d_inner))
     d2 = jnp.where(above | below, zero, dd_inner)
     return delta, d1, d2
+
+
+def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys delta with first and second derivative in alpha.
+
+    ``dhi = hi - nom`` and ``dlo = lo - nom``; pyhf's code0 / code4p
+    (:func:`histosys_code0`, :func:`histosys_code4p`).
+    """
+    up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
+    return (histosys_code0 if code == "code0" else histosys_code4p)(alpha, up, dn)
 
 
 def _sample_terms(theta: jax.Array, t: ModelTensors, codes: tuple[str, str]):
