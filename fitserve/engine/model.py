@@ -141,10 +141,20 @@ class _Parser:
         Modifier names in ``keep`` keep their name; others (what a patch
         introduced) get a role key: modifier type, the slots it acts on and
         its order of appearance, so that the signal's MC-stat parameters of
-        different mass points share one slot.
+        different mass points share one slot.  The steps: the samples' yields
+        (:meth:`_read_samples`), the role keys (:func:`_role_keys`), the modifiers
+        (:meth:`_read_modifiers`), the staterror widths (:meth:`_staterror_sigmas`).
         """
-        where = self.where
         nbins = {ch["name"]: len(ch["samples"][0]["data"]) for ch in spec["channels"]}
+        slot_of, where_used = self._read_samples(spec, todo, nbins)
+        key_of = _role_keys(spec, todo, keep, where_used)
+        touched = self._read_modifiers(spec, todo, nbins, slot_of, key_of)
+        self._staterror_sigmas(touched)
+
+    def _read_samples(
+        self, spec: dict[str, Any], todo: list[tuple[int, int, str]], nbins: dict[str, int]
+    ) -> tuple[dict[tuple[int, int], tuple[str, str]], dict[str, set[tuple[str, str]]]]:
+        """The nominal yields of ``todo`` by slot; ``(slot of each sample, slots each modifier name acts on)``."""
         slot_of: dict[tuple[int, int], tuple[str, str]] = {}
         where_used: dict[str, set[tuple[str, str]]] = {}
         for ci, si, key in todo:
@@ -152,29 +162,24 @@ class _Parser:
             if len(smp["data"]) != nbins[ch["name"]]:
                 raise InputError(
                     f"sample {smp['name']!r} has {len(smp['data'])} bins, channel {ch['name']!r} has {nbins[ch['name']]}",
-                    where=f"{where} /channels/{ci}/samples/{si}/data",
+                    where=f"{self.where} /channels/{ci}/samples/{si}/data",
                 )
             slot = (ch["name"], key)
             self.samples[slot] = np.asarray(smp["data"], dtype=np.float64)
             slot_of[(ci, si)] = slot
             for m in smp["modifiers"]:
                 where_used.setdefault(m["name"], set()).add(slot)
-        key_of: dict[str, str] = {}
-        counters: dict[str, int] = {}
-        for ci, si, _ in todo:
-            for m in spec["channels"][ci]["samples"][si]["modifiers"]:
-                name = m["name"]
-                if name in key_of:
-                    continue
-                if name in keep:
-                    key_of[name] = name
-                else:
-                    # normsys and histosys of one name share one parameter in pyhf
-                    family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
-                    role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
-                    k = counters.get(role, 0)
-                    counters[role] = k + 1
-                    key_of[name] = f"{role}#{k}"
+        return slot_of, where_used
+
+    def _read_modifiers(
+        self,
+        spec: dict[str, Any],
+        todo: list[tuple[int, int, str]],
+        nbins: dict[str, int],
+        slot_of: dict[tuple[int, int], tuple[str, str]],
+        key_of: dict[str, str],
+    ) -> set[str]:
+        """Parameter sets and modifier entries of ``todo``; the staterror keys touched (their widths follow)."""
         touched_staterror: set[str] = set()
         for ci, si, _ in todo:
             nb = nbins[spec["channels"][ci]["name"]]
@@ -184,7 +189,7 @@ class _Parser:
             for mi, m in enumerate(smp["modifiers"]):
                 mtype, name, data = m["type"], m["name"], m.get("data")
                 key = key_of[name]
-                mwhere = f"{where} /channels/{ci}/samples/{si}/modifiers/{mi}"
+                mwhere = f"{self.where} /channels/{ci}/samples/{si}/modifiers/{mi}"
                 n = nb if mtype in ("shapesys", "staterror", "shapefactor") else 1
                 ps = self.params.get(key)
                 if ps is None:
@@ -213,8 +218,11 @@ class _Parser:
                         touched_staterror.add(key)
                     elif mtype == "shapesys" and len(data) != nb:
                         raise InputError("shapesys data does not match the sample's bins", where=mwhere)
-        # staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)
-        for key in touched_staterror:
+        return touched_staterror
+
+    def _staterror_sigmas(self, touched: set[str]) -> None:
+        """staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)."""
+        for key in touched:
             parts = self.staterror_parts[key]
             total = np.sum([nom for nom, _ in parts], axis=0)
             rel2 = np.sum(
@@ -224,8 +232,38 @@ class _Parser:
             ps = replace(self.params[key])  # the background's ParamSet may be shared
             ps.fixed = [bool(s == 0) for s in sig]
             ps.sigmas = [float(s) if s > 0 else 1.0 for s in sig]
-            _apply_override(ps, self.overrides.get(ps.name), where)
+            _apply_override(ps, self.overrides.get(ps.name), self.where)
             self.params[key] = ps
+
+
+def _role_keys(
+    spec: dict[str, Any],
+    todo: list[tuple[int, int, str]],
+    keep: set[str],
+    where_used: dict[str, set[tuple[str, str]]],
+) -> dict[str, str]:
+    """The key of each modifier name of ``todo``: its name when in ``keep``, else its role.
+
+    A role is the modifier's family (normsys and histosys of one name share one
+    parameter in pyhf: ``alpha``), the slots it acts on and its order of appearance
+    among names of that role: ``~shapesys@SR/+new0#0``.
+    """
+    key_of: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for ci, si, _ in todo:
+        for m in spec["channels"][ci]["samples"][si]["modifiers"]:
+            name = m["name"]
+            if name in key_of:
+                continue
+            if name in keep:
+                key_of[name] = name
+            else:
+                family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
+                role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
+                k = counters.get(role, 0)
+                counters[role] = k + 1
+                key_of[name] = f"{role}#{k}"
+    return key_of
 
 
 def _observed(spec: dict[str, Any], channels: list[tuple[str, int]], where: str) -> np.ndarray:
@@ -286,27 +324,14 @@ def parse_hypothesis(
     if poi is None:
         raise InputError("the measurement has no POI (config.poi)", where=where)
     names = bkg.names if isinstance(bkg, ParsedBackground) else bkg
-    bkg_samples, bkg_params = names if names is not None else (set(), set())
-    keep = bkg_params | {poi} if names is not None else None
+    keep = names[1] | {poi} if names is not None else None  # the background's parameter names and the POI
 
     channels = [(ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"]]
     observed = _observed(spec, channels, where)
 
     parser = _incremental(spec, bkg, where) if isinstance(bkg, ParsedBackground) else None
     if parser is None:
-        parser = _Parser(where, {p["name"]: p for p in config.get("parameters", [])})
-        todo = []
-        for ci, ch in enumerate(spec["channels"]):
-            n_new = 0
-            for si, smp in enumerate(ch["samples"]):
-                if names is None or (ch["name"], smp["name"]) in bkg_samples:
-                    key = smp["name"]
-                else:
-                    key = f"+new{n_new}"
-                    n_new += 1
-                todo.append((ci, si, key))
-        all_names = {m["name"] for ch in spec["channels"] for smp in ch["samples"] for m in smp["modifiers"]}
-        parser.add(spec, todo, all_names if keep is None else keep)
+        parser = _parse_in_full(spec, config, names, keep, where)
     poi_key = poi  # the POI always keeps its name
     if poi_key not in parser.params:
         raise InputError(f"POI {poi!r} is not a parameter of the model", where=where)
@@ -324,6 +349,35 @@ def parse_hypothesis(
         multiplicative=parser.multiplicative,
         base=parser.base,
     )
+
+
+def _parse_in_full(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    names: tuple[set[tuple[str, str]], set[str]] | None,
+    keep: set[str] | None,
+    where: str,
+) -> _Parser:
+    """Every sample of ``spec`` parsed: background samples keep their names, a patch's new ones are ``+new<i>``.
+
+    ``names``: the background's (sample, parameter) names (None: standalone, every name kept);
+    ``keep``: the parameter names kept (the background's and the POI).
+    """
+    bkg_samples = names[0] if names is not None else set()
+    parser = _Parser(where, {p["name"]: p for p in config.get("parameters", [])})
+    todo = []
+    for ci, ch in enumerate(spec["channels"]):
+        n_new = 0
+        for si, smp in enumerate(ch["samples"]):
+            if names is None or (ch["name"], smp["name"]) in bkg_samples:
+                key = smp["name"]
+            else:
+                key = f"+new{n_new}"
+                n_new += 1
+            todo.append((ci, si, key))
+    all_names = {m["name"] for ch in spec["channels"] for smp in ch["samples"] for m in smp["modifiers"]}
+    parser.add(spec, todo, all_names if keep is None else keep)
+    return parser
 
 
 def _incremental(spec: dict[str, Any], bkg: ParsedBackground, where: str) -> _Parser | None:
