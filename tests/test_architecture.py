@@ -42,10 +42,6 @@ ENGINE_DEEP_IMPORTS = {
     ("fitserve.cli.generate", "fitserve.engine.inputs"),
     ("fitserve.cli.scan", "fitserve.engine.inputs"),
     ("fitserve.cli.scan", "fitserve.engine.scan"),
-    ("fitserve.executors.globus", "fitserve.engine.records"),
-    ("fitserve.executors.base", "fitserve.engine.records"),
-    ("fitserve.service.settings", "fitserve.engine.budget"),
-    ("fitserve.service.worker", "fitserve.engine.budget"),
 }
 
 #: Circles inside the engine, today (none: the batch widths live in budget, which scan asks); the list may
