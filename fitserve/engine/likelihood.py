@@ -112,6 +112,15 @@ class ModelTensors:
         )
 
 
+# the tensors may cross the boundary of an exported kernel (``jax.export``): their node type by name
+# (a registered dataclass without meta fields: its auxiliary data is ``()``)
+jax.export.register_pytree_node_serialization(
+    ModelTensors,
+    serialized_name="fitserve.engine.likelihood.ModelTensors",
+    serialize_auxdata=lambda _: b"",
+    deserialize_auxdata=lambda _: (),
+)
+
 #: Index tables shared by every hypothesis of a batch (no leading H axis): the fields marked shared.
 SHARED = frozenset(f.name for f in dataclasses.fields(ModelTensors) if f.metadata.get("shared"))
 #: ``vmap`` axes of a batch of :class:`ModelTensors`: per-hypothesis fields 0, shared tables None
