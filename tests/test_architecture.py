@@ -36,25 +36,17 @@ ROOMS = {
 RANK = {"interfaces": 3, "service": 2, "executors": 1, "engine": 0}
 
 #: Imports of engine modules other than its front door (``fitserve.engine``) from other rooms, today.
-#: The engine's front door is to grow a submission check (check_submission -> PreparedJob) and the
-#: helpers these use; each line goes when its import does.  The set may only shrink.
+#: The submission desk goes through the engine's one submission check (check_submission -> PreparedJob);
+#: each line goes when its import does.  The set may only shrink.
 ENGINE_DEEP_IMPORTS = {
     ("fitserve.cli.generate", "fitserve.engine.inputs"),
     ("fitserve.cli.scan", "fitserve.engine.inputs"),
     ("fitserve.cli.scan", "fitserve.engine.scan"),
-    ("fitserve.executors.globus", "fitserve.engine.records"),
-    ("fitserve.executors.base", "fitserve.engine.records"),
-    ("fitserve.service.limits", "fitserve.engine.inputs"),
-    ("fitserve.service.settings", "fitserve.engine.budget"),
-    ("fitserve.service.submission", "fitserve.engine.budget"),
-    ("fitserve.service.submission", "fitserve.engine.inputs"),
-    ("fitserve.service.worker", "fitserve.engine.budget"),
-    ("fitserve.web.counting", "fitserve.engine.scan"),
 }
 
-#: Circles inside the engine, today (budget.width_for asks scan.batch_size, scan asks budget.model_width);
-#: for the engine's rewrite to break.  The list may only shrink.
-ENGINE_CIRCLES = [["fitserve.engine.budget", "fitserve.engine.scan"]]
+#: Circles inside the engine, today (none: the batch widths live in budget, which scan asks); the list may
+#: only shrink.
+ENGINE_CIRCLES: list[list[str]] = []
 
 
 def module_name(path: Path) -> str:

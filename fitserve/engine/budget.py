@@ -31,6 +31,7 @@ Recalibrate them when the fit's allocations change (docs/service.md, Limits).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -41,6 +42,11 @@ from fitserve.engine.model import background_names
 ROWS = 3
 #: matrices of each shape alive at the peak of one Newton step (fitted to measured RSS)
 C_PP, C_SBP, C_BP, C_K3, C_SBK, C_P = 12.0, 8.0, 2.0, 2.0, 4.0, 40.0
+#: Hypotheses whose tensors sit together on the device (at most).  Fits run on
+#: a pool of lanes (:mod:`fitserve.engine.fit`) whose cost per hypothesis does
+#: not grow with the batch, so a batch only needs to hold enough hypotheses to
+#: keep the lanes busy; its width is a power of two so that few shapes compile.
+MAX_BATCH = 128
 #: the estimate is multiplied by this (XLA's buffer reuse varies with the shapes)
 SAFETY = 1.5
 #: per-process memory the fit needs besides the batch (JAX, XLA, compiled code), bytes
@@ -131,6 +137,20 @@ def physical_memory() -> int:
     return total
 
 
+def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
+    """One fixed batch width for ``n`` hypotheses: a power of two, few batches.
+
+    All batches of a scan share it, so the fit compiles once per structure;
+    padding hypotheses are never fitted (they only fill the device arrays).
+    """
+    n_batches = max(1, math.ceil(n / max_batch))
+    per = math.ceil(n / n_batches)
+    width = 1
+    while width < per:
+        width *= 2
+    return min(width, max(max_batch, 1))
+
+
 def width_for(
     n: int, n_params: int, n_bins: int, n_sb: int, budget_bytes: int | None = None, k_mult: int = 1, k_histosys: int = 1
 ) -> int:
@@ -138,8 +158,6 @@ def width_for(
 
     ``batch_size(n)``, narrowed to :func:`max_width` (at least 1) when that does not fit.
     """
-    from fitserve.engine.scan import batch_size
-
     size = batch_size(n)
     if budget_bytes is None:
         return size

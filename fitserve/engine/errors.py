@@ -20,5 +20,16 @@ class InputError(ValueError):
         super().__init__(f"{where}: {message}" if where else message)
 
 
+class LimitError(InputError):
+    """A submission over one of the caller's limits (:class:`~fitserve.engine.submission.SubmissionLimits`).
+
+    ``limit`` names it (``max_bins``, ``max_job_toys``, ...), so the caller can answer it its own way.
+    """
+
+    def __init__(self, message: str, where: str | None, limit: str) -> None:
+        super().__init__(message, where=where)
+        self.limit = limit
+
+
 class Cancelled(RuntimeError):
     """The caller's ``cancel()`` check said stop: raised between fit blocks, never mid-write."""

@@ -104,7 +104,7 @@ class _Lanes(NamedTuple):
     lam: jax.Array  # [L]
     it: jax.Array  # [L]
     final: jax.Array  # [L] bool: take no more steps, report at the next undamped check
-    model: dict  # the lanes' own copies of their hypotheses' tensors [L, ...] (shared tables excluded)
+    model: lh.ModelTensors  # the lanes' own copies of their hypotheses' tensors [L, ...] (shared tables None)
     kind: jax.Array  # [L] SINGLE or HYPOTEST (a chain of four fits, see :data:`HYPOTEST`)
     stage: jax.Array  # [L] position in the chain
     anchor: jax.Array  # [L, P] the chain's free-fit minimum (start of its second fixed-POI fit)
@@ -251,15 +251,14 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         main=jnp.zeros((n_slots, s.main.shape[1]), s.x.dtype),
         done=jnp.zeros(n_slots, bool),
     )
-    lo_all, hi_all = t["lo"], t["hi"]
-    shared = {k: v for k, v in t.items() if k in lh.SHARED}
+    lo_all, hi_all = t.lo, t.hi
 
     kinky = lh.has_kinks(codes)
     kink = (jnp.arange(p) < lh.n_alpha(t)) if kinky else jnp.zeros(p, bool)
 
     def vgh(x, th, main, aux_n, aux_p):
         out = lh.value_grad_hess_fisher(
-            x, {**th, **shared}, {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes, left=kinky
+            x, th.with_shared(t), {"main": main, "aux_normal": aux_n, "aux_pois": aux_p}, codes, left=kinky
         )
         return out if kinky else (*out, out[1])
 
@@ -272,7 +271,9 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
 
         def one(j, model):
             i = order[j]
-            return {k: jax.lax.dynamic_update_index_in_dim(v, t[k][new_h[i]], i, 0) for k, v in model.items()}
+            return jax.tree.map(
+                lambda v, tk: jax.lax.dynamic_update_index_in_dim(v, tk[new_h[i]], i, 0), model, t.per_hypothesis()
+            )
 
         return jax.lax.fori_loop(0, jnp.sum(refill, dtype=jnp.int32), one, model)
 
@@ -323,10 +324,10 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
         gen = jnp.where(refill[:, None], queue["x0"][qi], jnp.where((next_stage == 2)[:, None], anchor, s.x))
         # Asimov data generated in the lane at the start point (the generating fit's minimum)
         regen = jnp.where(refill, queue["regen"][qi], cont & (next_stage == 3))
-        asimov_main = jax.vmap(lambda x, th: lh.expected_main(x, {**th, **shared}, codes))(gen, model)
+        asimov_main = jax.vmap(lambda x, th: lh.expected_main(x, th.with_shared(t), codes))(gen, model)
         main = jnp.where(regen[:, None], asimov_main, main)
         aux_n = jnp.where(regen[:, None], gen, aux_n)
-        aux_p = jnp.where(regen[:, None], gen * model["pois_tau"], aux_p)
+        aux_p = jnp.where(regen[:, None], gen * model.pois_tau, aux_p)
         poi_value = jnp.where(refill, queue["poi_value"][qi], jnp.where(next_stage == 2, mu[:, 1], mu[:, 0]))
         x0 = jnp.where(jnp.isnan(poi_value)[:, None], gen, gen.at[:, poi].set(poi_value))
         x0 = jnp.where(free, jnp.clip(x0, lo_all[h], hi_all[h]), x0)
@@ -381,9 +382,9 @@ def _run_block(t, s: _Lanes, queue, n_queue, poi, codes, block=BLOCK, max_iter=M
 
 
 @exported_jit(static_argnames=("n_lanes", "n_par", "n_bins"))
-def _empty_lanes(t: dict[str, jax.Array], n_lanes: int, n_par: int, n_bins: int) -> _Lanes:
+def _empty_lanes(t: lh.ModelTensors, n_lanes: int, n_par: int, n_bins: int) -> _Lanes:
     z = lambda *shape: jnp.zeros(shape)  # noqa: E731
-    model = {k: jnp.repeat(v[:1], n_lanes, axis=0) for k, v in t.items() if k not in lh.SHARED}
+    model = jax.tree.map(lambda v: jnp.repeat(v[:1], n_lanes, axis=0), t.per_hypothesis())
     return _Lanes(
         slot=jnp.full(n_lanes, -1, jnp.int32),
         h=jnp.zeros(n_lanes, jnp.int32),
@@ -429,15 +430,15 @@ class Pool:
 
     def __init__(
         self,
-        t: dict[str, jax.Array],
+        t: lh.ModelTensors,
         codes: tuple[str, str],
         lanes: int,
         poi: int,
         cancel: Callable[[], bool] | None = None,
     ) -> None:
         self.t, self.codes, self.lanes, self.poi, self.cancel = t, codes, lanes, poi, cancel
-        self.n_par = int(t["init"].shape[1])
-        self.n_bins = int(t["observed"].shape[1])
+        self.n_par = int(t.init.shape[1])
+        self.n_bins = int(t.observed.shape[1])
         self._spec: list[tuple] = []
         self._pending: deque[int] = deque()
         self._res: dict[tuple[int, int], tuple[np.ndarray, float, float, bool, int, np.ndarray]] = {}
@@ -560,7 +561,7 @@ class Pool:
 
 
 def fit_tasks(
-    t: dict[str, jax.Array],
+    t: lh.ModelTensors,
     tasks: Tasks,
     codes: tuple[str, str],
     lanes: int,

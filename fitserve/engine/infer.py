@@ -120,12 +120,12 @@ def expected_cls(qa: np.ndarray, name: str) -> np.ndarray:
 
 @exported_jit()
 def _observed(t):
-    return jax.vmap(lh.observed_data, in_axes=(lh.in_axes(t),))(t)
+    return jax.vmap(lh.observed_data, in_axes=(lh.IN_AXES,))(t)
 
 
 @exported_jit()
 def _constant(t, data):
-    return jax.vmap(lh.nll_constant, in_axes=(lh.in_axes(t), 0))(t, data)
+    return jax.vmap(lh.nll_constant, in_axes=(lh.IN_AXES, 0))(t, data)
 
 
 def _np(data: dict[str, jax.Array]) -> dict[str, np.ndarray]:
@@ -152,7 +152,7 @@ class Engine:
 
     def __init__(
         self,
-        t: dict[str, jax.Array],
+        t: lh.ModelTensors,
         poi: int,
         codes: tuple[str, str],
         n_real: int | None = None,
@@ -164,13 +164,13 @@ class Engine:
         self.poi = poi
         self.codes = codes
         self.cancel = cancel
-        width, self.n_par = (int(d) for d in t["init"].shape)
+        width, self.n_par = (int(d) for d in t.init.shape)
         self.n_hyp = width if n_real is None else int(n_real)
         n = self.n_hyp
         self.lanes = lanes_for(width, max_lanes)
-        self.init = np.asarray(t["init"])[:n]
-        self.lo, self.hi = np.asarray(t["lo"])[:n], np.asarray(t["hi"])[:n]
-        self.base_free = ~np.asarray(t["fixed"])[:n]
+        self.init = np.asarray(t.init)[:n]
+        self.lo, self.hi = np.asarray(t.lo)[:n], np.asarray(t.hi)[:n]
+        self.base_free = ~np.asarray(t.fixed)[:n]
         #: free parameters of the largest hypothesis (padding parameters are fixed)
         self.max_free = int(self.base_free.sum(axis=1).max()) if n else 0
         self.observed = {k: v[:n] for k, v in _np(_observed(self.t)).items()}
@@ -227,9 +227,9 @@ class Engine:
         """
         rng = np.random.default_rng(seed)
         n = self.n_hyp
-        sigma = np.asarray(self.t["normal_sigma"])[:n]
-        normal, pois = np.asarray(self.t["normal_mask"])[:n], np.asarray(self.t["pois_mask"])[:n]
-        tau = np.asarray(self.t["pois_tau"])[:n]
+        sigma = np.asarray(self.t.normal_sigma)[:n]
+        normal, pois = np.asarray(self.t.normal_mask)[:n], np.asarray(self.t.pois_mask)[:n]
+        tau = np.asarray(self.t.pois_tau)[:n]
         out = []
         for _ in range(count):
             # one draw per parameter, shared by the batch: a hypothesis gets the same starts whichever
@@ -338,7 +338,7 @@ def hypotest(engine: Engine, poi_test: float, test_stat: str, restarts: int = 0)
             again = engine.fit_role(obs, [np.where(stuck[:, None], other.x, free.x)], None)
             again.multimodal |= stuck
             free = _merge(free, again)
-    tau = np.asarray(engine.t["pois_tau"])[:n]
+    tau = np.asarray(engine.t.pois_tau)[:n]
     moved = np.abs(gen_fit.x - first_gen.x).max(axis=1) > 0
     asimov_main = pool.main_data(chains, 3)
     if moved.any():
@@ -386,16 +386,16 @@ def _masked(f: Fits, keep: np.ndarray) -> Fits:
     return Fits(f.x, f.nll, f.edm, f.converged & keep, f.multimodal & keep)
 
 
-def _expected(t: dict[str, jax.Array], x: np.ndarray, codes: tuple[str, str]) -> jax.Array:
+def _expected(t: lh.ModelTensors, x: np.ndarray, codes: tuple[str, str]) -> jax.Array:
     """Expected main data of every hypothesis at ``x`` ([H, B]; rows beyond ``x`` repeat its first)."""
-    width = int(t["init"].shape[0])
+    width = int(t.init.shape[0])
     full = np.concatenate([x, np.repeat(x[:1], width - x.shape[0], axis=0)]) if x.shape[0] < width else x
     return _expected_main(t, full, codes=codes)
 
 
 @exported_jit(static_argnames=("codes",))
 def _expected_main(t, x, codes):
-    return jax.vmap(lambda xi, ti: lh.expected_main(xi, ti, codes), in_axes=(0, lh.in_axes(t)))(x, t)
+    return jax.vmap(lambda xi, ti: lh.expected_main(xi, ti, codes), in_axes=(0, lh.IN_AXES))(x, t)
 
 
 def _stack(results: list[FitResult]) -> FitResult:

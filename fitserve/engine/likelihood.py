@@ -15,8 +15,10 @@ the NLL accurate to ~1e-14, which the optimiser's acceptance test relies on.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Mapping
+from functools import partial
+from typing import Any, Mapping
 
 from fitserve.engine.runtime import configure_env
 
@@ -30,20 +32,111 @@ from fitserve.engine.aot import exported_jit  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
+#: main and auxiliary data of one fit: ``main`` [B], ``aux_normal`` [P], ``aux_pois`` [P]
 Arrays = Mapping[str, jax.Array]
 
-#: Index tables shared by every hypothesis of a batch (no leading H axis).
-SHARED = frozenset({"sb_slot", "sb_bin", "mult"})
+
+def _shared() -> Any:
+    """Marks a field of :class:`ModelTensors` as an index table shared by a batch (no leading H axis)."""
+    return dataclasses.field(metadata={"shared": True})
 
 
-def in_axes(t: Arrays) -> dict[str, int | None]:
-    """``vmap`` axes for a model dict: per-hypothesis arrays 0, shared tables None."""
-    return {k: (None if k in SHARED else 0) for k in t}
+@partial(jax.tree_util.register_dataclass)
+@dataclasses.dataclass(frozen=True)
+class ModelTensors:
+    """The dense tensors of a padded model (:class:`fitserve.engine.model.BatchedModel`), a JAX PyTree.
+
+    Shapes of one hypothesis; a batch has a leading ``H`` axis on every field but
+    the shared index tables (marked :func:`_shared`: ``sb_slot``, ``sb_bin``,
+    ``mult``), so that ``vmap``'s axes follow from the type (:func:`in_axes`).
+    ``P`` parameters ordered ``[alphas | multiplicative]`` (the first ``nA`` are
+    the normsys/histosys alphas), ``B`` bins, ``S`` sample slots, ``SB`` (slot,
+    bin) pairs, ``Km`` the width of the multiplicative index table.
+
+    The normsys factors come raw (``ns_hi``/``ns_lo``) from the model and
+    prepared (``ns_log_hi``/``ns_log_lo``, with ``ns_coef`` for code4) by
+    :func:`prepare`; a field that does not apply is None (a PyTree node without
+    leaves).  ``t[name]`` reads a field by name, for scripts written against
+    the dict form.
+    """
+
+    nominal: jax.Array  # [SB] nominal yield of each (slot, bin) pair (0: padding)
+    hs_hi: jax.Array  # [SB, nA] histosys delta hi - nominal per alpha (0: none)
+    hs_lo: jax.Array  # [SB, nA] histosys delta lo - nominal per alpha
+    mult_on: jax.Array  # [SB, Km] bool: which entries of the shared table ``mult`` act on this hypothesis
+    init: jax.Array  # [P] start values (padding: neutral, fixed)
+    lo: jax.Array  # [P] lower bounds
+    hi: jax.Array  # [P] upper bounds
+    fixed: jax.Array  # [P] bool
+    normal_mask: jax.Array  # [P] bool: Gaussian-constrained parameters
+    normal_aux: jax.Array  # [P] their auxiliary data (means)
+    normal_sigma: jax.Array  # [P] their widths
+    pois_mask: jax.Array  # [P] bool: Poisson-constrained parameters (shapesys)
+    pois_tau: jax.Array  # [P] their scale factors tau
+    pois_aux: jax.Array  # [P] their auxiliary data
+    observed: jax.Array  # [B] observed main data (0: padding bins)
+    sb_slot: jax.Array = _shared()  # [SB] int32: sample slot of each pair
+    sb_bin: jax.Array = _shared()  # [SB] int32: bin of each pair
+    mult: jax.Array = _shared()  # [SB, Km] int32: multiplicative parameters of each pair (P: the constant 1)
+    ns_hi: jax.Array | None = None  # [S, nA] normsys factor at alpha = +1 (1: none); raw
+    ns_lo: jax.Array | None = None  # [S, nA] normsys factor at alpha = -1; raw
+    ns_log_hi: jax.Array | None = None  # [S, nA] log ns_hi; prepared
+    ns_log_lo: jax.Array | None = None  # [S, nA] log ns_lo; prepared
+    ns_coef: jax.Array | None = None  # [6, S, nA] code4 polynomial coefficients a1..a6; prepared, code4 only
+
+    def __getitem__(self, name: str) -> Any:
+        return getattr(self, name)
+
+    @property
+    def prepared(self) -> bool:
+        """Whether the normsys tables are precomputed (:func:`prepare`)."""
+        return self.ns_log_hi is not None
+
+    def replace(self, **changes: Any) -> ModelTensors:
+        return dataclasses.replace(self, **changes)
+
+    def per_hypothesis(self) -> ModelTensors:
+        """These tensors without the shared index tables (what each fit lane holds)."""
+        return self.replace(**dict.fromkeys(SHARED))
+
+    def with_shared(self, other: ModelTensors) -> ModelTensors:
+        """These (per-hypothesis) tensors with the shared index tables of ``other``."""
+        return self.replace(**{k: getattr(other, k) for k in SHARED})
+
+    def one(self, h: int) -> ModelTensors:
+        """Hypothesis ``h`` of a batch: every per-hypothesis field at index ``h``, the shared tables as they are."""
+        return self.replace(
+            **{
+                f.name: getattr(self, f.name)[h]
+                for f in dataclasses.fields(self)
+                if f.name not in SHARED and getattr(self, f.name) is not None
+            }
+        )
 
 
-def n_alpha(t: Arrays) -> int:
+# the tensors may cross the boundary of an exported kernel (``jax.export``): their node type by name
+# (a registered dataclass without meta fields: its auxiliary data is ``()``)
+jax.export.register_pytree_node_serialization(
+    ModelTensors,
+    serialized_name="fitserve.engine.likelihood.ModelTensors",
+    serialize_auxdata=lambda _: b"",
+    deserialize_auxdata=lambda _: (),
+)
+
+#: Index tables shared by every hypothesis of a batch (no leading H axis): the fields marked shared.
+SHARED = frozenset(f.name for f in dataclasses.fields(ModelTensors) if f.metadata.get("shared"))
+#: ``vmap`` axes of a batch of :class:`ModelTensors`: per-hypothesis fields 0, shared tables None
+IN_AXES = ModelTensors(**{f.name: None if f.name in SHARED else 0 for f in dataclasses.fields(ModelTensors)})
+
+
+def in_axes(t: ModelTensors | None = None) -> ModelTensors:
+    """``vmap`` axes for a batch of :class:`ModelTensors` (:data:`IN_AXES`; ``t`` is not needed)."""
+    return IN_AXES
+
+
+def n_alpha(t: ModelTensors) -> int:
     """Number of interpolated parameters (normsys/histosys): the first ``nA`` of theta."""
-    return (t["ns_hi"] if "ns_hi" in t else t["ns_log_hi"]).shape[-1]
+    return (t.ns_hi if t.ns_hi is not None else t.ns_log_hi).shape[-1]
 
 
 # pyhf's code4 polynomial for |alpha| < 1 (alpha0 = 1): inverse of the 6x6
@@ -76,23 +169,27 @@ def normsys_tables(hi: jax.Array, lo: jax.Array, code: str) -> dict[str, jax.Arr
     return out
 
 
-def _normsys_terms(alpha: jax.Array, tab: Arrays, code: str) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Normsys per entry from :func:`normsys_tables`: ``(log_lin, poly, g, h)``.
+def normsys_code1(alpha: jax.Array, log_hi: jax.Array, log_lo: jax.Array) -> tuple[jax.Array, ...]:
+    """Normsys code1, exponential: ``f = hi**alpha`` for alpha >= 0, ``lo**-alpha`` below (pyhf.interpolators.code1).
 
-    The factor is ``f = poly * exp(log_lin)``: ``log_lin`` is the log-linear
-    extrapolation where it applies (code1 everywhere, code4 for |alpha| >= 1)
-    and ``poly`` the code4 polynomial inside (|alpha| < 1), so a product over
-    entries needs one ``exp`` per slot, not per entry.  ``g = f'/f`` and
-    ``h = (log f)''``.  pyhf's code1 / code4 with alpha0 = 1, in closed form
-    so that the Hessian needs no automatic differentiation.
+    Returns ``(log_lin, poly, g, h)`` as :func:`_normsys_terms`; ``g`` is the
+    right derivative at the kink alpha = 0.  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code1.html
     """
-    log_hi, log_lo = tab["ns_log_hi"], tab["ns_log_lo"]
-    pos = alpha >= 0
-    slope = jnp.where(pos, log_hi, -log_lo)
+    slope = jnp.where(alpha >= 0, log_hi, -log_lo)
     zero = jnp.zeros_like(log_hi)
-    if code == "code1":
-        return alpha * slope, jnp.ones_like(log_hi), slope, zero
-    c = tab["ns_coef"]
+    return alpha * slope, jnp.ones_like(log_hi), slope, zero
+
+
+def normsys_code4(alpha: jax.Array, log_hi: jax.Array, log_lo: jax.Array, coef: jax.Array) -> tuple[jax.Array, ...]:
+    """Normsys code4: ``1 + sum_i a_i alpha**i`` (i = 1..6) for |alpha| < 1, code1 outside (pyhf.interpolators.code4).
+
+    ``coef``: the six coefficients ``a_i`` of :func:`normsys_tables` (alpha0 = 1).
+    Returns ``(log_lin, poly, g, h)`` as :func:`_normsys_terms`.
+    https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code4.html
+    """
+    slope = jnp.where(alpha >= 0, log_hi, -log_lo)
+    zero = jnp.zeros_like(log_hi)
+    c = coef
     a = jnp.clip(alpha, -1.0, 1.0)  # keeps the unused branch finite
     a2, a3, a4, a5 = a * a, a**3, a**4, a**5
     poly = 1.0 + c[0] * a + c[1] * a2 + c[2] * a3 + c[3] * a4 + c[4] * a5 + c[5] * a**6
@@ -107,22 +204,34 @@ def _normsys_terms(alpha: jax.Array, tab: Arrays, code: str) -> tuple[jax.Array,
     return log_lin, jnp.where(inside, poly, 1.0), jnp.where(inside, g_in, slope), jnp.where(inside, h_in, zero)
 
 
-def prepare_batch(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
+def _normsys_terms(
+    alpha: jax.Array, tab: Mapping[str, jax.Array] | ModelTensors, code: str
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Normsys per entry from :func:`normsys_tables`: ``(log_lin, poly, g, h)``.
+
+    The factor is ``f = poly * exp(log_lin)``: ``log_lin`` is the log-linear
+    extrapolation where it applies (code1 everywhere, code4 for |alpha| >= 1)
+    and ``poly`` the code4 polynomial inside (|alpha| < 1), so a product over
+    entries needs one ``exp`` per slot, not per entry.  ``g = f'/f`` and
+    ``h = (log f)''``.  pyhf's code1 / code4 with alpha0 = 1 (:func:`normsys_code1`,
+    :func:`normsys_code4`), in closed form so that the Hessian needs no automatic
+    differentiation.
+    """
+    if code == "code1":
+        return normsys_code1(alpha, tab["ns_log_hi"], tab["ns_log_lo"])
+    return normsys_code4(alpha, tab["ns_log_hi"], tab["ns_log_lo"], tab["ns_coef"])
+
+
+def prepare_batch(t: ModelTensors, codes: tuple[str, str]) -> ModelTensors:
     """:func:`prepare` for a batch of hypotheses (leading axis H; shared tables stay shared)."""
-    if "ns_log_hi" in t:
-        return dict(t)
-    return _prepare_batch(dict(t), codes=codes)
+    if t.prepared:
+        return t
+    return _prepare_batch(t, codes=codes)
 
 
 @exported_jit(static_argnames=("codes",))
-def _prepare_batch(t: dict[str, jax.Array], codes: tuple[str, str]) -> dict[str, jax.Array]:
-    out_axes = in_axes(_prepared_keys(t, codes))
-    return jax.vmap(prepare, in_axes=(in_axes(t), None), out_axes=out_axes)(t, codes)
-
-
-def _prepared_keys(t: Arrays, codes: tuple[str, str]) -> dict[str, None]:
-    keys = [k for k in t if k not in ("ns_hi", "ns_lo")] + ["ns_log_hi", "ns_log_lo"]
-    return dict.fromkeys(keys + (["ns_coef"] if codes[0] == "code4" else []))
+def _prepare_batch(t: ModelTensors, codes: tuple[str, str]) -> ModelTensors:
+    return jax.vmap(prepare, in_axes=(IN_AXES, None), out_axes=IN_AXES)(t, codes)
 
 
 def _normsys(alpha: jax.Array, hi: jax.Array, lo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -131,31 +240,36 @@ def _normsys(alpha: jax.Array, hi: jax.Array, lo: jax.Array, code: str) -> tuple
     return poly * jnp.exp(log_lin), g, h
 
 
-def prepare(t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
+def prepare(t: ModelTensors, codes: tuple[str, str]) -> ModelTensors:
     """The model tensors with the normsys tables precomputed (see :func:`normsys_tables`).
 
     Call once per model (outside the fit loop); every likelihood function
     accepts raw or prepared tensors.  One hypothesis (``jax.vmap`` it for a batch).
     """
-    if "ns_log_hi" in t:
-        return dict(t)
-    out = {k: v for k, v in t.items() if k not in ("ns_hi", "ns_lo")}
-    out.update(normsys_tables(t["ns_hi"], t["ns_lo"], codes[0]))
-    return out
+    if t.prepared:
+        return t
+    return t.replace(ns_hi=None, ns_lo=None, **normsys_tables(t.ns_hi, t.ns_lo, codes[0]))
 
 
-def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Histosys delta with first and second derivative in alpha.
+def histosys_code0(alpha: jax.Array, up: jax.Array, dn: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys code0, piecewise linear: ``delta = alpha * up`` for alpha >= 0, ``alpha * dn`` below (pyhf's code0).
 
-    ``dhi = hi - nom`` and ``dlo = lo - nom``; pyhf's code0 / code4p.
+    ``up = hi - nom``, ``dn = nom - lo``; returns ``(delta, d delta, d2 delta)``, the first
+    derivative the right one at the kink alpha = 0 (as normsys code1; the left one: see
+    :func:`value_grad_hess_fisher`).  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code0.html
     """
-    up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
     zero = jnp.zeros_like(up)
-    if code == "code0":
-        pos = (
-            alpha >= 0
-        )  # the right derivative at the kink, as normsys code1 (the left one: see value_grad_hess_fisher)
-        return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
+    pos = alpha >= 0
+    return jnp.where(pos, alpha * up, alpha * dn), jnp.where(pos, up, dn), zero
+
+
+def histosys_code4p(alpha: jax.Array, up: jax.Array, dn: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys code4p: ``alpha S + alpha^2 (3 alpha^4 - 10 alpha^2 + 15) A`` inside |alpha| <= 1, linear outside.
+
+    ``S = (up + dn) / 2``, ``A = (up - dn) / 16``; returns ``(delta, d delta, d2 delta)``
+    (pyhf.interpolators.code4p).  https://pyhf.readthedocs.io/en/stable/_generated/pyhf.interpolators.code4p.html
+    """
+    zero = jnp.zeros_like(up)
     s = 0.5 * (up + dn)
     asym = 0.0625 * (up - dn)
     a = alpha
@@ -170,7 +284,17 @@ def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tu
     return delta, d1, d2
 
 
-def _sample_terms(theta: jax.Array, t: Arrays, codes: tuple[str, str]):
+def _histosys(alpha: jax.Array, dhi: jax.Array, dlo: jax.Array, code: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Histosys delta with first and second derivative in alpha.
+
+    ``dhi = hi - nom`` and ``dlo = lo - nom``; pyhf's code0 / code4p
+    (:func:`histosys_code0`, :func:`histosys_code4p`).
+    """
+    up, dn = dhi, -dlo  # pyhf's delta_up, delta_dn
+    return (histosys_code0 if code == "code0" else histosys_code4p)(alpha, up, dn)
+
+
+def _sample_terms(theta: jax.Array, t: ModelTensors, codes: tuple[str, str]):
     """Per (slot, bin) the three factors of the rate ``R = A * N * M``.
 
     ``A`` = nominal + histosys deltas, ``N`` = product of normsys factors of
@@ -183,23 +307,23 @@ def _sample_terms(theta: jax.Array, t: Arrays, codes: tuple[str, str]):
     log_lin, poly, g, h = _normsys_terms(alpha[None, :], tab, codes[0])  # [S, nA]
     n_slot = jnp.prod(poly, axis=-1) * jnp.exp(jnp.sum(log_lin, axis=-1))  # [S]
     f = None
-    delta, d1, d2 = _histosys(alpha[None, :], t["hs_hi"], t["hs_lo"], codes[1])  # [SB, nA]
-    a = t["nominal"] + jnp.sum(delta, axis=-1)  # [SB]
-    x = jnp.where(t["mult_on"], jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])[t["mult"]], 1.0)  # [SB, Km]
+    delta, d1, d2 = _histosys(alpha[None, :], t.hs_hi, t.hs_lo, codes[1])  # [SB, nA]
+    a = t.nominal + jnp.sum(delta, axis=-1)  # [SB]
+    x = jnp.where(t.mult_on, jnp.concatenate([theta, jnp.ones((1,), theta.dtype)])[t.mult], 1.0)  # [SB, Km]
     m = jnp.prod(x, axis=-1)
     return (f, g, h, n_slot), (d1, d2, a), (x, m)
 
 
-def expected_main(theta: jax.Array, t: Arrays, codes: tuple[str, str]) -> jax.Array:
+def expected_main(theta: jax.Array, t: ModelTensors, codes: tuple[str, str]) -> jax.Array:
     """Expected event counts per bin, ``[B]``."""
     (_, _, _, n_slot), (_, _, a), (_, m) = _sample_terms(theta, t, codes)
-    rates = a * n_slot[t["sb_slot"]] * m
-    return jax.ops.segment_sum(rates, t["sb_bin"], num_segments=t["observed"].shape[-1])
+    rates = a * n_slot[t.sb_slot] * m
+    return jax.ops.segment_sum(rates, t.sb_bin, num_segments=t.observed.shape[-1])
 
 
-def expected_aux(theta: jax.Array, t: Arrays) -> tuple[jax.Array, jax.Array]:
+def expected_aux(theta: jax.Array, t: ModelTensors) -> tuple[jax.Array, jax.Array]:
     """Expected auxiliary data (normal means, Poisson rates) -- for Asimov data."""
-    return theta, theta * t["pois_tau"]
+    return theta, theta * t.pois_tau
 
 
 def _xm1mlog1p(u: jax.Array) -> jax.Array:
@@ -217,35 +341,35 @@ def _poisson_dev(lam: jax.Array, n: jax.Array) -> jax.Array:
     return jnp.where(n > 0, safe_n * _xm1mlog1p((lam - safe_n) / safe_n), lam)
 
 
-def nll_variable(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str]) -> jax.Array:
+def nll_variable(theta: jax.Array, t: ModelTensors, data: Arrays, codes: tuple[str, str]) -> jax.Array:
     """The parameter-dependent part of ``-log L`` (see module docstring)."""
     lam = expected_main(theta, t, codes)
     main = jnp.sum(_poisson_dev(lam, data["main"]))
-    z = (theta - data["aux_normal"]) / t["normal_sigma"]
-    normal = jnp.sum(jnp.where(t["normal_mask"], 0.5 * z * z, 0.0))
-    gamma = jnp.where(t["pois_mask"], theta, 1.0)  # keeps masked gradients finite
-    pois = jnp.sum(jnp.where(t["pois_mask"], _poisson_dev(gamma * t["pois_tau"], data["aux_pois"]), 0.0))
+    z = (theta - data["aux_normal"]) / t.normal_sigma
+    normal = jnp.sum(jnp.where(t.normal_mask, 0.5 * z * z, 0.0))
+    gamma = jnp.where(t.pois_mask, theta, 1.0)  # keeps masked gradients finite
+    pois = jnp.sum(jnp.where(t.pois_mask, _poisson_dev(gamma * t.pois_tau, data["aux_pois"]), 0.0))
     return main + normal + pois
 
 
-def nll_constant(t: Arrays, data: Arrays) -> jax.Array:
+def nll_constant(t: ModelTensors, data: Arrays) -> jax.Array:
     """The data-only part of ``-log L``, so that variable + constant equals pyhf's NLL."""
 
     def sat(n: jax.Array) -> jax.Array:  # -log Poisson(n | n)
         return n - jax.scipy.special.xlogy(n, n) + jax.scipy.special.gammaln(n + 1.0)
 
     main = jnp.sum(sat(data["main"]))
-    normal = jnp.sum(jnp.where(t["normal_mask"], jnp.log(t["normal_sigma"]) + _LOG_SQRT_2PI, 0.0))
-    pois = jnp.sum(jnp.where(t["pois_mask"], sat(data["aux_pois"]), 0.0))
+    normal = jnp.sum(jnp.where(t.normal_mask, jnp.log(t.normal_sigma) + _LOG_SQRT_2PI, 0.0))
+    pois = jnp.sum(jnp.where(t.pois_mask, sat(data["aux_pois"]), 0.0))
     return main + normal + pois
 
 
-def observed_data(t: Arrays) -> dict[str, jax.Array]:
+def observed_data(t: ModelTensors) -> dict[str, jax.Array]:
     """Observed main and auxiliary data of one hypothesis."""
-    return {"main": t["observed"], "aux_normal": t["normal_aux"], "aux_pois": t["pois_aux"]}
+    return {"main": t.observed, "aux_normal": t.normal_aux, "aux_pois": t.pois_aux}
 
 
-def asimov_data(theta: jax.Array, t: Arrays, codes: tuple[str, str]) -> dict[str, jax.Array]:
+def asimov_data(theta: jax.Array, t: ModelTensors, codes: tuple[str, str]) -> dict[str, jax.Array]:
     """Asimov data at parameters ``theta`` (pyhf's ``expected_data``)."""
     normal, pois = expected_aux(theta, t)
     return {"main": expected_main(theta, t, codes), "aux_normal": normal, "aux_pois": pois}
@@ -267,7 +391,7 @@ def _leave_out_products(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return loo, loo2
 
 
-def value_grad_hess(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str]):
+def value_grad_hess(theta: jax.Array, t: ModelTensors, data: Arrays, codes: tuple[str, str]):
     """``nll_variable`` with its exact gradient and Hessian (see :func:`value_grad_hess_fisher`)."""
     value, grad, hess, _ = value_grad_hess_fisher(theta, t, data, codes)
     return value, grad, hess
@@ -284,7 +408,7 @@ def has_kinks(codes: tuple[str, str]) -> bool:
     return codes[0] == "code1" or codes[1] == "code0"
 
 
-def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tuple[str, str], left: bool = False):
+def value_grad_hess_fisher(theta: jax.Array, t: ModelTensors, data: Arrays, codes: tuple[str, str], left: bool = False):
     """``nll_variable`` with its exact gradient, Hessian and the Fisher matrix, in closed form.
 
     With ``left=True`` a fifth value: the gradient with the *left* derivative
@@ -309,8 +433,8 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     n_par = theta.shape[0]
     n_a = n_alpha(t)
     n_m = n_par - n_a
-    n_bins = t["observed"].shape[-1]
-    slot, sbbin = t["sb_slot"], t["sb_bin"]
+    n_bins = t.observed.shape[-1]
+    slot, sbbin = t.sb_slot, t.sb_bin
     (_, g_n, h_n, n_slot), (d_a, dd_a, a), (x, m) = _sample_terms(theta, t, codes)
     n_slots = n_slot.shape[0]
     n = n_slot[slot]  # [SB]
@@ -319,10 +443,10 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
 
     # M' on the multiplicative columns: leave-one-out products placed by a one-hot table
     loo, loo2 = _leave_out_products(x)
-    on = t["mult_on"]
+    on = t.mult_on
     loo = jnp.where(on, loo, 0.0)
     loo2 = jnp.where(on[:, :, None] & on[:, None, :], loo2, 0.0)
-    onehot = (t["mult"][:, :, None] == (n_a + jnp.arange(n_m))[None, None, :]).astype(theta.dtype)  # [SB, Km, Pm]
+    onehot = (t.mult[:, :, None] == (n_a + jnp.arange(n_m))[None, None, :]).astype(theta.dtype)  # [SB, Km, Pm]
     d_m = jnp.einsum("sk,skj->sj", loo, onehot)  # [SB, Pm]
 
     # main Poisson term D(lam; n) = lam - n - n log(lam / n)
@@ -351,21 +475,21 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     am = d_a.T @ ((w * n)[:, None] * d_m) + g_n.T @ v  # A' x M' and N' x M'
     # M'' pairs (k != l): Km^2 numbers per (slot, bin) scattered into [Pm, Pm] (the index table is
     # shared by the batch); a one-hot product here cost O(SB Km Pm^2), the largest term of big models
-    col = jnp.clip(t["mult"] - n_a, 0, n_m)  # padding (index P) -> column Pm, dropped below
+    col = jnp.clip(t.mult - n_a, 0, n_m)  # padding (index P) -> column Pm, dropped below
     mm = jnp.zeros((n_m + 1, n_m + 1), theta.dtype).at[col[:, :, None], col[:, None, :]].add(wan[:, None, None] * loo2)
     mm = mm[:n_m, :n_m]
     hess = hess + jnp.block([[aa, am], [am.T, mm]])
 
     # constraints (separable: diagonal Hessian)
-    sig2 = t["normal_sigma"] ** 2
+    sig2 = t.normal_sigma**2
     z = theta - data["aux_normal"]
-    normal_mask = t["normal_mask"]
+    normal_mask = t.normal_mask
     val_n = jnp.sum(jnp.where(normal_mask, 0.5 * z * z / sig2, 0.0))
     g_c = jnp.where(normal_mask, z / sig2, 0.0)
     h_c = jnp.where(normal_mask, 1.0 / sig2, 0.0)
-    pm = t["pois_mask"]
+    pm = t.pois_mask
     gamma = jnp.where(pm, theta, 1.0)
-    tau = t["pois_tau"]
+    tau = t.pois_tau
     aux = data["aux_pois"]
     val_p = jnp.sum(jnp.where(pm, _poisson_dev(gamma * tau, aux), 0.0))
     g_c = g_c + jnp.where(pm, tau - aux / gamma, 0.0)
@@ -376,8 +500,8 @@ def value_grad_hess_fisher(theta: jax.Array, t: Arrays, data: Arrays, codes: tup
     # one-sided derivatives at the kink: only the alpha columns of the Jacobian change
     at0 = theta[:n_a] == 0
     tab = prepare(t, codes)
-    g_n_left = jnp.where(at0[None, :], -tab["ns_log_lo"], g_n) if codes[0] == "code1" else g_n
-    d_a_left = jnp.where(at0[None, :], -t["hs_lo"], d_a) if codes[1] == "code0" else d_a
+    g_n_left = jnp.where(at0[None, :], -tab.ns_log_lo, g_n) if codes[0] == "code1" else g_n
+    d_a_left = jnp.where(at0[None, :], -t.hs_lo, d_a) if codes[1] == "code0" else d_a
     d_r_left = (n * m)[:, None] * d_a_left + r[:, None] * g_n_left[slot]
     grad_left = grad.at[:n_a].set(jax.ops.segment_sum(d_r_left, sbbin, num_segments=n_bins).T @ d_dev)
     return value, grad + g_c, hess + jnp.diag(h_c), fisher + jnp.diag(h_c), grad_left + g_c

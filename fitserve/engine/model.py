@@ -26,12 +26,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from fitserve.engine.errors import InputError
 from fitserve.engine.inputs import Hypothesis
+
+if TYPE_CHECKING:
+    from fitserve.engine.likelihood import ModelTensors
 
 # pyhf's default parameter settings per modifier type.
 _CONSTRAINT = {
@@ -138,10 +141,20 @@ class _Parser:
         Modifier names in ``keep`` keep their name; others (what a patch
         introduced) get a role key: modifier type, the slots it acts on and
         its order of appearance, so that the signal's MC-stat parameters of
-        different mass points share one slot.
+        different mass points share one slot.  The steps: the samples' yields
+        (:meth:`_read_samples`), the role keys (:func:`_role_keys`), the modifiers
+        (:meth:`_read_modifiers`), the staterror widths (:meth:`_staterror_sigmas`).
         """
-        where = self.where
         nbins = {ch["name"]: len(ch["samples"][0]["data"]) for ch in spec["channels"]}
+        slot_of, where_used = self._read_samples(spec, todo, nbins)
+        key_of = _role_keys(spec, todo, keep, where_used)
+        touched = self._read_modifiers(spec, todo, nbins, slot_of, key_of)
+        self._staterror_sigmas(touched)
+
+    def _read_samples(
+        self, spec: dict[str, Any], todo: list[tuple[int, int, str]], nbins: dict[str, int]
+    ) -> tuple[dict[tuple[int, int], tuple[str, str]], dict[str, set[tuple[str, str]]]]:
+        """The nominal yields of ``todo`` by slot; ``(slot of each sample, slots each modifier name acts on)``."""
         slot_of: dict[tuple[int, int], tuple[str, str]] = {}
         where_used: dict[str, set[tuple[str, str]]] = {}
         for ci, si, key in todo:
@@ -149,29 +162,24 @@ class _Parser:
             if len(smp["data"]) != nbins[ch["name"]]:
                 raise InputError(
                     f"sample {smp['name']!r} has {len(smp['data'])} bins, channel {ch['name']!r} has {nbins[ch['name']]}",
-                    where=f"{where} /channels/{ci}/samples/{si}/data",
+                    where=f"{self.where} /channels/{ci}/samples/{si}/data",
                 )
             slot = (ch["name"], key)
             self.samples[slot] = np.asarray(smp["data"], dtype=np.float64)
             slot_of[(ci, si)] = slot
             for m in smp["modifiers"]:
                 where_used.setdefault(m["name"], set()).add(slot)
-        key_of: dict[str, str] = {}
-        counters: dict[str, int] = {}
-        for ci, si, _ in todo:
-            for m in spec["channels"][ci]["samples"][si]["modifiers"]:
-                name = m["name"]
-                if name in key_of:
-                    continue
-                if name in keep:
-                    key_of[name] = name
-                else:
-                    # normsys and histosys of one name share one parameter in pyhf
-                    family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
-                    role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
-                    k = counters.get(role, 0)
-                    counters[role] = k + 1
-                    key_of[name] = f"{role}#{k}"
+        return slot_of, where_used
+
+    def _read_modifiers(
+        self,
+        spec: dict[str, Any],
+        todo: list[tuple[int, int, str]],
+        nbins: dict[str, int],
+        slot_of: dict[tuple[int, int], tuple[str, str]],
+        key_of: dict[str, str],
+    ) -> set[str]:
+        """Parameter sets and modifier entries of ``todo``; the staterror keys touched (their widths follow)."""
         touched_staterror: set[str] = set()
         for ci, si, _ in todo:
             nb = nbins[spec["channels"][ci]["name"]]
@@ -181,7 +189,7 @@ class _Parser:
             for mi, m in enumerate(smp["modifiers"]):
                 mtype, name, data = m["type"], m["name"], m.get("data")
                 key = key_of[name]
-                mwhere = f"{where} /channels/{ci}/samples/{si}/modifiers/{mi}"
+                mwhere = f"{self.where} /channels/{ci}/samples/{si}/modifiers/{mi}"
                 n = nb if mtype in ("shapesys", "staterror", "shapefactor") else 1
                 ps = self.params.get(key)
                 if ps is None:
@@ -210,8 +218,11 @@ class _Parser:
                         touched_staterror.add(key)
                     elif mtype == "shapesys" and len(data) != nb:
                         raise InputError("shapesys data does not match the sample's bins", where=mwhere)
-        # staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)
-        for key in touched_staterror:
+        return touched_staterror
+
+    def _staterror_sigmas(self, touched: set[str]) -> None:
+        """staterror: one relative uncertainty per bin from all samples sharing it (as pyhf)."""
+        for key in touched:
             parts = self.staterror_parts[key]
             total = np.sum([nom for nom, _ in parts], axis=0)
             rel2 = np.sum(
@@ -221,8 +232,38 @@ class _Parser:
             ps = replace(self.params[key])  # the background's ParamSet may be shared
             ps.fixed = [bool(s == 0) for s in sig]
             ps.sigmas = [float(s) if s > 0 else 1.0 for s in sig]
-            _apply_override(ps, self.overrides.get(ps.name), where)
+            _apply_override(ps, self.overrides.get(ps.name), self.where)
             self.params[key] = ps
+
+
+def _role_keys(
+    spec: dict[str, Any],
+    todo: list[tuple[int, int, str]],
+    keep: set[str],
+    where_used: dict[str, set[tuple[str, str]]],
+) -> dict[str, str]:
+    """The key of each modifier name of ``todo``: its name when in ``keep``, else its role.
+
+    A role is the modifier's family (normsys and histosys of one name share one
+    parameter in pyhf: ``alpha``), the slots it acts on and its order of appearance
+    among names of that role: ``~shapesys@SR/+new0#0``.
+    """
+    key_of: dict[str, str] = {}
+    counters: dict[str, int] = {}
+    for ci, si, _ in todo:
+        for m in spec["channels"][ci]["samples"][si]["modifiers"]:
+            name = m["name"]
+            if name in key_of:
+                continue
+            if name in keep:
+                key_of[name] = name
+            else:
+                family = "alpha" if m["type"] in ("normsys", "histosys") else m["type"]
+                role = f"~{family}@" + ",".join(f"{c}/{k}" for c, k in sorted(where_used[name]))
+                k = counters.get(role, 0)
+                counters[role] = k + 1
+                key_of[name] = f"{role}#{k}"
+    return key_of
 
 
 def _observed(spec: dict[str, Any], channels: list[tuple[str, int]], where: str) -> np.ndarray:
@@ -283,27 +324,14 @@ def parse_hypothesis(
     if poi is None:
         raise InputError("the measurement has no POI (config.poi)", where=where)
     names = bkg.names if isinstance(bkg, ParsedBackground) else bkg
-    bkg_samples, bkg_params = names if names is not None else (set(), set())
-    keep = bkg_params | {poi} if names is not None else None
+    keep = names[1] | {poi} if names is not None else None  # the background's parameter names and the POI
 
     channels = [(ch["name"], len(ch["samples"][0]["data"])) for ch in spec["channels"]]
     observed = _observed(spec, channels, where)
 
     parser = _incremental(spec, bkg, where) if isinstance(bkg, ParsedBackground) else None
     if parser is None:
-        parser = _Parser(where, {p["name"]: p for p in config.get("parameters", [])})
-        todo = []
-        for ci, ch in enumerate(spec["channels"]):
-            n_new = 0
-            for si, smp in enumerate(ch["samples"]):
-                if names is None or (ch["name"], smp["name"]) in bkg_samples:
-                    key = smp["name"]
-                else:
-                    key = f"+new{n_new}"
-                    n_new += 1
-                todo.append((ci, si, key))
-        all_names = {m["name"] for ch in spec["channels"] for smp in ch["samples"] for m in smp["modifiers"]}
-        parser.add(spec, todo, all_names if keep is None else keep)
+        parser = _parse_in_full(spec, config, names, keep, where)
     poi_key = poi  # the POI always keeps its name
     if poi_key not in parser.params:
         raise InputError(f"POI {poi!r} is not a parameter of the model", where=where)
@@ -321,6 +349,35 @@ def parse_hypothesis(
         multiplicative=parser.multiplicative,
         base=parser.base,
     )
+
+
+def _parse_in_full(
+    spec: dict[str, Any],
+    config: dict[str, Any],
+    names: tuple[set[tuple[str, str]], set[str]] | None,
+    keep: set[str] | None,
+    where: str,
+) -> _Parser:
+    """Every sample of ``spec`` parsed: background samples keep their names, a patch's new ones are ``+new<i>``.
+
+    ``names``: the background's (sample, parameter) names (None: standalone, every name kept);
+    ``keep``: the parameter names kept (the background's and the POI).
+    """
+    bkg_samples = names[0] if names is not None else set()
+    parser = _Parser(where, {p["name"]: p for p in config.get("parameters", [])})
+    todo = []
+    for ci, ch in enumerate(spec["channels"]):
+        n_new = 0
+        for si, smp in enumerate(ch["samples"]):
+            if names is None or (ch["name"], smp["name"]) in bkg_samples:
+                key = smp["name"]
+            else:
+                key = f"+new{n_new}"
+                n_new += 1
+            todo.append((ci, si, key))
+    all_names = {m["name"] for ch in spec["channels"] for smp in ch["samples"] for m in smp["modifiers"]}
+    parser.add(spec, todo, all_names if keep is None else keep)
+    return parser
 
 
 def _incremental(spec: dict[str, Any], bkg: ParsedBackground, where: str) -> _Parser | None:
@@ -468,8 +525,8 @@ class BatchedModel:
     param_names: list[str]  # scalar parameter labels (role keys), length P
     poi_index: int
     structure_key: str  # hash of everything that fixes array shapes and index tables
-    arrays: dict[str, np.ndarray]  # per hypothesis (leading axis H)
-    structure: dict[str, np.ndarray]  # index tables shared by all hypotheses
+    arrays: dict[str, np.ndarray]  # per hypothesis (leading axis H), by ModelTensors field
+    structure: dict[str, np.ndarray]  # index tables shared by all hypotheses (ModelTensors' shared fields)
     param_labels: list[list[str | None]]  # per hypothesis: original name per scalar param (None = padding)
 
     @property
@@ -480,20 +537,24 @@ class BatchedModel:
     def n_params(self) -> int:
         return len(self.param_names)
 
-    def tensors(self) -> dict[str, Any]:
-        """Arrays and structure as one dict of JAX arrays (see ``likelihood.in_axes``)."""
+    def tensors(self) -> ModelTensors:
+        """Arrays and structure as one typed PyTree of JAX arrays (:class:`~fitserve.engine.likelihood.ModelTensors`)."""
         import jax
 
-        return {k: jax.device_put(v) for k, v in {**self.arrays, **self.structure}.items()}
+        from fitserve.engine.likelihood import ModelTensors
 
-    def hypothesis(self, h: int) -> dict[str, Any]:
+        return ModelTensors(**{k: jax.device_put(v) for k, v in {**self.arrays, **self.structure}.items()})
+
+    def hypothesis(self, h: int) -> ModelTensors:
         """The tensors of hypothesis ``h`` alone (for unbatched evaluation)."""
         import jax
 
-        return {
+        from fitserve.engine.likelihood import ModelTensors
+
+        return ModelTensors(
             **{k: jax.device_put(v[h]) for k, v in self.arrays.items()},
             **{k: jax.device_put(v) for k, v in self.structure.items()},
-        }
+        )
 
     def take(self, index: Sequence[int]) -> "BatchedModel":
         """A model with a subset (or repetition) of hypotheses; same structure."""
@@ -534,28 +595,22 @@ def _is_alpha(kind: str) -> bool:
     return kind in ("normsys", "histosys")
 
 
-def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) -> BatchedModel:
-    """Pad a group of parsed hypotheses to their union structure and stack.
+@dataclass(frozen=True)
+class _ParamLayout:
+    """Where each parameter set of a group sits in the padded vector ``[alphas | multiplicative]``."""
 
-    Parameters are ordered ``[alphas | multiplicative]``: the first ``nA``
-    (normsys/histosys) act through interpolation tables that are dense over
-    alphas (``ns_hi [S, nA]``, ``hs_hi [SB, nA]``), so the likelihood's
-    derivatives are plain matrix products with no scatters; the rest
-    (normfactor, lumi, staterror, shapesys, shapefactor) act through a short
-    per-(slot, bin) index table ``mult [SB, Km]``.  With ``pad`` every
-    dimension is rounded up to a :func:`bucket` (padding is exactly neutral).
-    """
-    first = parsed[0]
-    channels = first.channels
-    offsets: dict[str, int] = {}
-    b = 0
-    for ch, nb in channels:
-        offsets[ch] = b
-        b += nb
-    n_bins_real = b
-    rnd = bucket if pad else (lambda n, floor=1: max(int(n), floor, 1))
+    start: dict[str, int]  # role key -> first index
+    labels: list[str]  # one per scalar parameter, padding ``~pad<j>``
+    n_alpha: int  # nA, padded
+    poi_index: int
 
-    # union of parameter keys: alphas, then multiplicative; background names before role keys
+    @property
+    def n_par(self) -> int:
+        return len(self.labels)
+
+
+def _param_layout(parsed: Sequence[ParsedHypothesis], rnd: Any) -> _ParamLayout:
+    """The union of the group's parameter keys: alphas, then multiplicative; background names before role keys."""
     union: dict[str, ParamSet] = {}
     for p in parsed:
         for k, ps in p.params.items():
@@ -575,17 +630,39 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
         labels.extend(f"~pad{j}" for j in range(len(labels), n_alpha))
     n_mult = rnd(len(labels) - n_alpha)
     labels.extend(f"~pad{j}" for j in range(len(labels), n_alpha + n_mult))
-    n_par = len(labels)
-    poi_index = start[first.poi_key]
+    return _ParamLayout(start, labels, n_alpha, start[parsed[0].poi_key])
 
+
+@dataclass(frozen=True)
+class _BinLayout:
+    """The group's sample slots and their compact (slot, bin) pairs: only the bins of each slot's own channel."""
+
+    nb_of: dict[str, int]  # channel -> bins
+    slot_index: dict[tuple[str, str], int]  # (channel, sample key) -> slot
+    sb_start: dict[int, int]  # slot -> its first (slot, bin) pair
+    sb_slot: list[int]  # [SB] padded: pairs past the real ones are slot 0, bin 0 with zero yield
+    sb_bin: list[int]
+    n_slots: int  # S, padded
+    n_bins_real: int
+    n_bins: int  # B, padded
+
+    @property
+    def n_sb(self) -> int:
+        return len(self.sb_slot)
+
+
+def _bin_layout(parsed: Sequence[ParsedHypothesis], rnd: Any) -> _BinLayout:
+    """Slots (the union of the group's samples, in channel order, background samples first) and their bins."""
+    channels = parsed[0].channels
+    offsets: dict[str, int] = {}
+    b = 0
+    for ch, nb in channels:
+        offsets[ch] = b
+        b += nb
     slots = sorted(
         {s for p in parsed for s in p.samples},
         key=lambda s: ([c for c, _ in channels].index(s[0]), s[1].startswith("+"), s[1]),
     )
-    slot_index = {s: i for i, s in enumerate(slots)}
-    n_slots = rnd(len(slots))
-
-    # compact (slot, bin) pairs: only the bins of each slot's own channel
     nb_of = dict(channels)
     sb_slot: list[int] = []
     sb_bin: list[int] = []
@@ -595,144 +672,173 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
         for i in range(nb_of[ch]):
             sb_slot.append(si)
             sb_bin.append(offsets[ch] + i)
-    n_sb = rnd(len(sb_slot))
-    n_bins = rnd(n_bins_real)
-    pad_sb = n_sb - len(sb_slot)
+    pad_sb = rnd(len(sb_slot)) - len(sb_slot)
     sb_slot += [0] * pad_sb  # zero yield and no modifiers: contributes nothing to bin 0
     sb_bin += [0] * pad_sb
+    return _BinLayout(
+        nb_of=nb_of,
+        slot_index={s: i for i, s in enumerate(slots)},
+        sb_start=sb_start,
+        sb_slot=sb_slot,
+        sb_bin=sb_bin,
+        n_slots=rnd(len(slots)),
+        n_bins_real=b,
+        n_bins=rnd(b),
+    )
 
-    H = len(parsed)
-    nominal = np.zeros((H, n_sb))
-    ns_hi = np.ones((H, n_slots, n_alpha))
-    ns_lo = np.ones((H, n_slots, n_alpha))
-    hs_hi = np.zeros((H, n_sb, n_alpha))
-    hs_lo = np.zeros((H, n_sb, n_alpha))
-    init = np.zeros((H, n_par))
-    lo = np.zeros((H, n_par))
-    hi = np.ones((H, n_par))
-    fixed = np.ones((H, n_par), dtype=bool)
-    normal_mask = np.zeros((H, n_par), dtype=bool)
-    normal_aux = np.zeros((H, n_par))
-    normal_sigma = np.ones((H, n_par))
-    pois_mask = np.zeros((H, n_par), dtype=bool)
-    pois_tau = np.ones((H, n_par))
-    pois_aux = np.ones((H, n_par))
-    observed = np.zeros((H, n_bins))
+
+#: the per-hypothesis arrays a template row (the background's entries) is copied into
+_TEMPLATED = (
+    "init",
+    "lo",
+    "hi",
+    "fixed",
+    "normal_mask",
+    "normal_aux",
+    "normal_sigma",
+    "pois_mask",
+    "pois_tau",
+    "pois_aux",
+    "nominal",
+    "ns_hi",
+    "ns_lo",
+    "hs_hi",
+    "hs_lo",
+)
+
+
+def _neutral_arrays(n_hyp: int, pars: _ParamLayout, bins: _BinLayout) -> dict[str, np.ndarray]:
+    """Every per-hypothesis array at its neutral value (what padding keeps): no yield, no modifier, fixed."""
+    H, n_par, n_alpha, n_sb = n_hyp, pars.n_par, pars.n_alpha, bins.n_sb
+    arrays = {
+        "nominal": np.zeros((H, n_sb)),
+        "ns_hi": np.ones((H, bins.n_slots, n_alpha)),
+        "ns_lo": np.ones((H, bins.n_slots, n_alpha)),
+        "hs_hi": np.zeros((H, n_sb, n_alpha)),
+        "hs_lo": np.zeros((H, n_sb, n_alpha)),
+        "init": np.zeros((H, n_par)),
+        "lo": np.zeros((H, n_par)),
+        "hi": np.ones((H, n_par)),
+        "fixed": np.ones((H, n_par), dtype=bool),
+        "normal_mask": np.zeros((H, n_par), dtype=bool),
+        "normal_aux": np.zeros((H, n_par)),
+        "normal_sigma": np.ones((H, n_par)),
+        "pois_mask": np.zeros((H, n_par), dtype=bool),
+        "pois_tau": np.ones((H, n_par)),
+        "pois_aux": np.ones((H, n_par)),
+        "observed": np.zeros((H, bins.n_bins)),
+    }
     # padded parameters: fixed at a neutral value inside their bounds (alphas 0, factors 1)
-    init[:, n_alpha:] = 1.0
-    lo[:, :n_alpha], hi[:, :n_alpha] = -1.0, 1.0
-    lo[:, n_alpha:], hi[:, n_alpha:] = 0.0, 2.0
-    mult_lists: list[list[list[int]]] = [[[] for _ in range(n_sb)] for _ in range(H)]
+    arrays["init"][:, n_alpha:] = 1.0
+    arrays["lo"][:, :n_alpha], arrays["hi"][:, :n_alpha] = -1.0, 1.0
+    arrays["lo"][:, n_alpha:], arrays["hi"][:, n_alpha:] = 0.0, 2.0
+    return arrays
+
+
+def _fill_row(
+    arrays: dict[str, np.ndarray],
+    pars: _ParamLayout,
+    bins: _BinLayout,
+    h: int,
+    entries: tuple[Any, Any, Any, Any, Any],
+    plabel: list[str | None],
+    lists: list[list[int]],
+    all_params: dict[str, ParamSet],
+) -> None:
+    """Write ``entries`` (params, samples, normsys, histosys, multiplicative) of one hypothesis into row ``h``.
+
+    All of a hypothesis's entries, or what differs from a template row.  Multiplicative entries
+    go into ``lists`` (per (slot, bin), the parameter indices acting there); labels into ``plabel``.
+    """
+    params, samples, normsys, histosys, multiplicative = entries
+    start, slot_index, sb_start = pars.start, bins.slot_index, bins.sb_start
+    for k, ps in params:
+        j0 = start[k]
+        sl = slice(j0, j0 + ps.n)
+        plabel[sl] = [ps.name] if ps.n == 1 else [f"{ps.name}[{i}]" for i in range(ps.n)]
+        arrays["init"][h, sl] = ps.inits
+        arrays["lo"][h, sl] = [b[0] for b in ps.bounds]
+        arrays["hi"][h, sl] = [b[1] for b in ps.bounds]
+        arrays["fixed"][h, sl] = ps.fixed
+        if ps.constraint == "normal":
+            arrays["normal_mask"][h, sl] = True
+            arrays["normal_aux"][h, sl] = ps.aux
+            arrays["normal_sigma"][h, sl] = ps.sigmas
+        elif ps.constraint == "poisson":
+            arrays["pois_mask"][h, sl] = True
+            arrays["pois_tau"][h, sl] = ps.factors
+            arrays["pois_aux"][h, sl] = ps.aux
+    for slot, nom in samples:
+        o = sb_start[slot_index[slot]]
+        arrays["nominal"][h, o : o + len(nom)] = nom
+    for (k, slot), (vhi, vlo) in normsys:
+        si, j = slot_index[slot], start[k]
+        arrays["ns_hi"][h, si, j], arrays["ns_lo"][h, si, j] = vhi, vlo
+    for (k, slot), (dhi, dlo) in histosys:
+        o, j = sb_start[slot_index[slot]], start[k]
+        arrays["hs_hi"][h, o : o + len(dhi), j] = dhi
+        arrays["hs_lo"][h, o : o + len(dlo), j] = dlo
+    for k, slot in multiplicative:
+        o = sb_start[slot_index[slot]]
+        per_bin = all_params[k].n > 1
+        for i in range(bins.nb_of[slot[0]]):
+            lists[o + i].append(start[k] + (i if per_bin else 0))
+
+
+def _changed(entries: dict[Any, Any], known: dict[Any, Any] | None) -> Any:
+    """The items of ``entries`` that are not the very object ``known`` holds under the same key (all without)."""
+    if known is None:
+        return entries.items()
+    return [(k, v) for k, v in entries.items() if known.get(k) is not v]
+
+
+def _fill_rows(
+    parsed: Sequence[ParsedHypothesis], arrays: dict[str, np.ndarray], pars: _ParamLayout, bins: _BinLayout
+) -> tuple[list[list[str | None]], list[list[list[int]]]]:
+    """Every hypothesis's entries into its row; ``(param_labels, mult_lists)`` per hypothesis.
+
+    Hypotheses patched from one background share its entries (by identity): those are written
+    once into a template row and copied, then only what each patch changed.
+    """
+    n_par, n_sb = pars.n_par, bins.n_sb
+    mult_lists: list[list[list[int]]] = [[[] for _ in range(n_sb)] for _ in range(len(parsed))]
     param_labels: list[list[str | None]] = []
-
-    def fill(
-        h: int,
-        params: Any,
-        samples: Any,
-        normsys: Any,
-        histosys: Any,
-        multiplicative: Any,
-        plabel: list[str | None],
-        lists: list[list[int]],
-        all_params: dict[str, ParamSet],
-    ) -> None:
-        """Write entries of one hypothesis into row ``h`` (all of them, or what differs from a template row)."""
-        for k, ps in params:
-            j0 = start[k]
-            sl = slice(j0, j0 + ps.n)
-            plabel[sl] = [ps.name] if ps.n == 1 else [f"{ps.name}[{i}]" for i in range(ps.n)]
-            init[h, sl] = ps.inits
-            lo[h, sl] = [b[0] for b in ps.bounds]
-            hi[h, sl] = [b[1] for b in ps.bounds]
-            fixed[h, sl] = ps.fixed
-            if ps.constraint == "normal":
-                normal_mask[h, sl] = True
-                normal_aux[h, sl] = ps.aux
-                normal_sigma[h, sl] = ps.sigmas
-            elif ps.constraint == "poisson":
-                pois_mask[h, sl] = True
-                pois_tau[h, sl] = ps.factors
-                pois_aux[h, sl] = ps.aux
-        for slot, nom in samples:
-            o = sb_start[slot_index[slot]]
-            nominal[h, o : o + len(nom)] = nom
-        for (k, slot), (vhi, vlo) in normsys:
-            si, j = slot_index[slot], start[k]
-            ns_hi[h, si, j], ns_lo[h, si, j] = vhi, vlo
-        for (k, slot), (dhi, dlo) in histosys:
-            o, j = sb_start[slot_index[slot]], start[k]
-            hs_hi[h, o : o + len(dhi), j] = dhi
-            hs_lo[h, o : o + len(dlo), j] = dlo
-        for k, slot in multiplicative:
-            o = sb_start[slot_index[slot]]
-            per_bin = all_params[k].n > 1
-            for i in range(nb_of[slot[0]]):
-                lists[o + i].append(start[k] + (i if per_bin else 0))
-
-    # Hypotheses patched from one background share its entries (by identity): write those
-    # once into a template row and copy it, then only what each patch changed.
     base = parsed[0].base
     if base is None or any(p.base is not base for p in parsed):
         base = None
     template_label: list[str | None] = [None] * n_par
     template_lists: list[list[int]] = [[] for _ in range(n_sb)]
     if base is not None:
-        fill(
-            0,
-            base.params.items(),
-            base.samples.items(),
-            base.normsys.items(),
-            base.histosys.items(),
-            base.multiplicative,
-            template_label,
-            template_lists,
-            base.params,
-        )
-        for arr in (
-            init,
-            lo,
-            hi,
-            fixed,
-            normal_mask,
-            normal_aux,
-            normal_sigma,
-            pois_mask,
-            pois_tau,
-            pois_aux,
-            nominal,
-            ns_hi,
-            ns_lo,
-            hs_hi,
-            hs_lo,
-        ):
-            arr[1:] = arr[0]
-
-    def changed(entries: dict[Any, Any], known: dict[Any, Any] | None) -> Any:
-        if known is None:
-            return entries.items()
-        return [(k, v) for k, v in entries.items() if known.get(k) is not v]
-
+        entries = (base.params.items(), base.samples.items(), base.normsys.items(), base.histosys.items())
+        fill = (*entries, base.multiplicative)
+        _fill_row(arrays, pars, bins, 0, fill, template_label, template_lists, base.params)
+        for name in _TEMPLATED:
+            arrays[name][1:] = arrays[name][0]
     for h, p in enumerate(parsed):
-        observed[h, :n_bins_real] = p.observed
+        arrays["observed"][h, : bins.n_bins_real] = p.observed
         plabel = list(template_label)
         lists = mult_lists[h]
         for i, row in enumerate(template_lists):
             lists[i].extend(row)
-        fill(
-            h,
-            changed(p.params, base and base.params),
-            changed(p.samples, base and base.samples),
-            changed(p.normsys, base and base.normsys),
-            changed(p.histosys, base and base.histosys),
+        fill = (
+            _changed(p.params, base and base.params),
+            _changed(p.samples, base and base.samples),
+            _changed(p.normsys, base and base.normsys),
+            _changed(p.histosys, base and base.histosys),
             p.multiplicative[len(base.multiplicative) :] if base is not None else p.multiplicative,
-            plabel,
-            lists,
-            p.params,
         )
+        _fill_row(arrays, pars, bins, h, fill, plabel, lists, p.params)
         param_labels.append(plabel)
+    return param_labels, mult_lists
 
-    # one shared index table (union over hypotheses) plus a per-hypothesis on/off mask:
-    # index arrays shared by the whole batch keep XLA's gathers cheap under vmap
+
+def _mult_table(mult_lists: list[list[list[int]]], n_sb: int, n_par: int, rnd: Any) -> tuple[np.ndarray, np.ndarray]:
+    """One shared index table ``mult [SB, Km]`` (union over hypotheses) plus a per-hypothesis mask ``mult_on``.
+
+    Index arrays shared by the whole batch keep XLA's gathers cheap under vmap; padding points
+    at index ``n_par``, the constant 1.
+    """
+    H = len(mult_lists)
     union_lists = [list(dict.fromkeys(j for hh in mult_lists for j in hh[i])) for i in range(n_sb)]
     width = rnd(max([len(x) for x in union_lists] + [1]))
     mult = np.full((n_sb, width), n_par, dtype=np.int32)  # n_par -> constant 1
@@ -745,40 +851,49 @@ def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) ->
         for h in range(H):
             for j in mult_lists[h][i]:
                 mult_on[h, i, col[j]] = True
+    return mult, mult_on
 
-    arrays = {
-        "nominal": nominal,
-        "ns_hi": ns_hi,
-        "ns_lo": ns_lo,
-        "hs_hi": hs_hi,
-        "hs_lo": hs_lo,
-        "mult_on": mult_on,
-        "init": init,
-        "lo": lo,
-        "hi": hi,
-        "fixed": fixed,
-        "normal_mask": normal_mask,
-        "normal_aux": normal_aux,
-        "normal_sigma": normal_sigma,
-        "pois_mask": pois_mask,
-        "pois_tau": pois_tau,
-        "pois_aux": pois_aux,
-        "observed": observed,
-    }
-    structure = {
-        "sb_slot": np.asarray(sb_slot, np.int32),
-        "sb_bin": np.asarray(sb_bin, np.int32),
-        "mult": mult,
-    }
+
+def _structure_key(arrays: dict[str, np.ndarray], structure: dict[str, np.ndarray], poi_index: int) -> str:
+    """A hash of everything that fixes the array shapes and index tables (what the compiled fit depends on)."""
     shape_sig = repr(sorted((k, v.shape[1:], str(v.dtype)) for k, v in arrays.items()))
     shape_sig += repr({k: v.tolist() for k, v in structure.items()}) + repr(poi_index)
+    return hashlib.sha256(shape_sig.encode()).hexdigest()[:16]
+
+
+def build_batched_model(parsed: Sequence[ParsedHypothesis], pad: bool = True) -> BatchedModel:
+    """Pad a group of parsed hypotheses to their union structure and stack.
+
+    Parameters are ordered ``[alphas | multiplicative]``: the first ``nA``
+    (normsys/histosys) act through interpolation tables that are dense over
+    alphas (``ns_hi [S, nA]``, ``hs_hi [SB, nA]``), so the likelihood's
+    derivatives are plain matrix products with no scatters; the rest
+    (normfactor, lumi, staterror, shapesys, shapefactor) act through a short
+    per-(slot, bin) index table ``mult [SB, Km]``.  With ``pad`` every
+    dimension is rounded up to a :func:`bucket` (padding is exactly neutral).
+
+    The steps: the parameter layout (:func:`_param_layout`), the slots and their bins
+    (:func:`_bin_layout`), neutral arrays (:func:`_neutral_arrays`) filled row by row
+    (:func:`_fill_rows`), the shared multiplicative table (:func:`_mult_table`).
+    """
+    rnd = bucket if pad else (lambda n, floor=1: max(int(n), floor, 1))
+    pars = _param_layout(parsed, rnd)
+    bins = _bin_layout(parsed, rnd)
+    arrays = _neutral_arrays(len(parsed), pars, bins)
+    param_labels, mult_lists = _fill_rows(parsed, arrays, pars, bins)
+    mult, arrays["mult_on"] = _mult_table(mult_lists, bins.n_sb, pars.n_par, rnd)
+    structure = {
+        "sb_slot": np.asarray(bins.sb_slot, np.int32),
+        "sb_bin": np.asarray(bins.sb_bin, np.int32),
+        "mult": mult,
+    }
     return BatchedModel(
         names=[p.name for p in parsed],
         values=[p.values for p in parsed],
-        channels=channels,
-        param_names=labels,
-        poi_index=poi_index,
-        structure_key=hashlib.sha256(shape_sig.encode()).hexdigest()[:16],
+        channels=parsed[0].channels,
+        param_names=pars.labels,
+        poi_index=pars.poi_index,
+        structure_key=_structure_key(arrays, structure, pars.poi_index),
         arrays=arrays,
         structure=structure,
         param_labels=param_labels,

@@ -16,7 +16,6 @@ limit numbers: a number that looks valid is never reported for it.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from typing import Any, Callable, Literal, Sequence
@@ -26,19 +25,12 @@ import numpy as np
 
 from fitserve import __version__
 from fitserve.engine import budget, infer, toys
+from fitserve.engine.budget import MAX_BATCH, batch_size  # noqa: F401 -- where they were (bench, callers)
 from fitserve.engine.inputs import expand_hypotheses, validate_workspace
 from fitserve.engine.model import BatchedModel, compile_each, compile_hypotheses
 from fitserve.engine.options import ScanOptions
 from fitserve.engine.records import cls_only, finite, make_record
-
-#: Hypotheses whose tensors sit together on the device (at most).  Fits run on
-#: a pool of lanes (:mod:`fitserve.engine.fit`) whose cost per hypothesis does
-#: not grow with the batch, so a batch only needs to hold enough hypotheses to
-#: keep the lanes busy; its width is a power of two so that few shapes compile.
-MAX_BATCH = 128
-
-
-from fitserve.engine.runtime import configure  # noqa: E402
+from fitserve.engine.runtime import configure
 
 configure()
 
@@ -49,20 +41,6 @@ def _as_options(options: ScanOptions | dict[str, Any] | None) -> ScanOptions:
     if isinstance(options, ScanOptions):
         return options
     return ScanOptions.model_validate(options)
-
-
-def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
-    """One fixed batch width for ``n`` hypotheses: a power of two, few batches.
-
-    All batches of a scan share it, so the fit compiles once per structure;
-    padding hypotheses are never fitted (they only fill the device arrays).
-    """
-    n_batches = max(1, math.ceil(n / max_batch))
-    per = math.ceil(n / n_batches)
-    width = 1
-    while width < per:
-        width *= 2
-    return min(width, max(max_batch, 1))
 
 
 def _limit_record(ul: infer.UpperLimits, i: int) -> dict[str, Any]:
@@ -151,7 +129,7 @@ def _degenerate(model: BatchedModel, x: np.ndarray, i: int, codes: tuple[str, st
     except Exception:  # noqa: BLE001 -- a diagnosis must never fail the scan
         return None
     h = np.asarray(h)
-    free = ~np.asarray(t["fixed"])
+    free = ~np.asarray(t.fixed)
     idx = np.nonzero(free)[0]
     if idx.size < 2 or not np.isfinite(h).all():
         return None

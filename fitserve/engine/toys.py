@@ -62,19 +62,19 @@ def hypothesis_key(seed: int, name: str) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("codes",))
-def _sample(t1: dict, gen: jax.Array, key: jax.Array, index: jax.Array, codes: tuple[str, str]):
+def _sample(t1: lh.ModelTensors, gen: jax.Array, key: jax.Array, index: jax.Array, codes: tuple[str, str]):
     """Pseudo-data of the toys ``index`` ([N]) generated at ``gen`` (one hypothesis' tensors ``t1``)."""
     lam = jnp.maximum(lh.expected_main(gen, t1, codes), 0.0)
-    normal, pois = t1["normal_mask"], t1["pois_mask"]
+    normal, pois = t1.normal_mask, t1.pois_mask
 
     def one(k):
         k_main, k_normal, k_pois = jax.random.split(jax.random.fold_in(key, k), 3)
         main = jax.random.poisson(k_main, lam, dtype=jnp.int64).astype(gen.dtype)
         aux_n = jnp.where(
-            normal, gen + t1["normal_sigma"] * jax.random.normal(k_normal, gen.shape, gen.dtype), t1["normal_aux"]
+            normal, gen + t1.normal_sigma * jax.random.normal(k_normal, gen.shape, gen.dtype), t1.normal_aux
         )
-        rate = jnp.where(pois, gen * t1["pois_tau"], 1.0)
-        aux_p = jnp.where(pois, jax.random.poisson(k_pois, rate, dtype=jnp.int64).astype(gen.dtype), t1["pois_aux"])
+        rate = jnp.where(pois, gen * t1.pois_tau, 1.0)
+        aux_p = jnp.where(pois, jax.random.poisson(k_pois, rate, dtype=jnp.int64).astype(gen.dtype), t1.pois_aux)
         return main, aux_n, aux_p
 
     return jax.vmap(one)(index)
@@ -82,7 +82,7 @@ def _sample(t1: dict, gen: jax.Array, key: jax.Array, index: jax.Array, codes: t
 
 def sample(engine: Engine, gen: np.ndarray, key: jax.Array, start: int, stop: int) -> tuple[np.ndarray, ...]:
     """Main and auxiliary data of toys ``[start, stop)`` of hypothesis 0 of ``engine``, generated at ``gen``."""
-    t1 = {k: (v if k in lh.SHARED else v[0]) for k, v in engine.t.items()}
+    t1 = engine.t.one(0)
     parts = []
     for lo in range(start, stop, SAMPLE_BLOCK):
         index = np.arange(lo, lo + SAMPLE_BLOCK, dtype=np.int64)  # full blocks: one compiled shape

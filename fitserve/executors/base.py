@@ -21,8 +21,7 @@ import zlib
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
-from fitserve.engine import InputError, error_record
-from fitserve.engine.records import patch_values
+from fitserve.engine import InputError, error_record, patch_values
 
 
 def decode_workspace(workspace: dict[str, Any] | bytes | str) -> dict[str, Any]:

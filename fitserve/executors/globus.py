@@ -58,8 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from fitserve.engine import error_record
-from fitserve.engine.records import patch_values
+from fitserve.engine import error_record, patch_values
 from fitserve.executors.base import Executor
 from fitserve.executors.globus_task import PROTOCOL, run_globus_task, versions, workspace_sha
 

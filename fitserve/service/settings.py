@@ -98,7 +98,7 @@ class Settings(BaseSettings):
 
     def worker_memory(self) -> int:
         """Bytes one worker may use (``worker_memory_bytes``, else half of the machine's memory)."""
-        from fitserve.engine.budget import physical_memory
+        from fitserve.engine import physical_memory
 
         return self.worker_memory_bytes or physical_memory() // 2
 

@@ -2,8 +2,9 @@
 
 A :class:`SubmissionDesk` (one per app, ``app.state.desk``) says who is asking
 (:meth:`~SubmissionDesk.principal`), checks a submission
-(:meth:`~SubmissionDesk.prepare`: options, workspace, patchset, the service's
-limits and the engine's plan of the job; :class:`InputError` or
+(:meth:`~SubmissionDesk.prepare`: the engine's one submission check,
+:func:`~fitserve.engine.check_submission`, against the service's limits: options,
+workspace, patchset and the engine's plan of the job; :class:`InputError` or
 :class:`LimitExceeded` on anything wrong), files it
 (:meth:`~SubmissionDesk.submit`: the job and its chunks in one Redis
 transaction, the job log told) and shows a job to its owner only
@@ -23,23 +24,25 @@ from typing import Any
 
 from fastapi import Request
 
-from fitserve.engine import InputError, ScanOptions
-from fitserve.engine.inputs import (
-    Hypothesis,
-    apply_patch,
-    check_measurement,
-    check_values,
-    expand_hypotheses,
+from fitserve.engine import (
+    InputError,
+    LimitError,
+    PreparedJob,
+    ScanOptions,
+    SubmissionLimits,
+    check_options,
+    check_submission,
     parse_json,
-    validate_patchset,
-    validate_workspace,
 )
 from fitserve.service import toyjobs
 from fitserve.service.auth import COOKIE, Principal, TokenStore, auth_mode, authenticate
-from fitserve.service.limits import LimitExceeded, check_job_size, check_model_size, check_plan, limit_text
+from fitserve.service.limits import LimitExceeded, limit_text
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
 from fitserve.service.store import JobStore, NewJob
+
+#: limits the engine refuses that this service answers with 413 (the others: 422, as any InputError)
+TOO_LARGE = ("max_job_toys",)
 
 
 def read_json(raw: bytes | str, where: str) -> Any:
@@ -49,16 +52,7 @@ def read_json(raw: bytes | str, where: str) -> Any:
 
 def parse_options(raw: Any) -> tuple[ScanOptions, list[str] | None]:
     """API options as the engine's :class:`ScanOptions` and the ``patches`` subset (InputError on anything wrong)."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise InputError("options must be a JSON object", where="options")
-    check_values(raw, where="options", dotted=True)
-    raw = dict(raw)
-    names = raw.pop("patches", None)
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise InputError("must be a list of patch names", where="options.patches")
-    opts = ScanOptions.parse(raw, where="options")
+    opts, names = check_options(raw, where="options")
     if opts.toy_range is not None:
         raise InputError(
             "toy_range is chosen by the service (chunks of toy_chunk_size toys); ask for n_toys",
@@ -67,80 +61,42 @@ def parse_options(raw: Any) -> tuple[ScanOptions, list[str] | None]:
     return opts, names
 
 
-def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings) -> NewJob:
-    """Validate a submission and turn it into a :class:`NewJob` (raises InputError, LimitExceeded)."""
-    opts, names = parse_options(options)
-    if workspace is None:
-        raise InputError("missing: a background-only (or full) pyhf workspace is required", where="workspace")
-    validate_workspace(workspace, where="workspace")
-    if patchset is None:
-        if names:
-            raise InputError("a patch subset was given but no patchset", where="options.patches")
-        check_measurement(workspace, opts.measurement, where="workspace")
-        check_model_size(workspace, settings.max_bins, settings.max_parameters, where="workspace")
-        hyp = expand_hypotheses(workspace, None)[0]
-        check_built(None, [hyp], opts, settings)
-        return NewJob(workspace=workspace, patches=None, names=[hyp.name], values=[[]], options=opts)
-    check_measurement(workspace, opts.measurement, where="workspace", poi=False)
-    validate_patchset(patchset, where="patchset")
-    patches = patchset["patches"]
-    if names:
-        by_name = {p["metadata"]["name"]: p for p in patches}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise InputError(f"no patch named {', '.join(map(repr, missing[:5]))}", where="options.patches")
-        patches = [by_name[n] for n in dict.fromkeys(names)]
-    if not patches:
-        raise InputError("no hypotheses to fit", where="patchset")
-    check_job_size(len(patches), settings.max_hypotheses)
-    hyps = []
-    for patch in patches:  # cheap check that every patch applies; the engine validates each model
-        where = f"patchset: patch {patch['metadata']['name']!r}"
-        patched = apply_patch(workspace, patch["patch"], where=where)
-        check_measurement(patched, opts.measurement, where=where)
-        check_model_size(patched, settings.max_bins, settings.max_parameters, where=where)
-        hyps.append(Hypothesis(name=patch["metadata"]["name"], values=[], spec=patched))
-    dims = {len(p["metadata"].get("values", [])) for p in patches}
-    if len(dims) > 1:
-        raise InputError(f"patches have grid values of different lengths {sorted(dims)}", where="patchset")
-    check_built(workspace, hyps, opts, settings)
-    return NewJob(
-        workspace=workspace,
-        patches=patches,
-        names=[p["metadata"]["name"] for p in patches],
-        values=[list(p["metadata"].get("values", [])) for p in patches],
-        options=opts,
-        labels=list(patchset.get("metadata", {}).get("labels", [])),
+def submission_limits(settings: Settings) -> SubmissionLimits:
+    """The service's limits as the engine's :class:`SubmissionLimits`, each named with its setting."""
+    names = ("max_hypotheses", "max_bins", "max_parameters", "max_structure_groups", "max_job_toys")
+    texts = {name: limit_text(name, getattr(settings, name)) for name in names}
+    texts["batch_memory_bytes"] = (
+        f"{limit_text('batch_memory_bytes', settings.batch_memory_bytes)}, 0 = a quarter of the worker's memory"
     )
-
-
-def check_built(
-    workspace: dict[str, Any] | None, hyps: list[Hypothesis], opts: ScanOptions, settings: Settings
-) -> None:
-    """Refuse (422) a job whose padded models, batch memory or structure groups exceed the limits.
-
-    The engine's own plan of the job (:func:`fitserve.engine.budget.plan_hypotheses`), chunked as
-    the workers will run it: nothing is allocated or fitted.
-    """
-    from fitserve.engine.budget import plan_hypotheses
-
-    if opts.calculator == "toybased":
-        toys = 2 * opts.n_toys * len(hyps)
-        if toys > settings.max_job_toys:
-            raise LimitExceeded(
-                413,
-                f"the job asks for {toys:,} toys ({opts.n_toys:,} per distribution, two distributions, "
-                f"{len(hyps)} hypotheses), more than the limit {limit_text('max_job_toys', settings.max_job_toys)}",
-                "options.n_toys",
-            )
-    job_plan = plan_hypotheses(
-        hyps,
-        workspace,
-        opts.model_dump(mode="json"),
+    return SubmissionLimits(
+        **{name: getattr(settings, name) for name in names},
+        batch_memory_bytes=settings.batch_memory(),
         chunk_size=settings.chunk_size,
-        budget_bytes=settings.batch_memory(),
+        texts=texts,
     )
-    check_plan(job_plan, [h.name for h in hyps], settings.chunk_size, settings)
+
+
+def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings) -> NewJob:
+    """Validate a submission and turn it into a :class:`NewJob` (raises InputError, LimitExceeded).
+
+    The engine's one submission check (:func:`fitserve.engine.check_submission`) against this
+    service's limits; the limits answered with 413 become :class:`LimitExceeded`.
+    """
+    opts, names = parse_options(options)
+    try:
+        job: PreparedJob = check_submission(workspace, patchset, opts, submission_limits(settings), names)
+    except LimitError as exc:
+        if exc.limit in TOO_LARGE:
+            raise LimitExceeded(413, exc.message, exc.where or "options") from None
+        raise
+    return NewJob(
+        workspace=job.workspace,
+        patches=job.patches,
+        names=job.names,
+        values=job.values,
+        options=job.options,
+        labels=job.labels,
+    )
 
 
 def enqueue_job(

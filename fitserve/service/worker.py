@@ -421,11 +421,11 @@ class Worker:
 
     def _over_budget(self, ws: bytes, patches: list[dict[str, Any]] | None, options: dict[str, Any]) -> str | None:
         """Why the chunk's batches would not fit the batch memory budget (None: they fit, or no plan)."""
-        from fitserve.engine.budget import plan
+        from fitserve.engine import plan_job
 
         budget = self.settings.batch_memory()
         try:
-            largest = plan(decode_workspace(ws), patches, options, budget_bytes=budget).largest("peak_bytes")
+            largest = plan_job(decode_workspace(ws), patches, options, budget_bytes=budget).largest("peak_bytes")
         except Exception:  # the engine reports bad input itself, with the hypothesis it belongs to
             return None
         if largest is None or largest.peak_bytes <= budget:

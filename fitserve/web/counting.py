@@ -8,7 +8,7 @@ POI bounds are ``[0, mu_max]`` with ``mu_max`` large enough for the limit to
 lie inside (see :func:`mu_upper_bound`), so the downloaded workspace gives the
 same numbers with ``pyhf.infer.hypotest`` / ``upper_limit`` out of the box.
 
-It is fitted in-process by :func:`fitserve.engine.scan.scan`.  The compiled
+It is fitted in-process by :func:`fitserve.engine.run_scan`.  The compiled
 fit depends only on the number of bins, so :class:`Warmup` compiles the
 common sizes in a background thread when the web app starts.
 """
@@ -249,12 +249,12 @@ def compiled_sizes() -> list[int]:
 
 def compute(inp: CountingInput) -> QuickLimit:
     """CLs at mu = 1 and the upper limits at :data:`OPTIONS` (qtilde, asymptotics, 95% CL) with the engine."""
-    from fitserve.engine.scan import scan
+    from fitserve.engine import run_scan
 
     ws = build_workspace(inp)
     t0 = time.perf_counter()
     with _lock(inp.n_bins):
-        out = scan(ws, None, OPTIONS)
+        out = run_scan(ws, None, OPTIONS)
         _compiled.add(inp.n_bins)
     record = next(iter(out["results"].values()))
     return QuickLimit(workspace=ws, record=record, signal_total=sum(inp.signal), seconds=time.perf_counter() - t0)
