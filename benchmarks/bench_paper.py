@@ -188,11 +188,13 @@ def child(kind: str, name: str, extra: str) -> None:
         )
         return
     if kind == "widths":
+        from fitserve.engine import budget
+
         bkg, patches = inputs(name)
         out = {}
         scan_mod.scan(bkg, patches[:8], {}, validate=False)
         for width in (8, 32, 64, 128):
-            scan_mod.MAX_BATCH = width
+            budget.MAX_BATCH = width  # the widest batch the scan makes (read at each scan)
             scan_mod.scan(bkg, patches, {}, validate=False)  # compile this width
             before = dict(fit.STATS)
             r = scan_mod.scan(bkg, patches, {}, validate=False)

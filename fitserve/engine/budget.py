@@ -137,12 +137,14 @@ def physical_memory() -> int:
     return total
 
 
-def batch_size(n: int, max_batch: int = MAX_BATCH) -> int:
+def batch_size(n: int, max_batch: int | None = None) -> int:
     """One fixed batch width for ``n`` hypotheses: a power of two, few batches.
 
     All batches of a scan share it, so the fit compiles once per structure;
     padding hypotheses are never fitted (they only fill the device arrays).
+    ``max_batch`` None: :data:`MAX_BATCH` as it is now (the benchmark varies it).
     """
+    max_batch = MAX_BATCH if max_batch is None else max_batch
     n_batches = max(1, math.ceil(n / max_batch))
     per = math.ceil(n / n_batches)
     width = 1
