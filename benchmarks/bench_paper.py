@@ -340,8 +340,20 @@ def iteration_profile(name: str, lanes: int = 32) -> dict[str, float]:
         "of_which_interpolation": bench(jax.vmap(interp, in_axes=(0, ax)), x, t),
         "value_only": bench(jax.vmap(lambda x, th, d: lh.nll_variable(x, th, d, codes), in_axes=(0, ax, 0)), x, t, obs),
         "newton_step_cholesky": bench(
-            jax.vmap(fit._step), x, f, g, h, fi, jnp.zeros(n, bool), jnp.zeros(n), t["lo"], t["hi"], free
-        ),
+            jax.vmap(fit._step, in_axes=(0,) * 11 + (None,)),
+            x,
+            f,
+            g,
+            g,
+            h,
+            fi,
+            jnp.zeros(n, bool),
+            jnp.zeros(n),
+            t["lo"],
+            t["hi"],
+            free,
+            jnp.zeros(x.shape[1], bool),
+        ),  # fmt: skip
     }
     out["shape"] = {
         "P": int(m.n_params),
