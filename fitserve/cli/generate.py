@@ -59,7 +59,7 @@ def signal(
     ),
 ) -> None:
     """Write a synthetic signal patchset (2-D mass grid) for a background-only workspace."""
-    from fitserve.engine.inputs import load_json, validate_patchset, validate_workspace
+    from fitserve.engine import load_json, validate_patchset, validate_workspace
     from fitserve.generate import NO_HEPDATA_RECORD, default_grid, dumps, signal_patchset
 
     if strength <= 0:

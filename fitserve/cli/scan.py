@@ -61,9 +61,7 @@ def scan(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:
     """Compute CLs (and optionally upper limits) for every hypothesis, locally."""
-    from fitserve.engine import ScanOptions
-    from fitserve.engine.inputs import load_json, validate_patchset
-    from fitserve.engine.scan import scan as run_scan
+    from fitserve.engine import ScanOptions, load_json, run_scan, validate_patchset
 
     try:
         options = ScanOptions(

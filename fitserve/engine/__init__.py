@@ -30,7 +30,7 @@ from fitserve.engine.records import Record, clean_record, error_record, make_rec
 if TYPE_CHECKING:
     from fitserve.engine.budget import physical_memory
     from fitserve.engine.budget import plan as plan_job
-    from fitserve.engine.inputs import parse_json
+    from fitserve.engine.inputs import load_json, parse_json, validate_patchset, validate_workspace
     from fitserve.engine.options import ScanOptions
     from fitserve.engine.scan import run_chunk
     from fitserve.engine.scan import scan as run_scan
@@ -56,6 +56,7 @@ __all__ = [
     "error_record",
     "make_record",
     "merge_toy_records",
+    "load_json",
     "parse_json",
     "patch_values",
     "physical_memory",
@@ -63,13 +64,15 @@ __all__ = [
     "run_chunk",
     "run_scan",
     "toy_distributions",
+    "validate_patchset",
+    "validate_workspace",
 ]
 
 #: loaded on first use: name -> module
 _LAZY = {
     "ScanOptions": "fitserve.engine.options",
     "run_chunk": "fitserve.engine.scan",
-    "parse_json": "fitserve.engine.inputs",
+    **dict.fromkeys(("load_json", "parse_json", "validate_patchset", "validate_workspace"), "fitserve.engine.inputs"),
     "physical_memory": "fitserve.engine.budget",
     **dict.fromkeys(
         ("PreparedJob", "SubmissionLimits", "check_options", "check_submission"), "fitserve.engine.submission"
