@@ -36,7 +36,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from fitserve.engine.model import background_names
+from fitserve.engine.inputs import PER_BIN_PARAMETERS
+from fitserve.engine.model import CONSTRAINT, background_names
 
 #: fits vmapped per hypothesis in one compiled call (fitserve.engine.infer.ROWS)
 ROWS = 3
@@ -166,16 +167,6 @@ def width_for(
     return max(1, min(size, max_width(n_params, n_bins, n_sb, budget_bytes, k_mult, k_histosys)))
 
 
-_CONSTRAINT = {
-    "normsys": "normal",
-    "histosys": "normal",
-    "lumi": "normal",
-    "staterror": "normal",
-    "shapesys": "poisson",
-    "normfactor": None,
-    "shapefactor": None,
-}
-_PER_BIN = ("shapesys", "staterror", "shapefactor")
 _MULTIPLICATIVE = ("normfactor", "shapefactor", "lumi", "staterror", "shapesys")
 
 
@@ -242,7 +233,7 @@ def _structure(
                         counters[role] = k + 1
                         key = f"{role}#{k}"
                     key_of[name] = key
-                params.setdefault(key, (nbins[ch["name"]] if mtype in _PER_BIN else 1, _CONSTRAINT.get(mtype)))
+                params.setdefault(key, (nbins[ch["name"]] if mtype in PER_BIN_PARAMETERS else 1, CONSTRAINT.get(mtype)))
                 if mtype in ("normsys", "histosys"):
                     alphas.add(key)
                 kind = "mult" if mtype in _MULTIPLICATIVE else mtype

@@ -36,8 +36,8 @@ from fitserve.engine.inputs import Hypothesis
 if TYPE_CHECKING:
     from fitserve.engine.likelihood import ModelTensors
 
-# pyhf's default parameter settings per modifier type.
-_CONSTRAINT = {
+#: pyhf's default constraint per modifier type (also read by budget.py's size count)
+CONSTRAINT = {
     "normsys": "normal",
     "histosys": "normal",
     "lumi": "normal",
@@ -195,7 +195,7 @@ class _Parser:
                 if ps is None:
                     ps = _default_paramset(key, name, mtype, n, nom, data, self.overrides.get(name), mwhere)
                     self.params[key] = ps
-                elif ps.n != n or ps.constraint != _CONSTRAINT[mtype]:
+                elif ps.n != n or ps.constraint != CONSTRAINT[mtype]:
                     raise InputError(
                         f"parameter {name!r} is used as {ps.kind} and {mtype} with incompatible definitions",
                         where=mwhere,
@@ -428,7 +428,7 @@ def _measurement(spec: dict[str, Any], name: str | None, where: str) -> dict[str
 def _default_paramset(
     key: str, name: str, mtype: str, n: int, nom: np.ndarray, data: Any, override: dict | None, where: str
 ) -> ParamSet:
-    constraint = _CONSTRAINT[mtype]
+    constraint = CONSTRAINT[mtype]
     if mtype in ("normsys", "histosys"):
         ps = ParamSet(key, name, mtype, 1, [0.0], [(-5.0, 5.0)], [False], constraint, [0.0], [1.0])
     elif mtype == "normfactor":

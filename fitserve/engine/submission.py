@@ -73,6 +73,11 @@ class PreparedJob:
     hypotheses: list[Hypothesis] = field(default_factory=list, repr=False)
     plan: JobPlan | None = field(default=None, repr=False)
 
+    @property
+    def options_doc(self) -> dict[str, Any]:
+        """The options as stored (job meta, job hash) and hashed into every cache key: every field, JSON types."""
+        return self.options.model_dump(mode="json")
+
 
 def check_options(raw: Any, where: str = "options") -> tuple[ScanOptions, list[str] | None]:
     """Submitted options as :class:`ScanOptions` and the ``patches`` subset they name (None: every patch).

@@ -29,14 +29,16 @@ import json
 import secrets
 import time
 import zlib
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import redis
 
 from fitserve import __version__
-from fitserve.engine import ENGINE_VERSION, ScanOptions, clean_record, error_record
+from fitserve.engine import ENGINE_VERSION, clean_record, error_record
 from fitserve.service import toyjobs
+
+if TYPE_CHECKING:  # a type only: importing the store loads none of the engine's submission check
+    from fitserve.engine import PreparedJob
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
@@ -131,25 +133,6 @@ def _s(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-@dataclass
-class NewJob:
-    """What the submission desk hands the store: validated inputs of one job."""
-
-    workspace: dict[str, Any]
-    patches: list[dict[str, Any]] | None  # None: the workspace is the one hypothesis
-    names: list[str]
-    values: list[list[float]]
-    options: ScanOptions
-    labels: list[str] = field(default_factory=list)
-    #: toys per chunk of a toy-based job (the service's ``toy_chunk_size``)
-    toy_chunk_size: int = 1000
-
-    @property
-    def options_doc(self) -> dict[str, Any]:
-        """The options as stored (job meta, job hash) and hashed into every cache key: every field, JSON types."""
-        return self.options.model_dump(mode="json")
-
-
 class JobStore:
     def __init__(self, client: redis.Redis, prefix: str = "fitserve") -> None:
         self.r = client
@@ -182,10 +165,11 @@ class JobStore:
 
     def create_job(
         self,
-        job: NewJob,
+        job: PreparedJob,
         owner: str = "local",
         job_id: str | None = None,
         also: Callable[[Any, list[str]], None] | None = None,
+        toy_chunk_size: int = 1000,
     ) -> tuple[str, list[str], list[Any]]:
         """Store ``owner``'s job and its inputs; return ``(job_id, names still to compute, replies of also)``.
 
@@ -194,6 +178,7 @@ class JobStore:
         ``also(pipeline, names to compute)`` adds (the API queues the chunks
         there): if Redis fails half-way, nothing of the job exists, so the
         client's retry cannot leave a job that stays queued for ever.
+        ``toy_chunk_size``: toys per chunk of a toy-based job (the service's setting).
         """
         now = time.time()
         job_id = job_id or self.new_id()
@@ -218,7 +203,7 @@ class JobStore:
         if toyjobs.is_toys(options):
             base_json = canonical_json(toyjobs.base_options(options))
             toys_meta = {
-                "ranges": toyjobs.toy_ranges(int(options["n_toys"]), job.toy_chunk_size),
+                "ranges": toyjobs.toy_ranges(int(options["n_toys"]), toy_chunk_size),
                 "bases": [hypothesis_key(ws_sha, ps, base_json, engine) for ps in patch_shas],
             }
         cached = self.r.mget([self.k("result", h) for h in hkeys]) if hkeys else []

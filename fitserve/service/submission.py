@@ -39,7 +39,7 @@ from fitserve.service.auth import COOKIE, Principal, TokenStore, auth_mode, auth
 from fitserve.service.limits import LimitExceeded, limit_text
 from fitserve.service.queue import ChunkQueue
 from fitserve.service.settings import Settings
-from fitserve.service.store import JobStore, NewJob
+from fitserve.service.store import JobStore
 
 #: limits the engine refuses that this service answers with 413 (the others: 422, as any InputError)
 TOO_LARGE = ("max_job_toys",)
@@ -76,31 +76,23 @@ def submission_limits(settings: Settings) -> SubmissionLimits:
     )
 
 
-def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings) -> NewJob:
-    """Validate a submission and turn it into a :class:`NewJob` (raises InputError, LimitExceeded).
+def prepare_job(workspace: Any, patchset: Any, options: Any, settings: Settings) -> PreparedJob:
+    """Validate a submission into the engine's :class:`PreparedJob` (raises InputError, LimitExceeded).
 
     The engine's one submission check (:func:`fitserve.engine.check_submission`) against this
     service's limits; the limits answered with 413 become :class:`LimitExceeded`.
     """
     opts, names = parse_options(options)
     try:
-        job: PreparedJob = check_submission(workspace, patchset, opts, submission_limits(settings), names)
+        return check_submission(workspace, patchset, opts, submission_limits(settings), names)
     except LimitError as exc:
         if exc.limit in TOO_LARGE:
             raise LimitExceeded(413, exc.message, exc.where or "options") from None
         raise
-    return NewJob(
-        workspace=job.workspace,
-        patches=job.patches,
-        names=job.names,
-        values=job.values,
-        options=job.options,
-        labels=job.labels,
-    )
 
 
 def enqueue_job(
-    job: NewJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local"
+    job: PreparedJob, store: JobStore, queue: ChunkQueue, settings: Settings, owner: str = "local"
 ) -> tuple[str, int]:
     """Store ``owner``'s prepared job and queue its uncached hypotheses in chunks; ``(job id, number queued)``.
 
@@ -116,7 +108,6 @@ def enqueue_job(
             "jobs",
         )
     size = settings.chunk_size
-    job.toy_chunk_size = settings.toy_chunk_size
 
     def chunks(pipe: Any, todo: list[str]) -> None:  # queued in the same transaction as the job
         if job.options.calculator == "toybased":  # one hypothesis and one range of its toys per chunk
@@ -125,7 +116,9 @@ def enqueue_job(
             return
         queue.enqueue(job_id, [todo[i : i + size] for i in range(0, len(todo), size)], pipe=pipe, user=owner)
 
-    job_id, todo, _ = store.create_job(job, owner=owner, job_id=job_id, also=chunks)
+    job_id, todo, _ = store.create_job(
+        job, owner=owner, job_id=job_id, also=chunks, toy_chunk_size=settings.toy_chunk_size
+    )
     return job_id, len(todo)
 
 
@@ -165,11 +158,11 @@ class SubmissionDesk:
         """The options alone (the web form shows their mistakes with those of the files)."""
         return parse_options(options)[0]
 
-    def prepare(self, workspace: Any, patchset: Any, options: Any) -> NewJob:
+    def prepare(self, workspace: Any, patchset: Any, options: Any) -> PreparedJob:
         """Everything about a submission that can be checked before it is stored (InputError, LimitExceeded)."""
         return prepare_job(workspace, patchset, options, self.settings)
 
-    def submit(self, job: NewJob, owner: str) -> Submitted:
+    def submit(self, job: PreparedJob, owner: str) -> Submitted:
         """Store ``owner``'s prepared job and queue it (LimitExceeded 429 past ``max_active_jobs``)."""
         job_id, n_todo = enqueue_job(job, self.store, self.queue, self.settings, owner)
         if self.joblog is not None:
