@@ -52,7 +52,12 @@ def build_config(
 
     workers = max(1, int(workers))
     if site is None:
-        provider = LocalProvider(init_blocks=1, min_blocks=1, max_blocks=1)
+        # each worker process's share of the cores sizes its XLA pool (runtime.threads_from_env);
+        # without it every worker would start a pool of all cores beside the others
+        share = max(1, (os.cpu_count() or 1) // workers)
+        provider = LocalProvider(
+            init_blocks=1, min_blocks=1, max_blocks=1, worker_init=f"export FITSERVE_THREADS={share}"
+        )
         htex = HighThroughputExecutor(
             label=_LABEL,
             provider=provider,

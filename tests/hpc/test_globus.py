@@ -56,6 +56,8 @@ def test_every_template_loads_with_the_endpoint_loader(site, kubeconfig):
         assert type(config.engine).__name__ == "GlobusComputeEngine"
         assert type(config.engine.provider).__name__ == PROVIDERS[site]
         init = config.engine.provider.worker_init
+        # the XLA pool of each worker: its cores, not the whole node's
+        assert f"FITSERVE_THREADS={int(config.engine.executor.cores_per_worker)}" in init
         if site != "kubernetes":  # the image holds fitserve; elsewhere worker_init installs it
             assert '/bin/pip" install' in init and "FITSERVE_PIP_SPEC:-fitserve[globus]" in init and "activate" in init
     finally:

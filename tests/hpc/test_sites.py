@@ -24,14 +24,25 @@ def test_shipped_parsl_sites_build(name, tmp_path):
         == {"local": "LocalProvider", "slurm": "SlurmProvider", "pbspro": "PBSProProvider"}[name]
     )
     assert capacity == htex.max_workers_per_node * provider.nodes_per_block * provider.max_blocks
+    # each worker's XLA pool is its share of the node, not the whole node (docs/engine.md#threads)
+    assert f"FITSERVE_THREADS={int(htex.cores_per_worker)}" in provider.worker_init
     if name != "local":
+        assert htex.cpu_affinity == "block"  # exclusive nodes: each worker on its own cores
         assert "activate" in provider.worker_init and provider.walltime == "02:00:00"
         assert type(provider.launcher).__name__ in ("SrunLauncher", "MpiExecLauncher")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 64])
+def test_the_local_pool_gives_each_worker_its_share_of_the_cores(workers, tmp_path):
+    config, _ = build_config(workers=workers, run_dir=tmp_path)
+    share = max(1, (os.cpu_count() or 1) // workers)
+    assert config.executors[0].provider.worker_init == f"export FITSERVE_THREADS={share}"
 
 
 def test_kubernetes_site_builds(kubeconfig, tmp_path):
     config, capacity = build_config(workers=1, run_dir=tmp_path, site=ENDPOINTS / "kubernetes.yaml")
     provider = config.executors[0].provider
+    assert "FITSERVE_THREADS=1" in provider.worker_init  # cores_per_worker: 1
     assert type(provider).__name__ == "KubernetesProvider"
     assert (provider.image, provider.namespace, provider.max_mem, provider.init_cpu) == (
         "ghcr.io/your-org/fitserve:latest",
