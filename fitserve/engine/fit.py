@@ -410,12 +410,59 @@ def _empty_lanes(t: lh.ModelTensors, n_lanes: int, n_par: int, n_bins: int) -> _
     )
 
 
-def lanes_for(n_tasks: int, max_lanes: int = 32) -> int:
-    """Lane count for a pool: a power of two up to ``max_lanes`` (fewer for few tasks)."""
-    n = 4
-    while n < min(n_tasks, max_lanes):
-        n *= 2
-    return min(n, max(4, max_lanes))
+#: The lane-count model (:func:`lanes_for`), fitted to bench_paper's lane sweep on 2 cores
+#: (1Lbb, staus, sbottom-C, 3L-RJ and the 256-parameter model, widths 8-128, 4-32 lanes).
+#: One block iteration costs ``ITERATION_MS + lanes * lane_ms``: the fixed part is what
+#: more lanes amortise, the per-lane part grows with the model (0.17 ms for 3L-RJ, 1 ms
+#: for 1Lbb, 4.6 ms for 256 parameters), so more lanes pay only for small models.
+ITERATION_MS = 0.8
+#: per-lane cost: ~0.7 ns per byte of a hypothesis's prepared tensors plus ~0.13 ns per P^3 (the factorisation)
+LANE_NS_PER_BYTE, LANE_NS_PER_P3 = 0.705, 0.134
+#: lanes idle while the slowest chains finish: ~IDLE_AT_ONE * (lanes / chains) ** IDLE_POWER
+#: (44% with one chain per lane, 7% with four, 1-3% with sixteen)
+IDLE_AT_ONE, IDLE_POWER = 0.4, 0.8
+
+
+def lane_ms(t: lh.ModelTensors) -> float:
+    """The model's per-lane cost of one iteration in ms (:data:`LANE_NS_PER_BYTE`, :data:`LANE_NS_PER_P3`)."""
+    per_hypothesis = 0
+    for name, value in _fields(t):
+        if value is None or not hasattr(value, "shape"):
+            continue
+        rows = 1 if name in lh.SHARED else max(1, int(value.shape[0]))
+        per_hypothesis += value.size * value.dtype.itemsize / rows
+    n_par = int(t.init.shape[-1])
+    return 1e-6 * (LANE_NS_PER_BYTE * per_hypothesis + LANE_NS_PER_P3 * n_par**3)
+
+
+def _fields(t: lh.ModelTensors):
+    return ((f, getattr(t, f)) for f in t.__dataclass_fields__)
+
+
+def lanes_for(n_tasks: int, max_lanes: int = 32, lane_cost_ms: float | None = None) -> int:
+    """Lane count for a pool of ``n_tasks`` chains: the power of two in [4, ``max_lanes``] of least expected time.
+
+    Expected time per chain ∝ ``(ITERATION_MS / lanes + lane_cost_ms) / (1 - idle)``
+    with idle from :data:`IDLE_AT_ONE` and :data:`IDLE_POWER`: fewer lanes keep
+    each one busy to the end of the batch, more lanes share the fixed cost of an
+    iteration.  Measured on 1Lbb at widths 32/64/128, 32 lanes took 55/55/36 ms
+    per hypothesis and the chosen 4/8/8 lanes 34/32/27 ms; on 3L-RJ (0.17 ms
+    per lane) 32 lanes stay the best.  ``lane_cost_ms`` None: 1 ms (1Lbb's).
+    """
+    cost = 1.0 if lane_cost_ms is None else max(float(lane_cost_ms), 1e-6)
+    top = 4
+    while top < min(n_tasks, max_lanes):
+        top *= 2
+    top = min(top, max(4, max_lanes))
+    best, best_j = 4, float("inf")
+    lanes = 4
+    while lanes <= top:
+        idle = IDLE_AT_ONE * (lanes / max(n_tasks, 1)) ** IDLE_POWER
+        j = (ITERATION_MS / lanes + cost) / max(1.0 - idle, 1e-3)
+        if j < best_j * (1 - 1e-9):
+            best, best_j = lanes, j
+        lanes *= 2
+    return best
 
 
 class Pool:

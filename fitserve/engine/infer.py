@@ -35,7 +35,7 @@ import numpy as np
 
 from fitserve.engine import likelihood as lh
 from fitserve.engine.aot import exported_jit
-from fitserve.engine.fit import FitResult, Pool, Tasks, fit_tasks, lanes_for
+from fitserve.engine.fit import FitResult, Pool, Tasks, fit_tasks, lane_ms, lanes_for
 
 #: The standard normal CDF, ``Phi(x) = erfc(-x / sqrt 2) / 2`` (accurate in both tails), from the C
 #: library's ``erfc``: ``scipy.special.ndtr`` computes the same, but importing ``scipy.special``
@@ -167,7 +167,7 @@ class Engine:
         width, self.n_par = (int(d) for d in t.init.shape)
         self.n_hyp = width if n_real is None else int(n_real)
         n = self.n_hyp
-        self.lanes = lanes_for(width, max_lanes)
+        self.lanes = lanes_for(width, max_lanes, lane_ms(self.t))
         self.init = np.asarray(t.init)[:n]
         self.lo, self.hi = np.asarray(t.lo)[:n], np.asarray(t.hi)[:n]
         self.base_free = ~np.asarray(t.fixed)[:n]
