@@ -114,6 +114,21 @@ def small_patches(bkg: dict) -> list[dict]:
     ]
 
 
+def scale_sample(sample: dict, factor: float) -> None:
+    """Scale a sample's yields as a whole: its nominal and, with it, its histosys templates and its
+    absolute (staterror, shapesys) uncertainties.  Scaling the nominal alone would leave templates
+    that no longer bracket it: the signal could then shed its excess along ~75 histosys directions
+    at once, a flat, degenerate likelihood that neither pyhf (SLSQP stops short, MINUIT hits its
+    call limit) nor fitserve can minimise -- not a test of anything real."""
+    sample["data"] = [round(v * factor, 9) for v in sample["data"]]
+    for m in sample["modifiers"]:
+        if m["type"] == "histosys":
+            for key in ("hi_data", "lo_data"):
+                m["data"][key] = [round(v * factor, 9) for v in m["data"][key]]
+        elif m["type"] in ("staterror", "shapesys"):
+            m["data"] = [round(v * factor, 9) for v in m["data"]]
+
+
 def lbb_variant() -> tuple[dict, list[dict]]:
     """A different workspace in 1Lbb's shape bucket: renamed channels and samples, rescaled
     yields and one systematic fewer (so its structure and numbers differ, its bucket does not)."""
@@ -123,7 +138,7 @@ def lbb_variant() -> tuple[dict, list[dict]]:
     dropped = None
     for ch in bkg["channels"]:
         for s in ch["samples"]:
-            s["data"] = [round(v * 1.07, 9) for v in s["data"]]
+            scale_sample(s, 1.07)
             for m in list(s["modifiers"]):
                 if m["type"] == "normsys" and (dropped is None or m["name"] == dropped):
                     dropped = m["name"]
@@ -174,7 +189,7 @@ def child(kind: str, name: str, extra: str) -> None:
                 q = json.loads(json.dumps(p))
                 q["metadata"]["name"] += f"_{copy}"
                 for op in q["patch"]:
-                    op["value"]["data"] = [v * (1 + 0.05 * copy) for v in op["value"]["data"]]
+                    scale_sample(op["value"], 1 + 0.05 * copy)
                 many.append(q)
         out = scan_mod.scan(bkg, many, {}, validate=False)
         print(

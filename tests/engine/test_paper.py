@@ -111,3 +111,32 @@ def test_negative_template_bins_are_fitted_like_pyhf(example):
     assert rec["converged"]
     assert rec["CLs_obs"] == pytest.approx(float(obs), abs=1e-4)
     np.testing.assert_allclose(rec["CLs_exp"], [float(v) for v in exp], atol=1e-4)
+
+
+def _scaled(patch: dict, factor: float) -> dict:
+    """The patch with its signal scaled as a whole: nominal, histosys templates, staterror."""
+    out = copy.deepcopy(patch)
+    out["metadata"]["name"] += "_scaled"
+    for op in out["patch"]:
+        sample = op["value"]
+        sample["data"] = [v * factor for v in sample["data"]]
+        for m in sample["modifiers"]:
+            if m["type"] == "histosys":
+                m["data"] = {k: [v * factor for v in m["data"][k]] for k in ("hi_data", "lo_data")}
+            elif m["type"] == "staterror":
+                m["data"] = [v * factor for v in m["data"]]
+    return out
+
+
+def test_1lbb_signal_scaled_up_converges_and_is_more_excluded():
+    """Points whose fixed-POI fits are the hardest of the grid (low masses: the signal at mu = 1 is
+    far above the data) still converge with 5% more signal, and CLs falls as the signal grows."""
+    need_shared(LBB)
+    bkg, ps = load(LBB / "BkgOnly.json"), load(LBB / "patchset.json")
+    base = [_patch(ps, n) for n in ("C1N2_Wh_hbb_175_0", "C1N2_Wh_hbb_250_25", "C1N2_Wh_hbb_350_0")]
+    res = scan(bkg, base + [_scaled(p, 1.05) for p in base], {})["results"]
+    for p in base:
+        name = p["metadata"]["name"]
+        assert res[name]["converged"] and res[name + "_scaled"]["converged"], (name, res[name + "_scaled"])
+        assert res[name + "_scaled"]["CLs_obs"] < res[name]["CLs_obs"], name
+        assert res[name + "_scaled"]["CLs_exp"][2] < res[name]["CLs_exp"][2], name
