@@ -114,31 +114,18 @@ def small_patches(bkg: dict) -> list[dict]:
     ]
 
 
-def scale_sample(sample: dict, factor: float) -> None:
-    """Scale a sample's yields as a whole: its nominal and, with it, its histosys templates and its
-    absolute (staterror, shapesys) uncertainties.  Scaling the nominal alone would leave templates
-    that no longer bracket it: the signal could then shed its excess along ~75 histosys directions
-    at once, a flat, degenerate likelihood that neither pyhf (SLSQP stops short, MINUIT hits its
-    call limit) nor fitserve can minimise -- not a test of anything real."""
-    sample["data"] = [round(v * factor, 9) for v in sample["data"]]
-    for m in sample["modifiers"]:
-        if m["type"] == "histosys":
-            for key in ("hi_data", "lo_data"):
-                m["data"][key] = [round(v * factor, 9) for v in m["data"][key]]
-        elif m["type"] in ("staterror", "shapesys"):
-            m["data"] = [round(v * factor, 9) for v in m["data"]]
-
-
 def lbb_variant() -> tuple[dict, list[dict]]:
     """A different workspace in 1Lbb's shape bucket: renamed channels and samples, rescaled
     yields and one systematic fewer (so its structure and numbers differ, its bucket does not)."""
+    from fitserve.generate import scaled_sample
+
     bkg, patches = load(LBB / "BkgOnly.json"), load(LBB / "patchset.json")["patches"]
     text = json.dumps(bkg).replace("_cuts", "_cutsV").replace("_mct2", "_mct2V")
     bkg = json.loads(text)
     dropped = None
     for ch in bkg["channels"]:
+        ch["samples"] = [scaled_sample(s, 1.07) for s in ch["samples"]]
         for s in ch["samples"]:
-            scale_sample(s, 1.07)
             for m in list(s["modifiers"]):
                 if m["type"] == "normsys" and (dropped is None or m["name"] == dropped):
                     dropped = m["name"]
@@ -182,6 +169,8 @@ def child(kind: str, name: str, extra: str) -> None:
     scan_mod = importlib.import_module("fitserve.engine.scan")  # the module (the package exports a function `scan`)
 
     if kind == "memory":
+        from fitserve.generate import scaled_sample
+
         bkg, patches = inputs("1Lbb")
         many = []
         for copy in range(8):
@@ -189,7 +178,7 @@ def child(kind: str, name: str, extra: str) -> None:
                 q = json.loads(json.dumps(p))
                 q["metadata"]["name"] += f"_{copy}"
                 for op in q["patch"]:
-                    scale_sample(op["value"], 1 + 0.05 * copy)
+                    op["value"] = scaled_sample(op["value"], 1 + 0.05 * copy)
                 many.append(q)
         out = scan_mod.scan(bkg, many, {}, validate=False)
         print(

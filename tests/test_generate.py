@@ -18,6 +18,7 @@ from fitserve.generate import (
     dumps,
     example_files,
     example_workspace,
+    scaled_sample,
     signal_patchset,
     signal_scale,
 )
@@ -253,3 +254,25 @@ def test_bad_arguments(bkg: dict) -> None:
         signal_patchset(bkg, [(500.0, 0.0)], strength=-1.0)
     with pytest.raises(ValueError):
         example_workspace(n_channels=2)
+
+
+def test_scaled_sample_scales_templates_and_absolute_uncertainties_with_the_nominal():
+    sample = {
+        "name": "sig",
+        "data": [2.0, 4.0],
+        "modifiers": [
+            {"name": "mu", "type": "normfactor", "data": None},
+            {"name": "jes", "type": "histosys", "data": {"hi_data": [2.5, 5.0], "lo_data": [1.5, 3.0]}},
+            {"name": "xs", "type": "normsys", "data": {"hi": 1.1, "lo": 0.9}},
+            {"name": "stat", "type": "staterror", "data": [0.2, 0.4]},
+            {"name": "mc", "type": "shapesys", "data": [0.1, 0.3]},
+        ],
+    }
+    before = json.dumps(sample)
+    out = scaled_sample(sample, 2.0)
+    assert json.dumps(sample) == before  # a copy, the input untouched
+    mods = {m["name"]: m["data"] for m in out["modifiers"]}
+    assert out["data"] == [4.0, 8.0]
+    assert mods["jes"] == {"hi_data": [5.0, 10.0], "lo_data": [3.0, 6.0]}
+    assert mods["stat"] == [0.4, 0.8] and mods["mc"] == [0.2, 0.6]
+    assert mods["xs"] == {"hi": 1.1, "lo": 0.9} and mods["mu"] is None  # relative: unchanged

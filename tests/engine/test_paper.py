@@ -13,6 +13,7 @@ import pytest
 
 from fitserve.engine.errors import InputError
 from fitserve.engine.scan import scan
+from fitserve.generate import scaled_sample
 
 from .conftest import LIKELIHOODS, load, need_shared
 
@@ -114,17 +115,9 @@ def test_negative_template_bins_are_fitted_like_pyhf(example):
 
 
 def _scaled(patch: dict, factor: float) -> dict:
-    """The patch with its signal scaled as a whole: nominal, histosys templates, staterror."""
     out = copy.deepcopy(patch)
     out["metadata"]["name"] += "_scaled"
-    for op in out["patch"]:
-        sample = op["value"]
-        sample["data"] = [v * factor for v in sample["data"]]
-        for m in sample["modifiers"]:
-            if m["type"] == "histosys":
-                m["data"] = {k: [v * factor for v in m["data"][k]] for k in ("hi_data", "lo_data")}
-            elif m["type"] == "staterror":
-                m["data"] = [v * factor for v in m["data"]]
+    out["patch"] = [{**op, "value": scaled_sample(op["value"], factor)} for op in out["patch"]]
     return out
 
 
